@@ -1,0 +1,30 @@
+"""What ``submit`` needs to know about a stage, declared by each stage's CLI module.
+
+A stage command module (``cli/data.py``, ``cli/train.py``, ``cli/generate.py``) lists its
+``SUBMIT_STAGES``. The same arguments then work for the bare command (run in this process)
+and for ``matra-hpc submit NAME`` (run as a job through ``matra_hpc.launch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+JobKind = Literal["function", "torchrun", "mpi"]
+
+
+@dataclass(frozen=True)
+class SubmittableStage:
+    name: str
+    """Name after ``submit``, e.g. ``train``."""
+    kind: JobKind
+    """How the launch layer runs it: one Python function, torchrun on every node, or MPI ranks."""
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    """Adds the stage's own arguments (the launch options are added by ``submit``)."""
+    build_config: Callable[[argparse.Namespace], Any]
+    """Turns parsed arguments into the stage's config dataclass (JSON-able via asdict)."""
+    config_cls: type
+    run: str
+    """Dotted ``module:function`` of the stage entry, called as ``fn(config, ctx)``."""

@@ -1,0 +1,1 @@
+"""matra_hpc.data stage."""

@@ -1,0 +1,1 @@
+"""Launch layer: the one place that knows about Slurm, MPI and torchrun."""

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv in the project root and install matra-hpc with its pinned dependencies.
+#   scripts/install.sh          runtime only
+#   scripts/install.sh --test   also the test extras
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+if [ ! -x .venv/bin/python ]; then
+  echo "[install] creating .venv"
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first and pinned on its own: a looser request would pull the multi-GB CUDA build.
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".${extras}"
+echo "[install] matra-hpc $(.venv/bin/python -c 'import matra_hpc; print(matra_hpc.__version__)') in $(pwd)/.venv"
