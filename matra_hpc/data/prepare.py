@@ -1,0 +1,434 @@
+"""The data stage: read sources, filter, tokenize in parallel into a Zarr token store.
+
+Input: sources named as in :mod:`matra_hpc.data.readers`. Output: the token store of
+docs/contracts.md section C plus ``report.json`` beside its arrays.
+
+Invariants:
+- Rows are cut into shards of ``shard_size`` consecutive input records per source, so the shard
+  of a record depends only on the inputs, never on the number of processes or ranks. Shard k
+  is owned by rank ``k % world_size``; locally a process pool works through the same shards.
+  A serial, a pooled and an MPI run therefore write identical shards.
+- Each shard is written by one process and ends with its manifest; a rerun skips shards with a
+  manifest and redoes the others, so kill -9 at any point loses no finished work and leaves
+  no duplicate or missing row.
+- train/val is a function of the prototype hash and the seed only: one crystal prototype never
+  sits in both, and adding inputs never moves a row between splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from matra_hpc import __version__
+from matra_hpc.context import RunContext
+from matra_hpc.data import store as st
+from matra_hpc.data.readers import (
+    ENERGY_PROVENANCE,
+    SourceSpec,
+    WorkItem,
+    iter_items,
+    load_item,
+    parse_source,
+)
+from matra_hpc.errors import StoreError, UsageError
+
+log = logging.getLogger(__name__)
+
+REJECTION_REASONS = ("parse_error", "not_periodic", "nan_or_inf", "disordered", "unknown_element",
+                     "symmetry_failed", "spacegroup_1", "too_many_sites")
+FILTER_REASONS = ("above_max_ehull",)
+
+# Settings that change the content of the store: a resumed run must use the same ones.
+_CONTENT_KEYS = ("sources", "max_wyckoff", "max_ehull", "ehull_filter_kinds", "val_frac", "seed", "shard_size",
+                 "symprec", "angle_tolerance")
+
+
+@dataclass
+class DataPrepareConfig:
+    """Configuration of ``matra-hpc data prepare`` (and ``submit data-prepare``)."""
+
+    sources: list[str] = field(default_factory=list)
+    """``KIND[:NAME]=PATH`` or ``flla`` (see matra_hpc.data.readers)."""
+    out: str = "tokens.zarr"
+    max_wyckoff: int = 15
+    """Structures with more Wyckoff sites are rejected (``too_many_sites``)."""
+    max_ehull: float = 0.25
+    """eV/atom; entries of the kinds in ``ehull_filter_kinds`` above it are dropped (paper: Alexandria)."""
+    ehull_filter_kinds: list[str] = field(default_factory=lambda: ["alexandria"])
+    val_frac: float = 0.1
+    seed: int = 0
+    """Salts the prototype-hash split; the same seed always gives the same split."""
+    workers: int = 1
+    """Processes per rank (a local process pool when > 1)."""
+    shard_size: int = 1000
+    symprec: float = 0.01
+    angle_tolerance: float = 5.0
+    overwrite: bool = False
+    """Delete an existing store at ``out`` that was made with other settings, instead of refusing."""
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise UsageError("data prepare: give at least one source (e.g. mp=DIR, alexandria=DIR, flla)")
+        if not 0.0 <= self.val_frac < 1.0:
+            raise UsageError(f"--val-frac must be in [0, 1), got {self.val_frac}")
+        if self.max_wyckoff < 1:
+            raise UsageError(f"--max-wyckoff must be >= 1, got {self.max_wyckoff}")
+        if self.workers < 1:
+            raise UsageError(f"--workers must be >= 1, got {self.workers}")
+        if self.shard_size < 1:
+            raise UsageError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if not math.isfinite(self.max_ehull):
+            raise UsageError("--max-ehull must be a finite number of eV/atom")
+
+
+def split_of(prototype_hash: str, val_frac: float, seed: int) -> str:
+    """``val`` when the first 8 bytes of sha256(seed:hash) / 2**64 fall below ``val_frac``."""
+    digest = hashlib.sha256(f"{seed}:{prototype_hash}".encode()).digest()
+    return "val" if int.from_bytes(digest[:8], "big") / 2.0**64 < val_frac else "train"
+
+
+def git_revision() -> str | None:
+    """Commit of the package's checkout (None when installed without git)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def file_sha256(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_record(spec: SourceSpec) -> dict[str, Any]:
+    """The ``sources`` attr entry of one source: name, kind, files and their sha256."""
+    paths = list(spec.paths)
+    if spec.kind == "folder":
+        root = Path(spec.paths[0])
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f"{f.relative_to(root)}\0{file_sha256(f)}\n".encode())
+        digest = h.hexdigest()
+    else:
+        files = [Path(p) for p in paths] + ([Path(spec.summary)] if spec.summary else [])
+        if len(files) == 1:
+            digest = file_sha256(files[0])
+        else:
+            h = hashlib.sha256()
+            for f in files:
+                h.update(f"{f.name}\0{file_sha256(f)}\n".encode())
+            digest = h.hexdigest()
+    rec = {"name": spec.name, "kind": spec.kind, "path": ",".join(paths), "summary": spec.summary,
+           "sha256": digest}
+    if spec.kind == "flla":
+        rec["note"] = ("flla_2015 demo set (Materials Project data, CC BY 4.0; matminer 0.3.9 "
+                       "matminer/datasets/flla_2015.csv), rows named mp:<material_id>")
+    return rec
+
+
+def energy_attr(specs: list[SourceSpec]) -> dict[str, Any]:
+    per_source = {s.name if s.kind != "flla" else "mp (flla_2015)": ENERGY_PROVENANCE[s.kind] for s in specs}
+    values = list(per_source.values())
+    out: dict[str, Any] = {}
+    for key in ("functional", "correction_scheme", "hull_reference"):
+        distinct = {v[key] for v in values}
+        out[key] = distinct.pop() if len(distinct) == 1 else "mixed: see per_source"
+    out["per_source"] = per_source
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# One shard (runs in a worker process or an MPI rank)
+
+
+@dataclass
+class ShardTask:
+    store: str
+    shard_id: str
+    items: list[WorkItem]
+    summary: str | None
+    kind: str
+    config: dict[str, Any]
+
+
+def _n_primitive(structure: Any, symbol: str) -> int:
+    # Lattice points per conventional cell by centring letter (R: hexagonal axes, 3 points).
+    points = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "F": 4, "R": 3}.get(symbol[:1], 1)
+    return len(structure) // points
+
+
+def process_shard(task: ShardTask) -> dict[str, Any]:
+    """Load, filter and tokenize the items of one shard, write it, return its manifest."""
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    from matra_hpc.tokens import EncodeError, decode, encode, load_vocab, prototype_hash
+
+    vocab = load_vocab()
+    wy_lo, wy_hi = vocab.wyckoff_range
+    cfg = task.config
+    start = time.perf_counter()
+    rows = st.ShardRows()
+    rejected: dict[str, list[str]] = {}
+    filtered: dict[str, list[str]] = {}
+    for item in task.items:
+        loaded = load_item(item, task.summary)
+        if loaded.reason is not None:
+            rejected.setdefault(loaded.reason, []).append(loaded.id)
+            continue
+        ehull = loaded.e_above_hull
+        if task.kind in cfg["ehull_filter_kinds"] and math.isfinite(ehull) and ehull > cfg["max_ehull"]:
+            filtered.setdefault("above_max_ehull", []).append(loaded.id)
+            continue
+        properties = {"e_above_hull": ehull} if math.isfinite(ehull) else None
+        try:
+            seq = encode(loaded.structure, properties)
+        except EncodeError as exc:
+            rejected.setdefault(exc.reason, []).append(loaded.id)
+            continue
+        except Exception as exc:  # a bug or a pathological cell must not end the job: count it
+            log.warning("%s: unexpected %s while encoding: %s", loaded.id, type(exc).__name__, exc)
+            rejected.setdefault("symmetry_failed", []).append(loaded.id)
+            continue
+        tokens = np.asarray(seq.tokens, dtype=np.int32)
+        n_wyckoff = int(np.count_nonzero((tokens >= wy_lo) & (tokens < wy_hi)))
+        if n_wyckoff > cfg["max_wyckoff"]:
+            rejected.setdefault("too_many_sites", []).append(loaded.id)
+            continue
+        sg_lo = vocab.spacegroup_range[0]
+        group = int(tokens[(tokens >= sg_lo) & (tokens < vocab.spacegroup_range[1])][0]) - sg_lo + 1
+        # The stored cell is the decoded canonical one, so tokens and structure arrays agree exactly.
+        conventional = decode(seq)
+        phash = prototype_hash(seq)
+        rows.add(
+            tokens=tokens, values=np.asarray(seq.values, dtype=np.float64), id=loaded.id, source=item.source,
+            split=split_of(phash, cfg["val_frac"], cfg["seed"]),
+            formula=loaded.structure.composition.reduced_formula, prototype_hash=phash, spacegroup=group,
+            e_above_hull=ehull, e_form=loaded.e_form, lattice=conventional.lattice.matrix,
+            frac_coords=conventional.frac_coords, numbers=[s.specie.Z for s in conventional],
+            n_sites_primitive=_n_primitive(conventional, SpaceGroup.from_int_number(group).symbol),
+        )
+    arrays = rows.arrays()
+    manifest = {
+        "shard": task.shard_id,
+        "n_inputs": len(task.items),
+        "n_rows": len(rows),
+        "n_tokens": int(rows.n_tokens),
+        "n_sites": int(rows.n_sites),
+        "first_item": [task.items[0].file, task.items[0].index] if task.items else None,
+        "rejected": rejected,
+        "filtered": filtered,
+        "split_counts": {s: int(np.sum(arrays["split"] == s)) for s in ("train", "val")},
+        "seconds": round(time.perf_counter() - start, 3),
+        "pid": os.getpid(),
+    }
+    st.write_shard(task.store, task.shard_id, arrays, manifest)
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def _plan_shards(specs: list[SourceSpec], shard_size: int) -> Iterator[tuple[str, SourceSpec, list[WorkItem]]]:
+    """Cut every source's items into consecutive shards, in a fixed order."""
+    for s_index, spec in enumerate(specs):
+        chunk: list[WorkItem] = []
+        k = 0
+        for item in iter_items(spec):
+            chunk.append(item)
+            if len(chunk) == shard_size:
+                yield f"{s_index:02d}-{spec.name}-{k:06d}", spec, chunk
+                chunk, k = [], k + 1
+        if chunk:
+            yield f"{s_index:02d}-{spec.name}-{k:06d}", spec, chunk
+
+
+def _content_config(config: DataPrepareConfig) -> dict[str, Any]:
+    d = asdict(config)
+    return {k: d[k] for k in _CONTENT_KEYS}
+
+
+def init_store(config: DataPrepareConfig, specs: list[SourceSpec]) -> None:
+    """Create the store with its attrs, or check that an existing one is the same run."""
+    import zarr
+
+    from matra_hpc.tokens import load_vocab
+
+    out = Path(config.out)
+    sources = [source_record(s) for s in specs]
+    if out.exists():
+        try:
+            root = st._open_root(out, "r")
+            same = (root.attrs.get("config", {}).get("content") == _content_config(config)
+                    and [s["sha256"] for s in root.attrs.get("sources", [])] == [s["sha256"] for s in sources])
+        except StoreError:
+            if not config.overwrite:
+                raise
+            same = False
+        if same:
+            return
+        if not config.overwrite:
+            raise StoreError(f"{out} was prepared from other inputs or settings: delete it, pass --overwrite, "
+                             f"or choose another --out")
+        import shutil
+
+        shutil.rmtree(out)
+    vocab = load_vocab()
+    root = zarr.open_group(str(out), mode="w")
+    root.attrs.update({
+        "schema": st.SCHEMA,
+        "created_by": {"package": __version__, "git": git_revision()},
+        "config": {"content": _content_config(config), "full": asdict(config)},
+        "vocab": vocab.to_json(),
+        "vocab_hash": vocab.hash,
+        "sources": sources,
+        "energy": energy_attr(specs),
+        "consolidated": None,
+    })
+    zarr.open_group(str(out / "shards"), mode="w")
+
+
+def _bcast_error(ctx: RunContext, error: Exception | None) -> None:
+    """Rank 0's setup error, raised on every rank, so no rank waits on a barrier forever."""
+    if ctx.comm is not None and ctx.world_size > 1:
+        message = ctx.comm.bcast(str(error) if error else None, root=0)
+        if message and error is None:
+            raise StoreError(message)
+    if error is not None:
+        raise error
+
+
+def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, Any]:
+    """Build (or finish) the token store ``config.out``; returns the report (rank 0; others get it too)."""
+    config.validate()
+    specs = [parse_source(s) for s in config.sources]
+    t0 = time.perf_counter()
+    error: Exception | None = None
+    if ctx.rank == 0:
+        try:
+            init_store(config, specs)
+        except Exception as exc:  # raised on every rank below
+            error = exc
+    _bcast_error(ctx, error)
+
+    cfg = asdict(config)
+    shard_ids: list[str] = []
+    done_here = skipped = 0
+    pool = (ProcessPoolExecutor(max_workers=config.workers, mp_context=_mp_context(ctx))
+            if config.workers > 1 else None)
+    pending: set[Future] = set()
+    try:
+        for k, (shard_id, spec, items) in enumerate(_plan_shards(specs, config.shard_size)):
+            shard_ids.append(shard_id)
+            if k % ctx.world_size != ctx.rank:
+                continue
+            if st.shard_done(config.out, shard_id):
+                skipped += 1
+                continue
+            st.clear_unfinished_shard(config.out, shard_id)
+            task = ShardTask(config.out, shard_id, items, spec.summary, spec.kind, cfg)
+            if pool is None:
+                process_shard(task)
+                done_here += 1
+                continue
+            pending.add(pool.submit(process_shard, task))
+            if len(pending) >= 2 * config.workers:  # bound the items held in memory
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    f.result()
+                    done_here += 1
+        for f in pending:
+            f.result()
+            done_here += 1
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    log.info("rank %d: wrote %d shards, skipped %d finished ones", ctx.rank, done_here, skipped)
+    if ctx.comm is not None and ctx.world_size > 1:
+        ctx.comm.Barrier()
+    report: dict[str, Any] | None = None
+    error = None
+    if ctx.rank == 0:
+        try:
+            st.write_json_atomic(Path(config.out) / "shards" / st.PLAN, {"shards": shard_ids})
+            report = build_report(config.out, time.perf_counter() - t0, ctx)
+        except Exception as exc:
+            error = exc
+    _bcast_error(ctx, error)
+    if ctx.comm is not None and ctx.world_size > 1:
+        report = ctx.comm.bcast(report, root=0)
+    assert report is not None
+    return report
+
+
+def _mp_context(ctx: RunContext) -> Any:
+    import multiprocessing
+
+    # fork is fast (pymatgen already imported) but unsafe after MPI_Init: spawn under MPI.
+    return multiprocessing.get_context("spawn" if ctx.comm is not None else "fork")
+
+
+def build_report(store: str, seconds: float, ctx: RunContext | None = None) -> dict[str, Any]:
+    """Consolidate the store and write ``report.json`` from the shard manifests."""
+    summary = st.consolidate(store)
+    manifests = [s.manifest for s in st.finished_shards(store) if s.id in set(summary["shards"])]
+    rejected: dict[str, dict[str, Any]] = {}
+    filtered: dict[str, dict[str, Any]] = {}
+    for m in manifests:
+        for target, part in ((rejected, m["rejected"]), (filtered, m["filtered"])):
+            for reason, ids in part.items():
+                entry = target.setdefault(reason, {"count": 0, "ids": []})
+                entry["count"] += len(ids)
+                entry["ids"].extend(ids)
+    n_inputs = sum(m["n_inputs"] for m in manifests)
+    n_filtered = sum(v["count"] for v in filtered.values())
+    n_encoded = sum(m["n_rows"] for m in manifests)
+    attempted = n_inputs - n_filtered
+    report = {
+        "store": str(store),
+        "n_inputs": n_inputs,
+        "n_filtered": n_filtered,
+        "n_rejected": sum(v["count"] for v in rejected.values()),
+        "n_encoded": n_encoded,
+        "n_rows": summary["n_rows"],
+        "encodable_fraction": round(n_encoded / attempted, 6) if attempted else 0.0,
+        "split_counts": summary["split_counts"],
+        "rejected": dict(sorted(rejected.items())),
+        "filtered": filtered,
+        "duplicates": {"count": len(summary["duplicates"]), "ids": summary["duplicates"]},
+        "n_shards": len(manifests),
+        "seconds": round(seconds, 2),
+        "world_size": ctx.world_size if ctx else 1,
+        "content_hash": summary["content_hash"],
+    }
+    st.write_json_atomic(Path(store) / "report.json", report)
+    return report
+
+
+def run_data_consolidate(store: str) -> dict[str, Any]:
+    """``matra-hpc data consolidate``: rebuild the view and report from the finished shards."""
+    return build_report(store, 0.0)
+
+
+def demo_config(out: str, workers: int | None = None) -> DataPrepareConfig:
+    """The README demo: the vendored flla_2015 set with the paper's filters."""
+    return DataPrepareConfig(sources=["flla"], out=out, workers=workers or min(2, os.cpu_count() or 1),
+                             shard_size=250)
