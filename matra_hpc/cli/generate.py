@@ -1,11 +1,83 @@
-"""`matra-hpc generate`: placeholder until the stage is built."""
+"""`matra-hpc generate`: sample temperatures x shards into a generated store, in this process.
+
+Also under ``mpirun -n N matra-hpc generate ...``: the ranks share the task queue. The same
+arguments submit it as an MPI job: ``matra-hpc submit generate ... --cluster local|slurm``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 
-from matra_hpc.cli._notbuilt import add_not_built
+from matra_hpc.cli.stages import SubmittableStage
+from matra_hpc.generate.config import GenerateConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (or a training output dir)")
+    parser.add_argument("--out", required=True, help="generated store to write (Zarr); rerun to resume")
+    parser.add_argument("--temps", default="0.7:1.65:0.05",
+                        help="start:stop:step (stop included, 2 decimals) or a comma list (default %(default)s)")
+    parser.add_argument("--per-temp", type=int, default=1000, help="structures per temperature (default %(default)s)")
+    parser.add_argument("--shards", type=int, default=1, help="shards (queue tasks) per temperature")
+    parser.add_argument("--condition", default=None,
+                        help="e.g. 'elements=Al,Ca,Cu;spacegroups=191,194;stability=low' (also composition=, wyckoff=)")
+    parser.add_argument("--train-store", default=None, help="token store whose structures flag dup_train")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; each (T, shard) derives its own")
+    parser.add_argument("--batch-size", type=int, default=256, help="rows sampled together (default %(default)s)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="length guard in tokens; cut rows count as invalid (default: grammar bound)")
+    parser.add_argument("--value-noise", type=float, default=0.0,
+                        help="Gaussian noise on continuous values, sigma = this x T (default 0: deterministic)")
+    parser.add_argument("--min-distance", type=float, default=0.7, help="bond check threshold in Angstrom")
+    parser.add_argument("--max-sites", type=int, default=15, help="Wyckoff sites allowed per structure")
+    parser.add_argument("--no-kv-cache", dest="use_cache", action="store_false",
+                        help="recompute the whole prefix each step (slow; for checks)")
+    parser.add_argument("--device", default=None, help="torch device (default: the rank's device from the launcher)")
+    parser.add_argument("--run-id", default=None, help="id prefix of the candidates (default: run dir name or time)")
+
+
+def build_config(args: argparse.Namespace) -> GenerateConfig:
+    from matra_hpc.generate.temperatures import parse_temperatures
+
+    config = GenerateConfig(
+        checkpoint=args.checkpoint, out=args.out, temperatures=tuple(parse_temperatures(args.temps)),
+        per_temp=args.per_temp, shards=args.shards, condition=args.condition, train_store=args.train_store,
+        seed=args.seed, batch_size=args.batch_size, max_length=args.max_length, value_noise=args.value_noise,
+        min_distance=args.min_distance, max_sites=args.max_sites, use_cache=args.use_cache, device=args.device,
+        run_id=args.run_id,
+    )
+    config.validate()
+    return config
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from matra_hpc.generate.stage import run_generate
+    from matra_hpc.launch.environment import context_from_environment
+
+    config = build_config(args)
+    ctx = context_from_environment()
+    summary = run_generate(config, ctx)
+    if ctx.is_main:
+        print(json.dumps(summary, indent=2))
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_not_built(sub, "generate", "sample crystals in this process")
+    parser = sub.add_parser("generate", help="sample crystals over temperatures x shards in this process",
+                            description=__doc__)
+    add_arguments(parser)
+    parser.set_defaults(func=cmd_generate)
+
+
+SUBMIT_STAGES = [
+    SubmittableStage(
+        name="generate",
+        kind="mpi",
+        help="sample crystals over temperatures x shards as an MPI job (ranks pull tasks from a queue)",
+        add_arguments=add_arguments,
+        build_config=build_config,
+        config_cls=GenerateConfig,
+        run="matra_hpc.generate.stage:run_generate",
+    )
+]

@@ -1,11 +1,34 @@
-"""`matra-hpc report`: placeholder until the stage is built."""
+"""`matra-hpc report`: reports of a stage's store (`report generate STORE`; later screen, dft, all)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
-from matra_hpc.cli._notbuilt import add_not_built
+
+def cmd_report_generate(args: argparse.Namespace) -> int:
+    from matra_hpc.generate.report import build_report, default_prefix, format_table, write_report
+
+    report = build_report(args.store)
+    files = write_report(report, args.out or default_prefix(args.store))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(report))
+        if not report["complete"]:
+            print("note: the run is incomplete (some shards are not finished)")
+    print(f"wrote {files.json}, {files.csv}, {files.png}")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_not_built(sub, "report", "reports of a stage's store")
+    report = sub.add_parser("report", help="reports of a stage's store", description=__doc__)
+    kinds = report.add_subparsers(dest="report_kind", metavar="KIND")
+    kinds.required = True
+    gen = kinds.add_parser("generate", help="per-temperature validity/duplicate table (paper Fig. 2) + PNG",
+                           description="Per-temperature table of a generated store as JSON, CSV and a PNG plot.")
+    gen.add_argument("store", help="generated store (Zarr)")
+    gen.add_argument("--out", default=None,
+                     help="path prefix of the files (default: next to the store, STORE.report.{json,csv,png})")
+    gen.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+    gen.set_defaults(func=cmd_report_generate)

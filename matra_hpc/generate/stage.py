@@ -1,0 +1,222 @@
+"""The generate stage: sample temperatures x shards into the generated store, with MPI ranks.
+
+Input: a checkpoint (``load_model``), optionally a token store to flag training duplicates.
+Output: the generated store (``store.py``), one shard per (temperature, shard) task.
+
+Invariants:
+- a task's seed is derived from (seed, temperature, shard) and its batch layout from
+  (rows, batch size) only, so its shard is bit-identical whichever rank runs it;
+- ranks pull tasks from a shared queue (atomic claim files, one claim set per attempt), so a
+  slow rank never holds the run; rank 0 prepares the store before and consolidates after;
+- finished shards are skipped on a rerun: a kill -9 loses at most the shards being written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from matra_hpc import __version__
+from matra_hpc.context import RunContext
+from matra_hpc.errors import CheckpointError, MatraError, UsageError
+from matra_hpc.generate import store as gstore
+from matra_hpc.generate.config import GenerateConfig, task_seed
+from matra_hpc.generate.temperatures import temperature_group
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_files(path: str | Path) -> list[Path]:
+    """The files that make up the model a checkpoint path resolves to."""
+    from matra_hpc.model.transformer import META_FILE, WEIGHTS_FILE
+
+    folder = Path(path)
+    if not (folder / META_FILE).exists():
+        from matra_hpc.train.checkpoint import find_model_dir
+
+        folder = Path(find_model_dir(folder))
+    return [folder / META_FILE, folder / WEIGHTS_FILE]
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    for f in checkpoint_files(path):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def git_revision() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _fingerprint(config: GenerateConfig, checkpoint_hash: str, train_fp: str | None) -> dict[str, Any]:
+    return {
+        "checkpoint_sha256": checkpoint_hash,
+        "temperatures": list(config.temperatures),
+        "per_temp": config.per_temp,
+        "shards": config.shards,
+        "condition": config.condition,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "max_length": config.max_length,
+        "value_noise": config.value_noise,
+        "min_distance": config.min_distance,
+        "max_sites": config.max_sites,
+        "train_store": train_fp,
+    }
+
+
+def _prepare_store(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
+    """Rank 0: check the checkpoint against the vocabulary, create or reopen the store."""
+    from matra_hpc.generate.duplicates import store_fingerprint
+    from matra_hpc.model.transformer import META_FILE
+    from matra_hpc.tokens import load_vocab
+
+    vocab = load_vocab()
+    files = checkpoint_files(config.checkpoint)
+    import json
+
+    meta = json.loads(files[0].read_text()) if files[0].name == META_FILE else {}
+    if meta.get("vocab_hash") not in (None, vocab.hash):
+        raise CheckpointError(
+            f"checkpoint {config.checkpoint} was trained on vocabulary {meta.get('vocab_hash')}, "
+            f"this matra-hpc has {vocab.hash}"
+        )
+    train_fp = store_fingerprint(config.train_store) if config.train_store else None
+    ckpt_hash = checkpoint_sha256(config.checkpoint)
+    run_id = config.run_id or (Path(ctx.run_dir).name if ctx.run_dir else None) or (
+        "gen-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    )
+    attrs = {
+        "schema": gstore.SCHEMA,
+        "created_by": {"package": __version__, "git": git_revision()},
+        "config": asdict(config),
+        "vocab": vocab.to_json(),
+        "vocab_hash": vocab.hash,
+        "run_id": run_id,
+        "run_dir": ctx.run_dir,
+        "checkpoint": {"path": str(Path(config.checkpoint).resolve()), "sha256": ckpt_hash,
+                       "step": meta.get("step"), "epoch": meta.get("epoch")},
+        "train_store": ({"path": str(Path(config.train_store).resolve()), "fingerprint": train_fp}
+                        if config.train_store else None),
+        "temperatures": list(config.temperatures),
+        "shards": config.shards,
+        "per_temp": config.per_temp,
+    }
+    root_attrs = gstore.init_store(Path(config.out), attrs, _fingerprint(config, ckpt_hash, train_fp))
+    return {"run_id": root_attrs["run_id"], "attempt": uuid.uuid4().hex}
+
+
+def _on_rank0(ctx: RunContext, fn, *args):
+    """Run fn on rank 0 and hand its result (or its error) to every rank."""
+    result, error = None, None
+    if ctx.rank == 0:
+        try:
+            result = fn(*args)
+        except Exception as exc:  # re-raised on every rank below, so no rank waits forever
+            error = exc
+    if ctx.comm is not None and ctx.world_size > 1:
+        result, error_text = ctx.comm.bcast((result, None if error is None else f"{type(error).__name__}: {error}"),
+                                            root=0)
+        if ctx.rank != 0 and error_text is not None:
+            raise MatraError(f"rank 0 failed: {error_text}")
+    if error is not None:
+        raise error
+    return result
+
+
+def run_generate(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
+    """Sample every (temperature, shard) task not yet in the store; consolidate on rank 0."""
+    import torch
+
+    from matra_hpc.model import load_model
+    from matra_hpc.tokens.grammar import Grammar
+
+    config.validate()
+    if ctx.world_size > 1 and ctx.comm is None:
+        raise UsageError("generate with several ranks needs an MPI communicator (run it under mpirun)")
+    condition = config.parsed_condition()
+    out = Path(config.out)
+    prep = _on_rank0(ctx, _prepare_store, config, ctx)
+    run_id, attempt = prep["run_id"], prep["attempt"]
+
+    device = config.device or ctx.device
+    model, _meta = load_model(config.checkpoint, device=device)
+    grammar = Grammar(max_sites=config.max_sites, condition=condition)
+    settings = config.sampler_settings()
+    train_index = None
+    if config.train_store:
+        from matra_hpc.generate.duplicates import TrainingIndex
+
+        train_index = TrainingIndex(config.train_store)
+    claims = gstore.TaskClaims(out, attempt)
+    done_here: list[str] = []
+    skipped = 0
+    for index, (t, shard) in enumerate(config.tasks()):
+        if gstore.shard_done(out, t, shard):
+            skipped += 1
+            continue
+        if not claims.claim(index):
+            continue
+        started = time.time()
+        table, stats = sample_task(model, grammar, config, settings, run_id, t, shard, device, train_index)
+        manifest = {
+            "run_id": run_id, "temperature": t, "shard": shard, "seed": task_seed(config.seed, t, shard),
+            "rank": ctx.rank, "seconds": round(time.time() - started, 3),
+            "forward_calls": stats.forward_calls, "row_steps": stats.row_steps,
+            "torch_threads": torch.get_num_threads(),
+        }
+        gstore.write_shard(out, t, shard, table, manifest)
+        done_here.append(f"{temperature_group(t)}/s{shard}")
+        log.info("rank %d: %s shard %d: %d rows in %.1fs", ctx.rank, temperature_group(t), shard,
+                 len(table), manifest["seconds"])
+    if ctx.comm is not None and ctx.world_size > 1:
+        ctx.comm.Barrier()
+    summary = _on_rank0(ctx, _consolidate, out)
+    return {"run_id": run_id, "store": str(out), "rank": ctx.rank, "tasks_done_here": done_here,
+            "tasks_skipped": skipped, **(summary or {})}
+
+
+def _consolidate(out: Path) -> dict[str, Any]:
+    result = gstore.consolidate(out)
+    gstore.clear_claims(out)
+    return {"rows": result.rows, "shards_done": result.shards_done, "shards_total": result.shards_total,
+            "complete": result.complete}
+
+
+def sample_task(model, grammar, config: GenerateConfig, settings, run_id: str, temperature: float, shard: int,
+                device: str, train_index=None):
+    """One (temperature, shard) task: sample its rows, check them, return the shard's table."""
+    import torch
+
+    from matra_hpc.generate.checks import check_sequence
+    from matra_hpc.generate.table import TableBuilder
+    from matra_hpc.sample.sampler import SamplingStats, sample_sequences
+
+    generator = torch.Generator(device="cpu").manual_seed(task_seed(config.seed, temperature, shard))
+    stats = SamplingStats()
+    sequences = sample_sequences(model, grammar, config.shard_rows(shard), temperature, generator, settings,
+                                 device=device, stats=stats)
+    builder = TableBuilder()
+    tgroup = temperature_group(temperature)
+    for index, seq in enumerate(sequences):
+        check = check_sequence(seq.tokens, seq.values, seq.complete, min_distance=config.min_distance)
+        dup_train = bool(train_index is not None and check.prototype_hash
+                         and train_index.is_known(check.prototype_hash, check.structure))
+        builder.add(f"{run_id}:{tgroup}:s{shard}:{index}", seq.tokens, seq.values, check, dup_train)
+    return builder.build(), stats

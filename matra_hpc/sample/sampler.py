@@ -1,0 +1,227 @@
+"""Grammar-constrained, KV-cached, batched sampling of token sequences (paper II.2, eq. 1).
+
+Discrete tokens are drawn from ``softmax(logits / T)`` restricted to the tokens the grammar
+allows next, at every step: every finished sequence is grammatical, hence decodable. A ``<num>``
+takes the continuous head's prediction (deterministic, as in the paper), optionally plus
+Gaussian noise of standard deviation ``value_noise * T`` (off by default), then is brought into
+the grammar's range for that value: fractional coordinates are *wrapped* into [0, 1) (they are
+periodic, so wrapping keeps the site where the model put it); lattice lengths and angles are
+*clamped* (they are not periodic).
+
+Determinism: one ``torch.Generator`` per call (seeded by the caller), one uniform draw per active
+row per step, in row order, on the CPU; the batch layout depends only on ``n`` and
+``batch_size``. The same seed gives the same sequences on whichever process runs it, with or
+without the KV cache (the two paths differ only by float rounding of the logits).
+
+Batching: rows are sampled in cohorts of ``batch_size``; a finished row leaves the cohort and
+the KV cache is compacted to the rows still running, so compute follows the live rows. (Refilling
+a freed row with a new sequence would need per-row positions in the model's KV cache, which it
+does not have: every row of a cache sits at the same position.)
+
+Length guard: a row still running after ``max_length`` tokens is cut and returned with
+``complete=False``; callers count it as an invalid sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from matra_hpc.errors import UsageError
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    batch_size: int = 256
+    """Rows per cohort; also the unit of the fixed batch layout."""
+    max_length: int | None = None
+    """Length guard in tokens (``<end>`` included); None: the grammar's bound, capped by what
+    the model's positions allow."""
+    value_noise: float = 0.0
+    """Gaussian noise on continuous values, sigma = value_noise * T (0: deterministic, as in the
+    paper)."""
+    use_cache: bool = True
+    """False recomputes the whole prefix every step (the benchmark's baseline)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.max_length is not None and self.max_length < 1:
+            raise UsageError(f"max length must be >= 1, got {self.max_length}")
+        if not (self.value_noise >= 0 and math.isfinite(self.value_noise)):
+            raise UsageError(f"value noise must be a finite number >= 0, got {self.value_noise}")
+
+
+@dataclass
+class SampledSequence:
+    tokens: list[int]
+    values: list[float]
+    complete: bool
+    """False when the length guard cut the sequence before ``<end>``."""
+
+
+@dataclass
+class SamplingStats:
+    """What a sampling call cost: forward calls and row-steps (batch rows x positions)."""
+
+    forward_calls: int = 0
+    row_steps: int = 0
+    per_cohort_steps: list[int] = field(default_factory=list)
+
+
+def effective_max_length(model: torch.nn.Module, grammar, settings: SamplerSettings) -> int:
+    """The length guard: the settings' value, else the grammar's bound; never beyond the model."""
+    bound = settings.max_length if settings.max_length is not None else grammar.max_length()
+    # The model sees <bos> plus all tokens but the last, so max_len positions give max_len tokens.
+    return max(1, min(bound, model.config.max_len))
+
+
+@torch.no_grad()
+def sample_sequences(
+    model: torch.nn.Module,
+    grammar,
+    n: int,
+    temperature: float,
+    generator: torch.Generator,
+    settings: SamplerSettings = SamplerSettings(),
+    *,
+    device: str | torch.device = "cpu",
+    stats: SamplingStats | None = None,
+) -> list[SampledSequence]:
+    """Sample ``n`` sequences at ``temperature``; row ``i`` is cohort ``i // batch_size``.
+
+    ``grammar`` carries the condition (stability prefix, elements, composition, groups,
+    Wyckoff positions): its mask enforces it at every step.
+    """
+    if n < 0:
+        raise UsageError(f"number of sequences must be >= 0, got {n}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise UsageError(f"temperature must be a finite number > 0, got {temperature}")
+    if generator.device.type != "cpu":
+        raise UsageError("the sampling generator must live on the CPU (reproducible on any device)")
+    model.eval()
+    max_length = effective_max_length(model, grammar, settings)
+    out: list[SampledSequence] = []
+    for start in range(0, n, settings.batch_size):
+        rows = min(settings.batch_size, n - start)
+        out.extend(_sample_cohort(model, grammar, rows, temperature, generator, settings, max_length,
+                                  torch.device(device), stats))
+    return out
+
+
+def _sample_cohort(
+    model: torch.nn.Module,
+    grammar,
+    rows: int,
+    temperature: float,
+    generator: torch.Generator,
+    settings: SamplerSettings,
+    max_length: int,
+    device: torch.device,
+    stats: SamplingStats | None,
+) -> list[SampledSequence]:
+    num_id = model.config.num_id
+    bos_id = model.config.bos_id
+    dtype = next(model.parameters()).dtype
+    states = grammar.new_states(rows)
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    values: list[list[float]] = [[] for _ in range(rows)]
+    complete = [False] * rows
+    live = list(range(rows))  # cohort rows still running, in row order
+
+    cache = model.new_kv_cache(rows, max_length, device, dtype) if settings.use_cache else None
+    # Model input of the live rows: the next position only (cache) or the whole prefix.
+    step_tokens = torch.full((rows, 1), bos_id, dtype=torch.long, device=device)
+    step_values = torch.full((rows, 1), math.nan, dtype=torch.float32, device=device)
+    steps = 0
+    while live:
+        logits, cont = model(step_tokens, step_values, kv_cache=cache)
+        last_logits = logits[:, -1, :].float()  # (b, V)
+        last_cont = cont[:, -1].double().cpu().numpy()  # (b,)
+        if stats is not None:
+            stats.forward_calls += 1
+            stats.row_steps += len(live) * (1 if cache is not None else step_tokens.shape[1])
+        steps += 1
+        live_states = [states[r] for r in live]
+        allowed = torch.from_numpy(np.ascontiguousarray(grammar.masks(live_states))).to(device)
+        chosen = _draw_tokens(last_logits, allowed, temperature, generator)
+        noise = None
+        if settings.value_noise > 0:
+            noise = torch.randn(len(live), generator=generator, dtype=torch.float64).numpy()
+
+        new_values = np.full(len(live), math.nan)
+        keep: list[int] = []
+        for j, r in enumerate(live):
+            token = int(chosen[j])
+            value = math.nan
+            if token == num_id:
+                lo, hi = grammar.value_range(states[r])
+                raw = float(last_cont[j])
+                if noise is not None:
+                    raw += settings.value_noise * temperature * float(noise[j])
+                value = _into_range(raw, lo, hi, periodic=grammar.value_is_periodic(states[r]))
+            grammar.advance(states[r], token, value)
+            tokens[r].append(token)
+            values[r].append(value)
+            new_values[j] = value
+            if grammar.is_complete(states[r]):
+                complete[r] = True
+            elif len(tokens[r]) < max_length:
+                keep.append(j)
+            # else: cut by the length guard, left incomplete
+
+        next_tokens = chosen.to(device=device, dtype=torch.long)[:, None]
+        next_values = torch.from_numpy(new_values).to(device=device, dtype=torch.float32)[:, None]
+        if len(keep) < len(live):
+            keep_idx = torch.tensor(keep, dtype=torch.long, device=device)
+            next_tokens = next_tokens.index_select(0, keep_idx)
+            next_values = next_values.index_select(0, keep_idx)
+            if cache is not None:
+                cache.select(keep_idx)
+            else:
+                step_tokens = step_tokens.index_select(0, keep_idx)
+                step_values = step_values.index_select(0, keep_idx)
+            live = [live[j] for j in keep]
+        if cache is not None:
+            step_tokens, step_values = next_tokens, next_values
+        else:
+            step_tokens = torch.cat([step_tokens, next_tokens], dim=1)
+            step_values = torch.cat([step_values, next_values], dim=1)
+    if stats is not None:
+        stats.per_cohort_steps.append(steps)
+    return [SampledSequence(tokens[r], values[r], complete[r]) for r in range(rows)]
+
+
+def _draw_tokens(
+    logits: torch.Tensor, allowed: torch.Tensor, temperature: float, generator: torch.Generator
+) -> torch.Tensor:
+    """One token per row from softmax(logits / T) over the allowed tokens (inverse CDF)."""
+    if not bool(allowed.any(dim=1).all()):
+        raise RuntimeError("the grammar allows no token for a running sequence")
+    scaled = (logits.double() / temperature).masked_fill(~allowed, -math.inf)
+    probs = torch.softmax(scaled, dim=1)  # (b, V); exactly 0 where not allowed
+    cdf = torch.cumsum(probs, dim=1)
+    u = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64).to(logits.device)
+    target = (u * cdf[:, -1])[:, None]
+    # First index whose cdf exceeds the target: never a disallowed token, whose probability is 0.
+    chosen = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
+    ok = allowed.gather(1, chosen[:, None]).squeeze(1)
+    if not bool(ok.all()):
+        # Only reachable through rounding at the very top of the cdf: take the last allowed token.
+        last_allowed = (allowed.long() * torch.arange(allowed.shape[1], device=allowed.device)).argmax(dim=1)
+        chosen = torch.where(ok, chosen, last_allowed)
+    return chosen.cpu()
+
+
+def _into_range(value: float, lo: float, hi: float, *, periodic: bool) -> float:
+    if not math.isfinite(value):
+        value = lo
+    if periodic:
+        width = hi - lo
+        wrapped = lo + (value - lo) % width
+        # float modulo can land exactly on hi for tiny negative inputs
+        return lo if wrapped >= hi else wrapped
+    return min(max(value, lo), hi)
