@@ -1,1 +1,20 @@
-"""matra_hpc.train stage."""
+"""The training stage (paper IV.3): ``run_training(TrainConfig, RunContext)``.
+
+``TrainConfig`` is importable without torch; the rest loads torch on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from matra_hpc.train.config import TrainConfig
+
+__all__ = ["TrainConfig", "TrainResult", "one_cycle_lr", "run_training"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("TrainResult", "one_cycle_lr", "run_training"):
+        from matra_hpc.train import loop
+
+        return getattr(loop, name)
+    raise AttributeError(name)
