@@ -1,0 +1,50 @@
+"""`report generate`: the Fig. 2 table counts cut rows as invalid, and writes JSON, CSV and PNG."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from generate_helpers import FINGERPRINT, build_table, rock_salt
+
+from matra_hpc.cli import main
+from matra_hpc.generate import store as gstore
+from matra_hpc.generate.report import build_report
+
+
+def _store(tmp_path: Path) -> Path:
+    out = tmp_path / "gen.zarr"
+    gstore.init_store(out, {"schema": gstore.SCHEMA, "run_id": "r1"}, FINGERPRINT)
+    gstore.write_shard(out, 0.7, 0, build_table([(rock_salt(5.6), "h1"), (rock_salt(5.6), "h1")], "a"), {})
+    gstore.write_shard(out, 0.7, 1, build_table([(None, ""), (rock_salt(5.0), "h3")], "b"), {})
+    gstore.write_shard(out, 1.0, 0, build_table([(None, ""), (None, "")], "c"), {})
+    return out
+
+
+def test_report_counts(tmp_path: Path) -> None:
+    report = build_report(_store(tmp_path))  # consolidates on the way
+    t07, t10 = report["temperatures"]
+    assert t07["rows"] == 4 and t07["length_cut"] == 1 and t07["valid"] == 3
+    assert t07["dup_run"] == 1 and t07["novel_unique"] == 2
+    assert t07["frac_valid"] == pytest.approx(0.75)
+    assert t10["rows"] == 2 and t10["valid"] == 0 and t10["frac_novel_unique"] == 0
+    assert t10["shards_done"] == 1 and not report["complete"]
+
+
+def test_report_cli_writes_json_csv_png_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _store(tmp_path)
+    assert main(["report", "generate", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "T" in printed.splitlines()[0] and "incomplete" in printed
+    data = json.loads((tmp_path / "gen.report.json").read_text())
+    assert [r["group"] for r in data["temperatures"]] == ["T0.70", "T1.00"]
+    rows = list(csv.DictReader(open(tmp_path / "gen.report.csv")))
+    assert rows[0]["valid"] == "3" and rows[0]["frac_valid"] == "0.7500"
+    assert (tmp_path / "gen.report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_a_missing_store_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "generate", str(tmp_path / "nope.zarr")]) == 1
+    assert "not a Zarr store" in capsys.readouterr().err
