@@ -1,0 +1,529 @@
+"""The token grammar: which tokens may come next, so that every sampled sequence is a crystal.
+
+Layout (docs/contracts.md section A)::
+
+    [EHULL_*]  ARITY_k  (El N_c)*k  SG_g  (W El <num>*n_free)*  <num>*n_lattice  <end>
+
+:class:`Grammar` keeps one small :class:`GrammarState` per prefix and answers, for a batch of
+prefixes, a boolean mask over the vocabulary (:meth:`Grammar.masks`). Elements and sites may
+come in any order (augmentation permutes them), each element once; sites end when every
+element's count is placed, and the lattice parameters of the group's crystal system follow.
+
+No dead ends
+------------
+Every token the mask allows can be completed to a whole sequence. Element identities never
+matter for that, only counts do, and the question "can these counts still be placed in group G
+with the unused Wyckoff positions and the sites left" is answered *exactly* by the tables of
+:mod:`matra_hpc.tokens._reachability` (fixed positions collapsed into per-multiplicity classes,
+per-group ``min_sites[count, pool]`` tables, min-plus convolution over elements, memoised per
+sorted counts). Concretely:
+
+* ``ARITY_k`` needs some allowed group that fits k elements (one site each at least);
+* a count ``c`` for the j-th element needs some allowed group in which the counts so far plus
+  ``c`` fit with one site left for each of the ``k - j`` elements still to come (the general
+  position has free parameters, so it can always take them); one vectorised pass over all 230
+  groups and all 512 counts, cached per sorted prefix;
+* ``SG_g`` needs all counts to fit in g within ``max_sites``;
+* a Wyckoff token needs an element whose remaining count can take its multiplicity such that
+  everything left still fits in the pool and the sites left; the element after it likewise.
+  A fixed position (no free parameter) is used at most once per structure.
+
+Conditions (:mod:`matra_hpc.tokens.conditions`) narrow these same masks: forced property token,
+element set, composition multiples, allowed groups, required Wyckoff positions (which are
+reserved out of the pool and must be placed before the sites end).
+
+Continuous values (:meth:`Grammar.value_range`)
+-----------------------------------------------
+* free coordinates: ``[0, 1)`` (the contract wraps them there);
+* lattice lengths: ``[LENGTH_MIN, LENGTH_MAX]`` = [1, 300] Angstrom. The lower bound is below
+  any real lattice (the shortest conventional axis in the demo set is 2.4 A); the upper bound
+  leaves room for long hexagonal-axes c axes of rhombohedral layered compounds (113 A in the
+  demo set, more in larger databases);
+* monoclinic beta and triclinic alpha, beta: ``[ANGLE_MIN, ANGLE_MAX]`` = [30, 150] degrees
+  (the standardised cells of the demo set stay within 60..135); triclinic gamma, given alpha
+  and beta, also within ``(|alpha - beta|, min(alpha + beta, 360 - alpha - beta))`` shrunk by
+  ``ANGLE_MARGIN`` degrees on each side: exactly the condition for three unit vectors with
+  these pairwise angles to span a positive volume. Within the bounds above this interval is
+  never empty.
+
+The sampler clamps or redraws into the range; :meth:`Grammar.advance` refuses values outside it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from matra_hpc.errors import MatraError
+from matra_hpc.tokens._reachability import reach_tables
+from matra_hpc.tokens.conditions import Condition, ResolvedCondition, resolve_condition
+from matra_hpc.tokens.sequence import TokenSequence
+from matra_hpc.tokens.vocab import Vocab, load_vocab
+from matra_hpc.tokens.wyckoff import lattice_parameter_names, wyckoff_table
+
+__all__ = [
+    "ANGLE_MARGIN",
+    "ANGLE_MAX",
+    "ANGLE_MIN",
+    "LENGTH_MAX",
+    "LENGTH_MIN",
+    "Grammar",
+    "GrammarError",
+    "GrammarState",
+]
+
+LENGTH_MIN, LENGTH_MAX = 1.0, 300.0
+ANGLE_MIN, ANGLE_MAX = 30.0, 150.0
+ANGLE_MARGIN = 1.0
+
+# phases of a prefix: what the next token is
+_START, _ELEMENT, _COUNT, _GROUP, _SITE, _SITE_ELEMENT, _COORD, _LATTICE, _END, _DONE = range(10)
+_PHASE_NAMES = (
+    "property or arity",
+    "element",
+    "count",
+    "space group",
+    "Wyckoff position or lattice",
+    "site element",
+    "free coordinate",
+    "lattice parameter",
+    "<end>",
+    "nothing (sequence complete)",
+)
+
+
+class GrammarError(MatraError, ValueError):
+    """A token or value that the grammar does not allow at this point of the sequence."""
+
+
+class GrammarState:
+    """One prefix, as the grammar needs it. Mutated in place by :meth:`Grammar.advance`."""
+
+    __slots__ = (
+        "phase",
+        "length",
+        "has_property",
+        "arity",
+        "elements",
+        "counts",
+        "group",
+        "remaining",
+        "used_fixed",
+        "avail",
+        "n_sites",
+        "required_left",
+        "pending",
+        "coords_left",
+        "lattice_names",
+        "lattice_values",
+        "_key",
+    )
+
+    def __init__(self) -> None:
+        self.phase = _START
+        self.length = 0
+        self.has_property = False
+        self.arity = 0
+        self.elements: list[int] = []  # atomic numbers, in sequence order
+        self.counts: list[int] = []
+        self.group = 0
+        self.remaining: list[int] = []  # per element, atoms not yet placed on sites
+        self.used_fixed = 0  # bitmask over the group's position indices
+        self.avail = 0  # index of the unused, unreserved fixed pool (see _reachability)
+        self.n_sites = 0
+        self.required_left: tuple[int, ...] = ()
+        self.pending = -1  # position index waiting for its element
+        self.coords_left = 0
+        self.lattice_names: tuple[str, ...] = ()
+        self.lattice_values: list[float] = []
+        self._key: tuple | None = None
+
+    def copy(self) -> GrammarState:
+        new = GrammarState.__new__(GrammarState)
+        for name in self.__slots__:
+            value = getattr(self, name)
+            setattr(new, name, list(value) if isinstance(value, list) else value)
+        return new
+
+    def __repr__(self) -> str:
+        return (
+            f"GrammarState(expects={_PHASE_NAMES[self.phase]!r}, length={self.length}, "
+            f"elements={self.elements}, counts={self.counts}, group={self.group}, "
+            f"remaining={self.remaining}, n_sites={self.n_sites})"
+        )
+
+
+class Grammar:
+    """Next-token masks over ``vocab`` for prefixes of token sequences; see the module docstring."""
+
+    def __init__(
+        self, vocab: Vocab | None = None, *, max_sites: int = 15, condition: Condition | None = None
+    ) -> None:
+        self.vocab = vocab if vocab is not None else load_vocab()
+        self.max_sites = max_sites
+        self.condition = condition
+        self.resolved: ResolvedCondition = resolve_condition(condition, max_sites=max_sites)
+        self._tables = reach_tables()
+        v = self.vocab
+        self._table = wyckoff_table()
+        # per group: position token ids, token -> position index, multiplicities, free counts
+        self._pos_tokens = {
+            g: np.array([v.wyckoff(g, p.letter) for p in ps]) for g, ps in self._table.items()
+        }
+        self._pos_of_token = {
+            g: {int(t): i for i, t in enumerate(toks)} for g, toks in self._pos_tokens.items()
+        }
+        self._group_index = {int(g): i for i, g in enumerate(self._tables.group_ids)}
+        allowed = np.zeros(len(self._tables.group_ids), dtype=bool)
+        plain = np.zeros_like(allowed)  # allowed groups without required positions
+        for g in self.resolved.groups:
+            allowed[self._group_index[g]] = True
+            plain[self._group_index[g]] = g not in self.resolved.required
+        self._plain_groups = plain
+        self._required_groups = tuple(g for g in self.resolved.groups if g in self.resolved.required)
+        self._cache: dict[tuple, tuple[np.ndarray, frozenset[int]]] = {}
+
+    # ------------------------------------------------------------------ public API
+    def new_states(self, n: int) -> list[GrammarState]:
+        return [GrammarState() for _ in range(n)]
+
+    def max_length(self) -> int:
+        """Upper bound on a sequence's length, ``<end>`` included."""
+        return 1 + 1 + 2 * self.vocab.max_arity + 1 + self.max_sites * (2 + 3) + 6 + 1
+
+    def is_complete(self, state: GrammarState) -> bool:
+        return state.phase == _DONE
+
+    def mask(self, state: GrammarState) -> np.ndarray:
+        out = np.zeros(self.vocab.size, dtype=bool)
+        out[self._allowed(state)[0]] = True
+        return out
+
+    def masks(self, states: Sequence[GrammarState]) -> np.ndarray:
+        """(B, V) bool: row i is the set of tokens allowed after prefix ``states[i]``."""
+        out = np.zeros((len(states), self.vocab.size), dtype=bool)
+        if not states:
+            return out
+        ids = [self._allowed(s)[0] for s in states]
+        lengths = np.fromiter((len(a) for a in ids), dtype=np.int64, count=len(ids))
+        rows = np.repeat(np.arange(len(states)), lengths)
+        out[rows, np.concatenate(ids)] = True
+        return out
+
+    def value_range(self, state: GrammarState) -> tuple[float, float]:
+        """Range of the next ``<num>``: ``[lo, hi)`` for coordinates, ``[lo, hi]`` for the lattice."""
+        if state.phase == _COORD:
+            return 0.0, 1.0
+        if state.phase != _LATTICE:
+            raise GrammarError(f"no continuous value expected here (expecting {_PHASE_NAMES[state.phase]})")
+        name = state.lattice_names[len(state.lattice_values)]
+        if name in ("a", "b", "c"):
+            return LENGTH_MIN, LENGTH_MAX
+        if name == "gamma":  # triclinic: alpha and beta are known
+            alpha, beta = state.lattice_values[3], state.lattice_values[4]
+            lo = max(ANGLE_MIN, abs(alpha - beta) + ANGLE_MARGIN)
+            hi = min(ANGLE_MAX, alpha + beta - ANGLE_MARGIN, 360.0 - alpha - beta - ANGLE_MARGIN)
+            return lo, hi
+        return ANGLE_MIN, ANGLE_MAX
+
+    def advance(self, state: GrammarState, token: int, value: float = math.nan) -> None:
+        """Append ``token`` (and its value, for ``<num>``) to the prefix; GrammarError if illegal."""
+        token = int(token)
+        ids, allowed = self._allowed(state)
+        if token not in allowed:
+            raise GrammarError(
+                f"token {self._token_str(token)} not allowed at position {state.length} "
+                f"(expecting {_PHASE_NAMES[state.phase]})"
+            )
+        v = self.vocab
+        phase = state.phase
+        state._key = None
+        state.length += 1
+        if phase == _START:
+            if token in (v.ehull_low, v.ehull_high):
+                state.has_property = True
+            else:
+                state.arity = v.arity_of(token)
+                state.phase = _ELEMENT
+        elif phase == _ELEMENT:
+            state.elements.append(v.element_of(token))
+            state.phase = _COUNT
+        elif phase == _COUNT:
+            state.counts.append(v.count_of(token))
+            state.phase = _ELEMENT if len(state.counts) < state.arity else _GROUP
+        elif phase == _GROUP:
+            g = v.spacegroup_of(token)
+            reach = self._tables.groups[g]
+            state.group = g
+            state.remaining = list(state.counts)
+            state.required_left = self.resolved.required.get(g, ())
+            state.avail = reach.avail_index(state.required_left)
+            state.phase = _SITE
+        elif phase == _SITE:
+            state.pending = self._pos_of_token[state.group][token]
+            state.phase = _SITE_ELEMENT
+        elif phase == _SITE_ELEMENT:
+            self._place(state, state.elements.index(v.element_of(token)))
+        else:  # <num> or <end>
+            if phase in (_COORD, _LATTICE):
+                self._check_value(state, value)
+            if phase == _COORD:
+                state.coords_left -= 1
+                if state.coords_left == 0:
+                    state.phase = _SITE if any(state.remaining) else self._start_lattice(state)
+            elif phase == _LATTICE:
+                state.lattice_values.append(float(value))
+                if len(state.lattice_values) == len(state.lattice_names):
+                    state.phase = _END
+            elif phase == _END:
+                state.phase = _DONE
+
+    def accepts(self, seq: TokenSequence) -> bool:
+        """True when ``seq`` is a whole sequence the grammar allows, token by token."""
+        return self.first_rejection(seq) is None
+
+    def first_rejection(self, seq: TokenSequence) -> tuple[int, str] | None:
+        """``(index, reason)`` of the first token the grammar refuses, or None if ``seq`` is accepted."""
+        if len(seq.tokens) != len(seq.values):
+            return 0, "tokens and values differ in length"
+        state = GrammarState()
+        for i, (token, value) in enumerate(zip(seq.tokens, seq.values, strict=True)):
+            if token != self.vocab.num and not math.isnan(value):
+                return i, f"value {value} given for a token that is not <num>"
+            try:
+                self.advance(state, token, value)
+            except GrammarError as exc:
+                return i, str(exc)
+        if state.phase != _DONE:
+            return len(seq.tokens), f"sequence ends early (expecting {_PHASE_NAMES[state.phase]})"
+        return None
+
+    # ------------------------------------------------------------------ internals
+    def _token_str(self, token: int) -> str:
+        try:
+            return self.vocab.token_str(token)
+        except ValueError:
+            return f"id {token}"
+
+    def _start_lattice(self, state: GrammarState) -> int:
+        state.lattice_names = lattice_parameter_names(state.group)
+        state.lattice_values = []
+        return _LATTICE
+
+    def _check_value(self, state: GrammarState, value: float) -> None:
+        lo, hi = self.value_range(state)
+        value = float(value)
+        ok = lo <= value < hi if state.phase == _COORD else lo <= value <= hi
+        if not ok:
+            bracket = ")" if state.phase == _COORD else "]"
+            raise GrammarError(f"value {value} at position {state.length - 1} outside [{lo}, {hi}{bracket}")
+
+    def _place(self, state: GrammarState, element_index: int) -> None:
+        g, p = state.group, state.pending
+        reach = self._tables.groups[g]
+        state.remaining[element_index] -= reach.mults[p]
+        state.n_sites += 1
+        if p in state.required_left:
+            left = list(state.required_left)
+            left.remove(p)
+            state.required_left = tuple(left)  # a reserved fixed position was never in the pool
+        elif reach.position_class[p] >= 0:
+            state.avail -= reach.strides[reach.position_class[p]]
+        if reach.position_class[p] >= 0:
+            state.used_fixed |= 1 << p
+        state.pending = -1
+        state.coords_left = reach.n_free[p]
+        if state.coords_left:
+            state.phase = _COORD
+        elif any(state.remaining):
+            state.phase = _SITE
+        else:
+            state.phase = self._start_lattice(state)
+
+    def _key(self, s: GrammarState) -> tuple:
+        ph = s.phase
+        if ph == _START:
+            return (ph, s.has_property)
+        if ph == _ELEMENT:
+            return (ph, s.arity, tuple(sorted(s.elements)))
+        if ph == _COUNT:
+            if self.resolved.reduced is None:  # element identity is irrelevant to the counts
+                return (ph, s.arity, tuple(sorted(s.counts)))
+            return (ph, s.arity, tuple(sorted(s.counts)), s.elements[-1], s.elements[0])
+        if ph == _GROUP:
+            return (ph, tuple(sorted(s.counts)))
+        if ph == _SITE:
+            return (
+                ph,
+                s.group,
+                tuple(sorted(r for r in s.remaining if r)),
+                s.used_fixed,
+                s.n_sites,
+                s.required_left,
+            )
+        if ph == _SITE_ELEMENT:
+            return (
+                ph,
+                s.group,
+                s.pending,
+                tuple(s.remaining),
+                tuple(s.elements),
+                s.used_fixed,
+                s.n_sites,
+                s.required_left,
+            )
+        if ph in (_COORD, _LATTICE):
+            return (_COORD,)
+        return (ph,)
+
+    def _allowed(self, state: GrammarState) -> tuple[np.ndarray, frozenset[int]]:
+        key = state._key
+        if key is None:
+            key = state._key = self._key(state)
+        hit = self._cache.get(key)
+        if hit is None:
+            ids = np.asarray(sorted(self._compute(state)), dtype=np.int64)
+            hit = (ids, frozenset(ids.tolist()))
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            self._cache[key] = hit
+        return hit
+
+    # -- feasibility -------------------------------------------------------------------
+    def _fits(
+        self, group: int, counts: Sequence[int], unknown: int, avail: int, req: tuple[int, ...], budget: int
+    ) -> bool:
+        """Can ``counts`` + ``unknown`` new elements + required ``req`` be placed within ``budget``?"""
+        if budget < 0:
+            return False
+        full_req = self.resolved.required.get(group)
+        if full_req:
+            cost = self._tables.required(group, full_req).min_cost(counts, unknown, avail, req)
+        else:
+            cost = self._tables.groups[group].min_cost(counts, avail) + unknown
+        return cost <= budget
+
+    def _group_fits(self, group: int, counts: Sequence[int], unknown: int) -> bool:
+        req = self.resolved.required.get(group, ())
+        reach = self._tables.groups[group]
+        return self._fits(group, counts, unknown, reach.avail_index(req), req, self.max_sites)
+
+    def _compute(self, s: GrammarState) -> list[int]:
+        v, res = self.vocab, self.resolved
+        ph = s.phase
+        if ph == _START:
+            out = []
+            if not s.has_property:
+                if res.stability == "low":
+                    return [v.ehull_low]
+                if res.stability == "high":
+                    return [v.ehull_high]
+                out += [v.ehull_low, v.ehull_high]
+            return out + [v.arity(k) for k in res.arities]
+        if ph == _ELEMENT:
+            pool = res.element_zs if res.element_zs is not None else range(1, len(v.element_symbols) + 1)
+            used = set(s.elements)
+            return [v.element(z) for z in pool if z not in used]
+        if ph == _COUNT:
+            return [v.count(c) for c in self._allowed_counts(s)]
+        if ph == _GROUP:
+            counts = tuple(sorted(s.counts))
+            out = []
+            if self._plain_groups.any():
+                costs = self._tables.group_costs(counts)
+                ok = (costs <= self.max_sites) & self._plain_groups
+                out += [v.spacegroup(int(g)) for g in self._tables.group_ids[ok]]
+            out += [v.spacegroup(g) for g in self._required_groups if self._group_fits(g, counts, 0)]
+            return out
+        if ph == _SITE:
+            if not any(s.remaining):
+                return [v.num]
+            return [int(self._pos_tokens[s.group][p]) for p in self._allowed_positions(s)]
+        if ph == _SITE_ELEMENT:
+            return [v.element(s.elements[i]) for i in self._allowed_site_elements(s, s.pending)]
+        if ph in (_COORD, _LATTICE):
+            return [v.num]
+        if ph == _END:
+            return [v.end]
+        return []
+
+    def _allowed_counts(self, s: GrammarState) -> list[int]:
+        res = self.resolved
+        z = s.elements[-1]
+        if res.reduced is not None:
+            if s.counts:
+                multiple = s.counts[0] // res.reduced[s.elements[0]]
+                return [multiple * res.reduced[z]]
+            return [m * res.reduced[z] for m in res.multipliers]
+        prefix = tuple(sorted(s.counts))
+        unknown = s.arity - len(s.counts) - 1
+        budget = self.max_sites - unknown
+        ok = np.zeros(self.vocab.max_count + 1, dtype=bool)
+        if self._plain_groups.any():
+            costs = self._tables.count_costs(prefix)
+            ok |= ((costs <= budget) & self._plain_groups[None, :]).any(axis=1)
+        for g in self._required_groups:
+            for c in range(1, self.vocab.max_count + 1):
+                if not ok[c] and self._group_fits(g, prefix + (c,), unknown):
+                    ok[c] = True
+        ok[0] = False
+        return np.flatnonzero(ok).tolist()
+
+    def _after_position(self, s: GrammarState, p: int) -> tuple[int, tuple[int, ...]]:
+        """Pool index and required positions left once position ``p`` is taken."""
+        reach = self._tables.groups[s.group]
+        if p in s.required_left:
+            left = list(s.required_left)
+            left.remove(p)
+            return s.avail, tuple(left)
+        cls = reach.position_class[p]
+        return (s.avail - reach.strides[cls] if cls >= 0 else s.avail), s.required_left
+
+    def _allowed_positions(self, s: GrammarState) -> list[int]:
+        reach = self._tables.groups[s.group]
+        budget = self.max_sites - s.n_sites - 1
+        if budget < 0:
+            return []
+        values = sorted({r for r in s.remaining if r})
+        out = []
+        verdict: dict[tuple, bool] = {}
+        for p, m in enumerate(reach.mults):
+            cls = reach.position_class[p]
+            if cls >= 0 and s.used_fixed >> p & 1:
+                continue
+            if cls >= 0 and p not in s.required_left and reach.class_count(s.avail, cls) == 0:
+                continue  # every unreserved position of this class is taken
+            avail, req = self._after_position(s, p)
+            key = (m, avail, req)
+            ok = verdict.get(key)
+            if ok is None:
+                ok = False
+                for r in values:
+                    if r < m:
+                        continue
+                    counts = list(s.remaining)
+                    counts[counts.index(r)] -= m
+                    if self._fits(s.group, counts, 0, avail, req, budget):
+                        ok = True
+                        break
+                verdict[key] = ok
+            if ok:
+                out.append(p)
+        return out
+
+    def _allowed_site_elements(self, s: GrammarState, p: int) -> list[int]:
+        reach = self._tables.groups[s.group]
+        m = reach.mults[p]
+        avail, req = self._after_position(s, p)
+        budget = self.max_sites - s.n_sites - 1
+        out = []
+        for i, r in enumerate(s.remaining):
+            if r < m:
+                continue
+            counts = list(s.remaining)
+            counts[i] -= m
+            if self._fits(s.group, counts, 0, avail, req, budget):
+                out.append(i)
+        return out
