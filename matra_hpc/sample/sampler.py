@@ -13,8 +13,9 @@ row per step, in row order, on the CPU; the batch layout depends only on ``n`` a
 ``batch_size``. The same seed gives the same sequences on whichever process runs it, with or
 without the KV cache (the two paths differ only by float rounding of the logits).
 
-Batching: rows are sampled in cohorts of ``batch_size``; a finished row leaves the cohort and
-the KV cache is compacted to the rows still running, so compute follows the live rows. (Refilling
+Batching: rows are sampled in cohorts of ``batch_size``; finished rows leave the batch (the KV
+cache is compacted to the rows still running once an eighth of the batch has finished), so
+compute follows the live rows. (Refilling
 a freed row with a new sequence would need per-row positions in the model's KV cache, which it
 does not have: every row of a cache sits at the same position.)
 
@@ -123,73 +124,78 @@ def _sample_cohort(
     device: torch.device,
     stats: SamplingStats | None,
 ) -> list[SampledSequence]:
-    num_id = model.config.num_id
-    bos_id = model.config.bos_id
+    num_id, bos_id, pad_id = model.config.num_id, model.config.bos_id, model.config.pad_id
     dtype = next(model.parameters()).dtype
     states = grammar.new_states(rows)
     tokens: list[list[int]] = [[] for _ in range(rows)]
     values: list[list[float]] = [[] for _ in range(rows)]
     complete = [False] * rows
-    live = list(range(rows))  # cohort rows still running, in row order
+    running = [True] * rows
+    slots = list(range(rows))  # cohort row held by each batch slot of the model input
 
     cache = model.new_kv_cache(rows, max_length, device, dtype) if settings.use_cache else None
-    # Model input of the live rows: the next position only (cache) or the whole prefix.
+    # Model input of every slot: the next position only (cache) or the whole prefix.
     step_tokens = torch.full((rows, 1), bos_id, dtype=torch.long, device=device)
     step_values = torch.full((rows, 1), math.nan, dtype=torch.float32, device=device)
     steps = 0
-    while live:
+    while True:
+        live = [j for j, r in enumerate(slots) if running[r]]  # slots still sampling, in row order
+        if not live:
+            break
         logits, cont = model(step_tokens, step_values, kv_cache=cache)
-        last_logits = logits[:, -1, :].float()  # (b, V)
-        last_cont = cont[:, -1].double().cpu().numpy()  # (b,)
+        last_logits, last_cont = logits[:, -1, :], cont[:, -1]
+        if len(live) < len(slots):
+            live_idx = torch.tensor(live, dtype=torch.long, device=device)
+            last_logits, last_cont = last_logits.index_select(0, live_idx), last_cont.index_select(0, live_idx)
+        last_cont = last_cont.double().cpu().numpy()  # (b,)
         if stats is not None:
             stats.forward_calls += 1
-            stats.row_steps += len(live) * (1 if cache is not None else step_tokens.shape[1])
+            stats.row_steps += step_tokens.shape[0] * step_tokens.shape[1]
         steps += 1
-        live_states = [states[r] for r in live]
-        allowed = torch.from_numpy(np.ascontiguousarray(grammar.masks(live_states))).to(device)
-        chosen = _draw_tokens(last_logits, allowed, temperature, generator)
+        live_rows = [slots[j] for j in live]
+        allowed = torch.from_numpy(np.ascontiguousarray(grammar.masks([states[r] for r in live_rows]))).to(device)
+        chosen = _draw_tokens(last_logits.float(), allowed, temperature, generator)
         noise = None
         if settings.value_noise > 0:
             noise = torch.randn(len(live), generator=generator, dtype=torch.float64).numpy()
 
-        new_values = np.full(len(live), math.nan)
-        keep: list[int] = []
-        for j, r in enumerate(live):
-            token = int(chosen[j])
+        next_tokens = np.full(len(slots), pad_id, dtype=np.int64)
+        next_values = np.full(len(slots), math.nan)
+        for i, (j, r) in enumerate(zip(live, live_rows, strict=True)):
+            token = int(chosen[i])
             value = math.nan
             if token == num_id:
                 lo, hi = grammar.value_range(states[r])
-                raw = float(last_cont[j])
+                raw = float(last_cont[i])
                 if noise is not None:
-                    raw += settings.value_noise * temperature * float(noise[j])
-                value = _into_range(raw, lo, hi, periodic=grammar.value_is_periodic(states[r]))
+                    raw += settings.value_noise * temperature * float(noise[i])
+                value = _into_range(raw, lo, hi, periodic=_is_coordinate(lo, hi))
             grammar.advance(states[r], token, value)
             tokens[r].append(token)
             values[r].append(value)
-            new_values[j] = value
+            next_tokens[j], next_values[j] = token, value
             if grammar.is_complete(states[r]):
-                complete[r] = True
-            elif len(tokens[r]) < max_length:
-                keep.append(j)
-            # else: cut by the length guard, left incomplete
+                complete[r], running[r] = True, False
+            elif len(tokens[r]) >= max_length:
+                running[r] = False  # cut by the length guard, left incomplete
 
-        next_tokens = chosen.to(device=device, dtype=torch.long)[:, None]
-        next_values = torch.from_numpy(new_values).to(device=device, dtype=torch.float32)[:, None]
-        if len(keep) < len(live):
+        new_tokens = torch.from_numpy(next_tokens).to(device)[:, None]
+        new_values = torch.from_numpy(next_values).to(device=device, dtype=torch.float32)[:, None]
+        if cache is not None:
+            step_tokens, step_values = new_tokens, new_values
+        else:
+            step_tokens = torch.cat([step_tokens, new_tokens], dim=1)
+            step_values = torch.cat([step_values, new_values], dim=1)
+        # Finished rows ride along (their outputs ignored) until an eighth of the batch is
+        # finished: compacting the KV cache copies all of it, so not on every finished row.
+        keep = [j for j, r in enumerate(slots) if running[r]]
+        if keep and len(slots) - len(keep) >= max(1, len(slots) // 8):
             keep_idx = torch.tensor(keep, dtype=torch.long, device=device)
-            next_tokens = next_tokens.index_select(0, keep_idx)
-            next_values = next_values.index_select(0, keep_idx)
+            step_tokens = step_tokens.index_select(0, keep_idx)
+            step_values = step_values.index_select(0, keep_idx)
             if cache is not None:
                 cache.select(keep_idx)
-            else:
-                step_tokens = step_tokens.index_select(0, keep_idx)
-                step_values = step_values.index_select(0, keep_idx)
-            live = [live[j] for j in keep]
-        if cache is not None:
-            step_tokens, step_values = next_tokens, next_values
-        else:
-            step_tokens = torch.cat([step_tokens, next_tokens], dim=1)
-            step_values = torch.cat([step_values, next_values], dim=1)
+            slots = [slots[j] for j in keep]
     if stats is not None:
         stats.per_cohort_steps.append(steps)
     return [SampledSequence(tokens[r], values[r], complete[r]) for r in range(rows)]
@@ -214,6 +220,11 @@ def _draw_tokens(
         last_allowed = (allowed.long() * torch.arange(allowed.shape[1], device=allowed.device)).argmax(dim=1)
         chosen = torch.where(ok, chosen, last_allowed)
     return chosen.cpu()
+
+
+def _is_coordinate(lo: float, hi: float) -> bool:
+    # The grammar gives exactly [0, 1) for free coordinates; lattice ranges start at >= 1 A or 30 deg.
+    return lo == 0.0 and hi == 1.0
 
 
 def _into_range(value: float, lo: float, hi: float, *, periodic: bool) -> float:

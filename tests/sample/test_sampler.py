@@ -1,0 +1,144 @@
+"""The grammar-masked sampler: legal tokens only, conditions honoured, cache == no cache."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from matra_hpc.errors import UsageError
+from matra_hpc.sample.sampler import SamplerSettings, SamplingStats, sample_sequences
+from matra_hpc.tokens import TokenSequence, load_vocab
+from matra_hpc.tokens.conditions import Condition
+from matra_hpc.tokens.grammar import Grammar
+
+
+def _sample(model, grammar, n, t, seed=0, **settings):
+    return sample_sequences(model, grammar, n, t, torch.Generator().manual_seed(seed), SamplerSettings(**settings))
+
+
+@pytest.fixture(scope="module")
+def hostile_model(tiny_model):
+    """Random weights whose favourite tokens are illegal almost everywhere: the mask must win."""
+    model = copy.deepcopy(tiny_model)
+    vocab = load_vocab()
+    with torch.no_grad():
+        model.lm_head.bias[vocab.pad] = 40.0
+        model.lm_head.bias[vocab.bos] = 40.0
+        model.lm_head.bias[vocab.end] = 30.0
+        model.cont_head.bias.fill_(-7.5)  # far outside every value range
+    return model
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.65])
+def test_every_token_is_legal_and_every_sequence_completes(hostile_model, temperature: float) -> None:
+    grammar = Grammar()
+    seqs = _sample(hostile_model, grammar, 24, temperature, seed=3, batch_size=16)
+    assert len(seqs) == 24
+    for seq in seqs:
+        assert seq.complete and seq.tokens[-1] == grammar.vocab.end
+        rejection = grammar.first_rejection(TokenSequence(tokens=seq.tokens, values=seq.values))
+        assert rejection is None, rejection
+
+
+def test_values_stay_in_range_coordinates_wrap_lattice_clamps(tiny_model) -> None:
+    grammar = Grammar()
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        model.cont_head.weight.zero_()
+        model.cont_head.bias.fill_(1.25)  # coordinates wrap to ~0.25; lengths clamp up to 1 A
+    for seq in _sample(model, grammar, 8, 1.0, seed=5):
+        state = grammar.new_states(1)[0]
+        for token, value in zip(seq.tokens, seq.values, strict=True):
+            if token == grammar.vocab.num:
+                lo, hi = grammar.value_range(state)
+                if (lo, hi) == (0.0, 1.0):
+                    assert value == pytest.approx(0.25)
+                else:
+                    assert lo <= value <= hi
+            grammar.advance(state, token, value)
+
+
+def test_kv_cache_gives_the_same_samples_as_recomputing(tiny_model) -> None:
+    grammar = Grammar()
+    with_cache = _sample(tiny_model, grammar, 20, 1.0, seed=11, batch_size=8)
+    stats = SamplingStats()
+    without = sample_sequences(tiny_model, grammar, 20, 1.0, torch.Generator().manual_seed(11),
+                               SamplerSettings(batch_size=8, use_cache=False), stats=stats)
+    assert stats.forward_calls > 0
+    for a, b in zip(with_cache, without, strict=True):
+        assert a.tokens == b.tokens
+        assert a.values == pytest.approx(b.values, abs=1e-4, nan_ok=True)
+
+
+def test_same_seed_same_samples_other_seed_others(tiny_model) -> None:
+    grammar = Grammar()
+    a = _sample(tiny_model, grammar, 6, 1.0, seed=1)
+    b = _sample(tiny_model, grammar, 6, 1.0, seed=1)
+    c = _sample(tiny_model, grammar, 6, 1.0, seed=2)
+    assert [s.tokens for s in a] == [s.tokens for s in b]
+    assert _flat_values(a) == pytest.approx(_flat_values(b), nan_ok=True)
+    assert [s.tokens for s in a] != [s.tokens for s in c]
+
+
+def test_length_guard_cuts_and_says_so(tiny_model) -> None:
+    seqs = _sample(tiny_model, Grammar(), 12, 1.3, seed=4, max_length=20)
+    cut = [s for s in seqs if not s.complete]
+    assert cut, "a 20-token guard must cut some random sequences"
+    assert all(len(s.tokens) == 20 and s.tokens[-1] != load_vocab().end for s in cut)
+    assert all(len(s.tokens) <= 20 for s in seqs)
+
+
+def test_value_noise_is_seeded_and_stays_legal(tiny_model) -> None:
+    grammar = Grammar()
+    a = _sample(tiny_model, grammar, 6, 1.0, seed=8, value_noise=0.5)
+    b = _sample(tiny_model, grammar, 6, 1.0, seed=8, value_noise=0.5)
+    plain = _sample(tiny_model, grammar, 6, 1.0, seed=8)
+    assert _flat_values(a) == pytest.approx(_flat_values(b), nan_ok=True)
+    assert _flat_values(a) != pytest.approx(_flat_values(plain), nan_ok=True)
+    assert all(grammar.accepts(TokenSequence(tokens=s.tokens, values=s.values)) for s in a)
+
+
+def _flat_values(seqs) -> list[float]:
+    return [v for s in seqs for v in s.values]
+
+
+def _composition_elements(tokens: list[int]) -> set[int]:
+    vocab = load_vocab()
+    out = set()
+    for t in tokens:
+        if vocab.kind(t) == "spacegroup":
+            break
+        if vocab.kind(t) == "element":
+            out.add(vocab.element_of(t))
+    return out
+
+
+def _group(tokens: list[int]) -> int:
+    vocab = load_vocab()
+    return next(vocab.spacegroup_of(t) for t in tokens if vocab.kind(t) == "spacegroup")
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.65])
+def test_conditions_hold_in_every_sample(hostile_model, temperature: float) -> None:
+    vocab = load_vocab()
+    condition = Condition.parse("elements=Al,Ca,Cu;spacegroups=191,194;stability=low")
+    seqs = _sample(hostile_model, Grammar(condition=condition), 16, temperature, seed=6)
+    for seq in seqs:
+        assert seq.complete
+        assert seq.tokens[0] == vocab.ehull_low
+        assert _composition_elements(seq.tokens) == {13, 20, 29}
+        assert _group(seq.tokens) in (191, 194)
+
+
+def test_bad_arguments_fail_before_sampling(tiny_model) -> None:
+    with pytest.raises(UsageError):
+        _sample(tiny_model, Grammar(), 2, 0.0)
+    with pytest.raises(UsageError):
+        _sample(tiny_model, Grammar(), 2, math.inf)
+    with pytest.raises(UsageError):
+        SamplerSettings(batch_size=0)
+    with pytest.raises(UsageError):
+        SamplerSettings(value_noise=-1.0)
