@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -169,20 +170,20 @@ class ShardTask:
     config: dict[str, Any]
 
 
-def _n_primitive(structure: Any, symbol: str) -> int:
-    # Lattice points per conventional cell by centring letter (R: hexagonal axes, 3 points).
-    points = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "F": 4, "R": 3}.get(symbol[:1], 1)
-    return len(structure) // points
+@functools.cache
+def _lattice_points(group: int) -> int:
+    """Lattice points per conventional cell, from the centring letter (R: hexagonal axes, 3)."""
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    letter = SpaceGroup.from_int_number(group).symbol[:1]
+    return {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "F": 4, "R": 3}[letter]
 
 
 def process_shard(task: ShardTask) -> dict[str, Any]:
     """Load, filter and tokenize the items of one shard, write it, return its manifest."""
-    from pymatgen.symmetry.groups import SpaceGroup
-
     from matra_hpc.tokens import EncodeError, decode, encode, load_vocab, prototype_hash
 
     vocab = load_vocab()
-    wy_lo, wy_hi = vocab.wyckoff_range
     cfg = task.config
     start = time.perf_counter()
     rows = st.ShardRows()
@@ -199,7 +200,8 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
             continue
         properties = {"e_above_hull": ehull} if math.isfinite(ehull) else None
         try:
-            seq = encode(loaded.structure, properties)
+            seq = encode(loaded.structure, properties, symprec=cfg["symprec"],
+                         angle_tolerance=cfg["angle_tolerance"], max_sites=cfg["max_wyckoff"])
         except EncodeError as exc:
             rejected.setdefault(exc.reason, []).append(loaded.id)
             continue
@@ -208,14 +210,15 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
             rejected.setdefault("symmetry_failed", []).append(loaded.id)
             continue
         tokens = np.asarray(seq.tokens, dtype=np.int32)
-        n_wyckoff = int(np.count_nonzero((tokens >= wy_lo) & (tokens < wy_hi)))
-        if n_wyckoff > cfg["max_wyckoff"]:
-            rejected.setdefault("too_many_sites", []).append(loaded.id)
-            continue
         sg_lo = vocab.spacegroup_range[0]
         group = int(tokens[(tokens >= sg_lo) & (tokens < vocab.spacegroup_range[1])][0]) - sg_lo + 1
-        # The stored cell is the decoded canonical one, so tokens and structure arrays agree exactly.
-        conventional = decode(seq)
+        try:
+            # The stored cell is the decoded canonical one, so tokens and structure arrays agree exactly.
+            conventional = decode(seq)
+        except Exception as exc:  # an encoder/decoder disagreement: count it, keep going
+            log.warning("%s: its sequence does not decode (%s)", loaded.id, exc)
+            rejected.setdefault("symmetry_failed", []).append(loaded.id)
+            continue
         phash = prototype_hash(seq)
         rows.add(
             tokens=tokens, values=np.asarray(seq.values, dtype=np.float64), id=loaded.id, source=item.source,
@@ -223,7 +226,7 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
             formula=loaded.structure.composition.reduced_formula, prototype_hash=phash, spacegroup=group,
             e_above_hull=ehull, e_form=loaded.e_form, lattice=conventional.lattice.matrix,
             frac_coords=conventional.frac_coords, numbers=[s.specie.Z for s in conventional],
-            n_sites_primitive=_n_primitive(conventional, SpaceGroup.from_int_number(group).symbol),
+            n_sites_primitive=len(conventional) // _lattice_points(group),
         )
     arrays = rows.arrays()
     manifest = {

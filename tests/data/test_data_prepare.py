@@ -1,0 +1,175 @@
+"""`data prepare` end to end on real structures: kill -9 + resume, MPI == serial, bad inputs counted."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from data_inputs import flla_rows, write_alexandria, write_mp
+
+from matra_hpc.cli import main
+from matra_hpc.context import local_context
+from matra_hpc.data import store as st
+from matra_hpc.data.prepare import DataPrepareConfig, run_data_prepare
+from matra_hpc.errors import UsageError
+from matra_hpc.tokens import load_vocab
+
+SHARD = 5
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """120 real MP structures in the matbench-discovery layout, one record corrupt."""
+    root = tmp_path_factory.mktemp("inputs")
+    write_mp(root / "mp", flla_rows(120, skip_disordered=False), corrupt_index=7)
+    return root / "mp"
+
+
+@pytest.fixture(scope="module")
+def clean(inputs: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clean") / "tokens.zarr"
+    run_data_prepare(DataPrepareConfig(sources=[f"mp={inputs}"], out=str(out), shard_size=SHARD), local_context())
+    return out
+
+
+def _assert_same_rows(a: Path, b: Path) -> None:
+    ga, gb = st.open_token_store(a, verify=True), st.open_token_store(b, verify=True)
+    rows_a, rows_b = list(st.iter_rows(ga)), list(st.iter_rows(gb))
+    assert len(rows_a) == len(rows_b) > 0
+    ids = [r["id"] for r in rows_a]
+    assert len(set(ids)) == len(ids)  # no duplicates
+    for ra, rb in zip(rows_a, rows_b, strict=True):  # no holes, same order, same content
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            np.testing.assert_array_equal(ra[key], rb[key], err_msg=f"{ra['id']}: {key}")
+    assert ga.attrs["content_hash"] == gb.attrs["content_hash"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "matra_hpc", *args]
+
+
+def test_kill9_half_way_then_rerun_equals_clean_run(inputs: Path, clean: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tokens.zarr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cli("data", "prepare", f"mp={inputs}", "--out", str(out), "--shard-size", str(SHARD)),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(st.finished_shards(out)) < 6:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {s.id: (st.shard_dir(out, s.id) / st.MANIFEST) for s in st.finished_shards(out)}
+    assert 6 <= len(finished) < 24, "the run was not killed half way"
+    before = {sid: (p.stat().st_mtime_ns, p.read_bytes()) for sid, p in finished.items()}
+    with pytest.raises(Exception, match="incomplete"):
+        st.open_token_store(out)
+
+    report = run_data_prepare(DataPrepareConfig(sources=[f"mp={inputs}"], out=str(out), shard_size=SHARD),
+                              local_context())
+    after = {sid: (p.stat().st_mtime_ns, p.read_bytes()) for sid, p in finished.items()}
+    assert after == before  # finished shards were not redone
+    assert report["n_inputs"] == 120 and report["n_shards"] == 24
+    _assert_same_rows(out, clean)
+
+
+@pytest.mark.mpi
+def test_two_mpi_ranks_equal_serial(inputs: Path, clean: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mpi.zarr"
+    mpirun = Path(sys.executable).parent / "mpirun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(mpirun), "-n", "2", *_cli("data", "prepare", f"mp={inputs}", "--out", str(out),
+                                                          "--shard-size", str(SHARD))],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pids = {json.loads((st.shard_dir(out, s.id) / st.MANIFEST).read_text())["pid"] for s in st.finished_shards(out)}
+    assert len(pids) == 2  # both ranks wrote shards
+    assert json.loads(done.stdout)["world_size"] == 2
+    _assert_same_rows(out, clean)
+
+
+def test_pool_of_two_equals_serial(inputs: Path, clean: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pool.zarr"
+    run_data_prepare(DataPrepareConfig(sources=[f"mp={inputs}"], out=str(out), shard_size=SHARD, workers=2),
+                     local_context())
+    _assert_same_rows(out, clean)
+
+
+def test_report_counts_bad_inputs_and_filters(tmp_path: Path) -> None:
+    from pymatgen.core import Lattice, Structure
+
+    rows = flla_rows(12)
+    write_mp(tmp_path / "mp", rows[:6], corrupt_index=1, nan_index=2)
+    write_alexandria(tmp_path / "alex", rows[6:])
+    folder = tmp_path / "own"
+    folder.mkdir()
+    (folder / "garbage.cif").write_text("this is not a CIF\n")
+    Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(folder / "nacl.vasp"),
+                                                                                 fmt="poscar")
+    triclinic = Structure(Lattice.from_parameters(4, 5, 6, 70, 80, 85), ["Si", "O"], [[0, 0, 0], [0.3, 0.2, 0.1]])
+    triclinic.to(filename=str(folder / "p1.vasp"), fmt="poscar")
+    out = tmp_path / "t.zarr"
+    code = main(["data", "prepare", f"mp={tmp_path / 'mp'}", f"alexandria={tmp_path / 'alex'}", f"folder={folder}",
+                 "--out", str(out), "--max-ehull", "0.05", "--shard-size", "4"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["rejected"]["parse_error"]["ids"] == [f"mp:{rows[1].material_id}", "own:garbage"]
+    assert report["rejected"]["nan_or_inf"]["ids"] == [f"mp:{rows[2].material_id}"]
+    assert report["rejected"]["spacegroup_1"]["ids"] == ["own:p1"]
+    high = [r for r in rows[6:] if r.properties["e_above_hull"] > 0.05]
+    assert report["filtered"].get("above_max_ehull", {"count": 0})["count"] == len(high)
+    assert report["n_inputs"] == 15
+    assert report["n_rows"] == 15 - 4 - len(high)
+    assert report["encodable_fraction"] == pytest.approx(report["n_rows"] / (15 - len(high)))
+    root = st.open_token_store(out, verify=True)
+    assert sum(root.attrs["split_counts"].values()) == report["n_rows"]
+    by_id = {r["id"]: r for r in st.iter_rows(root)}
+    vocab = load_vocab()
+    # A structure without e_above_hull gets no stability token; MP rows do.
+    assert by_id["own:nacl"]["tokens"][0] == vocab.arity(2) and math.isnan(by_id["own:nacl"]["e_above_hull"])
+    assert by_id[f"mp:{rows[0].material_id}"]["tokens"][0] in (vocab.ehull_low, vocab.ehull_high)
+    assert by_id["own:nacl"]["spacegroup"] == 225 and by_id["own:nacl"]["n_sites_conventional"] == 8
+    assert by_id["own:nacl"]["n_sites_primitive"] == 2
+    attrs = dict(root.attrs)
+    assert attrs["vocab_hash"] == vocab.hash and attrs["created_by"]["package"]
+    assert [s["name"] for s in attrs["sources"]] == ["mp", "alex", "own"]
+    assert all(len(s["sha256"]) == 64 for s in attrs["sources"])
+    assert attrs["energy"]["per_source"]["mp"]["correction_scheme"] == "MaterialsProject2020Compatibility"
+
+
+def test_usage_errors_exit_2(tmp_path: Path, capsys) -> None:
+    assert main(["data", "prepare", "flla", "--out", str(tmp_path / "x"), "--val-frac", "1.5"]) == 2
+    assert main(["data", "prepare", "nonsense", "--out", str(tmp_path / "x")]) == 2
+    assert "expected KIND=PATH" in capsys.readouterr().err
+    with pytest.raises(UsageError):
+        DataPrepareConfig(sources=[], out="x").validate()
+
+
+@pytest.mark.slow
+def test_demo_store_over_all_flla(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo.zarr"
+    start = time.perf_counter()
+    assert main(["data", "demo", "--out", str(out)]) == 0
+    seconds = time.perf_counter() - start
+    summary = json.loads(capsys.readouterr().out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_inputs"] == 3938
+    n_rejected = sum(v["count"] for v in report["rejected"].values())
+    assert report["n_rows"] + n_rejected + report["duplicates"]["count"] == 3938
+    assert report["encodable_fraction"] > 0.9
+    root = st.open_token_store(out, verify=True)
+    assert root.attrs["n_rows"] == report["n_rows"] == summary["n_rows"]
+    assert 0.05 < root.attrs["split_counts"]["val"] / report["n_rows"] < 0.15
+    print(f"data demo: {seconds:.1f} s, encodable fraction {report['encodable_fraction']}")
+    # A rerun finds every shard finished and only rebuilds the view.
+    start = time.perf_counter()
+    assert main(["data", "demo", "--out", str(out)]) == 0
+    assert time.perf_counter() - start < seconds / 2
