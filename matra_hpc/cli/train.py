@@ -36,6 +36,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop after this many minutes (checkpointed; running again continues)")
     parser.add_argument("--ckpt-every-steps", type=int, default=None)
     parser.add_argument("--ckpt-every-minutes", type=float, default=d.ckpt_every_minutes)
+    parser.add_argument("--ckpt-every-epochs", type=int, default=d.ckpt_every_epochs)
     parser.add_argument("--log-every", type=int, default=d.log_every, help="steps between metrics records")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=d.precision,
                         help="auto: bf16 autocast on CUDA, fp32 on CPU")
@@ -51,7 +52,7 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         micro_batch=args.micro_batch, lr_max=args.lr_max, weight_decay=args.weight_decay,
         schedule_steps=args.schedule_steps, patience=args.patience, seed=args.seed, max_steps=args.max_steps,
         max_minutes=args.max_minutes, ckpt_every_steps=args.ckpt_every_steps,
-        ckpt_every_minutes=args.ckpt_every_minutes, log_every=args.log_every, precision=args.precision,
+        ckpt_every_minutes=args.ckpt_every_minutes, ckpt_every_epochs=args.ckpt_every_epochs, log_every=args.log_every, precision=args.precision,
         compile=args.compile, device=args.device, dropout=args.dropout, cont_loss_weight=args.cont_loss_weight,
     )
 

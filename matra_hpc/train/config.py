@@ -46,6 +46,8 @@ class TrainConfig:
     """Stop after this many minutes of this process (checkpoint first); resume continues."""
     ckpt_every_steps: int | None = None
     ckpt_every_minutes: float = 10.0
+    ckpt_every_epochs: int = 1
+    """Checkpoint at the end of every N-th epoch (and always at the end of the run)."""
     keep_checkpoints: int = 3
     log_every: int = 10
     val_batch: int = 256

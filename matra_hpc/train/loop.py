@@ -390,13 +390,16 @@ class _Trainer:
                 stop = self.bad_epochs >= cfg.patience
             self.metrics.write({"kind": "val", "step": self.step, "epoch": self.epoch, **val,
                                 "best": self.best_val, "bad_epochs": self.bad_epochs, "time": time.time()})
-        if self.is_main:
+        # Drawing takes a fraction of a second: at most once a minute, and at the end of the run.
+        if self.is_main and time.monotonic() - self.last_plot >= 60:
             plot_loss_curve(self.metrics.path, self.out / PLOT_FILE)
+            self.last_plot = time.monotonic()
         return stop
 
     def run(self) -> TrainResult:
         cfg = self.config
         self.last_ckpt_time = time.monotonic()
+        self.last_plot = time.monotonic()
         self.ckpt_step = self.step if self.last_checkpoint else -1
         if self.finished_status:
             log.info("training in %s already finished (%s) at step %d", self.out, self.finished_status, self.step)
@@ -449,7 +452,8 @@ class _Trainer:
                 early = self.end_epoch()
                 if early or self.epoch >= cfg.epochs:
                     self.finished_status = "early_stopped" if early else "finished"
-                self.checkpoint()
+                if self.finished_status or self.epoch % cfg.ckpt_every_epochs == 0 or self._want_checkpoint():
+                    self.checkpoint()
                 if self.finished_status:
                     status = self.finished_status
                     break

@@ -39,7 +39,9 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    records = []
+    records: list[dict[str, Any]] = []
+    if not Path(path).exists():
+        return records
     for line in Path(path).read_text().splitlines():
         line = line.strip()
         if not line:

@@ -1,0 +1,212 @@
+"""The transformer: size of the paper config, KV-cache decoding, embeddings, loss, loading."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from matra_hpc.errors import CheckpointError, UsageError
+from matra_hpc.model import (
+    MatraTransformer,
+    ModelConfig,
+    combine_loss,
+    load_model,
+    load_model_config,
+    loss_sums,
+)
+from matra_hpc.model.transformer import GaussianEmbedding, sinusoidal_encoding
+from matra_hpc.tokens import load_vocab
+from matra_hpc.train.checkpoint import save_model_dir
+
+NUM = 3
+
+
+def tiny(**overrides) -> MatraTransformer:
+    torch.manual_seed(0)
+    cfg = load_model_config("tiny", load_vocab().size)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return MatraTransformer(cfg).eval()
+
+
+def random_batch(B: int, T: int, vocab_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(4, vocab_size, (B, T), generator=g)
+    tokens[:, 0] = 1  # <bos>
+    is_num = torch.rand(B, T, generator=g) < 0.3
+    is_num[:, 0] = False
+    tokens[is_num] = NUM
+    values = torch.full((B, T), float("nan"))
+    values[is_num] = torch.rand(int(is_num.sum()), generator=g) * 10
+    return tokens, values
+
+
+def test_paper_config_has_41m_parameters_with_the_project_vocabulary():
+    vocab = load_vocab()
+    model = MatraTransformer(load_model_config("paper", vocab.size))
+    cfg = model.config
+    assert (cfg.n_layer, cfg.n_head, cfg.d_model) == (12, 16, 512)
+    assert model.num_params() == pytest.approx(41e6, rel=0.05)
+
+
+def test_kv_cache_step_by_step_equals_full_forward():
+    model = tiny()
+    tokens, values = random_batch(3, 24, model.config.vocab_size)
+    with torch.no_grad():
+        full_logits, full_cont = model(tokens, values)
+        cache = model.new_kv_cache(3, 32, "cpu", torch.float32)
+        logits, cont = [], []
+        out = model(tokens[:, :7], values[:, :7], kv_cache=cache)  # prefill several positions at once
+        logits.append(out[0])
+        cont.append(out[1])
+        for t in range(7, 24):
+            out = model(tokens[:, t : t + 1], values[:, t : t + 1], kv_cache=cache)
+            logits.append(out[0])
+            cont.append(out[1])
+    assert cache.pos == 24
+    torch.testing.assert_close(torch.cat(logits, 1), full_logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(cont, 1), full_cont, atol=1e-5, rtol=1e-4)
+
+
+def test_kv_cache_select_keeps_the_chosen_rows():
+    model = tiny()
+    tokens, values = random_batch(4, 12, model.config.vocab_size, seed=1)
+    with torch.no_grad():
+        full_logits, _ = model(tokens, values)
+        cache = model.new_kv_cache(4, 12, "cpu", torch.float32)
+        model(tokens[:, :6], values[:, :6], kv_cache=cache)
+        keep = torch.tensor([3, 1])
+        cache.select(keep)
+        assert cache.batch_size == 2 and cache.pos == 6
+        rest = [model(tokens[keep, t : t + 1], values[keep, t : t + 1], kv_cache=cache)[0] for t in range(6, 12)]
+    torch.testing.assert_close(torch.cat(rest, 1), full_logits[keep, 6:], atol=1e-5, rtol=1e-4)
+
+
+def test_positions_beyond_the_cache_or_max_len_are_refused():
+    model = tiny()
+    tokens, values = random_batch(1, 5, model.config.vocab_size)
+    cache = model.new_kv_cache(1, 4, "cpu", torch.float32)
+    with pytest.raises(UsageError):
+        model(tokens, values, kv_cache=cache)
+    with pytest.raises(UsageError):
+        model.new_kv_cache(1, model.config.max_len + 1, "cpu", torch.float32)
+
+
+def test_future_tokens_do_not_change_earlier_outputs():
+    model = tiny()
+    tokens, values = random_batch(2, 16, model.config.vocab_size)
+    changed = tokens.clone()
+    changed[:, 10:] = 7
+    with torch.no_grad():
+        a, ca = model(tokens, values)
+        b, cb = model(changed, values)
+    torch.testing.assert_close(a[:, :10], b[:, :10])
+    torch.testing.assert_close(ca[:, :10], cb[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_continuous_values_enter_only_at_num_tokens():
+    model = tiny()
+    tokens, values = random_batch(2, 16, model.config.vocab_size)
+    shifted = values.clone()
+    not_num = tokens != NUM
+    shifted[not_num] = 123.0  # junk where there is no <num>: must be ignored
+    with torch.no_grad():
+        a, _ = model(tokens, values)
+        b, _ = model(tokens, shifted)
+        num_pos = torch.nonzero(tokens[0] == NUM)[0, 0]
+        moved = values.clone()
+        moved[0, num_pos] += 0.5
+        c, _ = model(tokens, moved)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a[0, num_pos:], c[0, num_pos:])
+
+
+def test_gaussian_embedding_has_a_linear_and_a_log_part():
+    cfg = ModelConfig(vocab_size=100, n_layer=1, n_head=2, d_model=64, n_gauss=32)
+    emb = GaussianEmbedding(cfg)
+    x = emb(torch.tensor([[0.0, 0.25, 0.26, 5.0, 90.0]]))
+    assert x.shape == (1, 5, 64) and torch.isfinite(x).all()
+    lin, log = x[0, :, :32], x[0, :, 32:]
+    # the linear part peaks where the centre is closest to the value
+    assert int(lin[1].argmax()) == round(0.25 * 31)
+    # the log part sees |log v|: 5 A and 90 degrees land on different centres, 0 far out
+    assert int(log[3].argmax()) == round(math.log(5.0) / 6.0 * 31)
+    assert int(log[4].argmax()) == round(math.log(90.0) / 6.0 * 31)
+    assert not torch.allclose(x[0, 1], x[0, 2])
+    assert ModelConfig(vocab_size=100, n_layer=1, n_head=2, d_model=64, n_gauss=16).n_gauss == 16
+    projected = GaussianEmbedding(ModelConfig(vocab_size=100, n_layer=1, n_head=2, d_model=64, n_gauss=16))
+    assert projected(torch.zeros(1, 2)).shape == (1, 2, 64)
+
+
+def test_sinusoidal_encoding_matches_the_formula():
+    enc = sinusoidal_encoding(50, 16)
+    i, k = 7, 5
+    assert enc[i, k].item() == pytest.approx(math.cos(i / 10000 ** ((k - 1) / 16)), abs=1e-6)
+    assert enc[i, 4].item() == pytest.approx(math.sin(i / 10000 ** (4 / 16)), abs=1e-6)
+
+
+def test_loss_of_a_split_batch_adds_up_to_the_whole_and_gradients_stay_finite():
+    model = tiny()
+    model.train()
+    tokens, values = random_batch(4, 20, model.config.vocab_size)
+    targets, target_values = tokens[:, 1:], values[:, 1:]
+    tokens, values = tokens[:, :-1], values[:, :-1]
+    targets[1, 15:] = 0  # padding is ignored
+    logits, cont = model(tokens, values)
+    whole = loss_sums(logits, cont, targets, target_values, model.config)
+    halves = [loss_sums(logits[s], cont[s], targets[s], target_values[s], model.config)
+              for s in (slice(0, 2), slice(2, 4))]
+    assert whole.n_tokens == sum(h.n_tokens for h in halves) == int((targets != 0).sum())
+    assert whole.n_values == int((targets == NUM).sum())
+    torch.testing.assert_close(whole.ce_sum, halves[0].ce_sum + halves[1].ce_sum)
+    torch.testing.assert_close(whole.mse_sum, halves[0].mse_sum + halves[1].mse_sum)
+    loss = combine_loss(whole, whole.n_tokens, whole.n_values, model.config)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    # CE of an untrained model is about log(V)
+    assert float(whole.ce_sum.detach()) / whole.n_tokens == pytest.approx(math.log(model.config.vocab_size), rel=0.1)
+
+
+def test_relative_continuous_loss_scales_large_targets():
+    cfg = ModelConfig(vocab_size=10, n_layer=1, n_head=1, d_model=8, n_gauss=4)
+    targets = torch.tensor([[NUM, NUM]])
+    target_values = torch.tensor([[0.5, 100.0]])
+    cont = torch.tensor([[0.6, 110.0]])
+    logits = torch.zeros(1, 2, 10)
+    rel = loss_sums(logits, cont, targets, target_values, cfg)
+    assert float(rel.mse_sum) == pytest.approx(0.1**2 + 0.1**2, rel=1e-4)
+    cfg.cont_loss_scale = "absolute"
+    absolute = loss_sums(logits, cont, targets, target_values, cfg)
+    assert float(absolute.mse_sum) == pytest.approx(0.1**2 + 10.0**2, rel=1e-4)
+
+
+def test_load_model_round_trip_without_pickle(tmp_path):
+    model = tiny()
+    save_model_dir(tmp_path / "best", model, {"model_config": model.config.to_dict(), "vocab_hash": "x", "step": 3})
+    loaded, meta = load_model(tmp_path)  # a training output dir: its best/ is used
+    assert meta["step"] == 3 and meta["vocab_hash"] == "x"
+    assert loaded.config == model.config
+    tokens, values = random_batch(2, 9, model.config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens, values), model(tokens, values))
+    (tmp_path / "best" / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path)
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "nowhere")
+
+
+def test_config_files_reject_unknown_keys_and_a_vocab_size(tmp_path):
+    with pytest.raises(UsageError, match="valid keys"):
+        ModelConfig.from_dict({"vocab_size": 10, "n_layers": 2})
+    bad = tmp_path / "m.yaml"
+    bad.write_text("n_layer: 2\nvocab_size: 10\n")
+    with pytest.raises(UsageError, match="vocab_size"):
+        load_model_config(str(bad), 100)
+    with pytest.raises(UsageError, match="unknown model"):
+        load_model_config("no-such-model", 100)
+    cfg = ModelConfig.from_dict(load_model_config("tiny", 100).to_dict())
+    assert cfg == load_model_config("tiny", 100)
