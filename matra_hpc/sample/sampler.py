@@ -6,7 +6,9 @@ takes the continuous head's prediction (deterministic, as in the paper), optiona
 Gaussian noise of standard deviation ``value_noise * T`` (off by default), then is brought into
 the grammar's range for that value: fractional coordinates are *wrapped* into [0, 1) (they are
 periodic, so wrapping keeps the site where the model put it); lattice lengths and angles are
-*clamped* (they are not periodic).
+*clamped* (they are not periodic). A coordinate the grammar still refuses (within a hair of a
+special position or of an earlier atom) is nudged by 1e-3 steps, else redrawn uniformly from
+the seeded generator.
 
 Determinism: one ``torch.Generator`` per call (seeded by the caller), one uniform draw per active
 row per step, in row order, on the CPU; the batch layout depends only on ``n`` and
@@ -26,6 +28,7 @@ Length guard: a row still running after ``max_length`` tokens is cut and returne
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,6 +74,9 @@ class SamplingStats:
     forward_calls: int = 0
     row_steps: int = 0
     per_cohort_steps: list[int] = field(default_factory=list)
+    record_steps: bool = False
+    """Also log (batch rows, input positions, forward seconds) per step (for benchmarks)."""
+    steps: list[tuple[int, int, float]] = field(default_factory=list)
 
 
 def effective_max_length(model: torch.nn.Module, grammar, settings: SamplerSettings) -> int:
@@ -142,15 +148,18 @@ def _sample_cohort(
         live = [j for j, r in enumerate(slots) if running[r]]  # slots still sampling, in row order
         if not live:
             break
+        started = time.perf_counter()
         logits, cont = model(step_tokens, step_values, kv_cache=cache)
         last_logits, last_cont = logits[:, -1, :], cont[:, -1]
         if len(live) < len(slots):
             live_idx = torch.tensor(live, dtype=torch.long, device=device)
             last_logits, last_cont = last_logits.index_select(0, live_idx), last_cont.index_select(0, live_idx)
-        last_cont = last_cont.double().cpu().numpy()  # (b,)
+        last_cont = last_cont.double().cpu().numpy()  # (b,); waits for the device
         if stats is not None:
             stats.forward_calls += 1
             stats.row_steps += step_tokens.shape[0] * step_tokens.shape[1]
+            if stats.record_steps:
+                stats.steps.append((step_tokens.shape[0], steps + 1, time.perf_counter() - started))
         steps += 1
         live_rows = [slots[j] for j in live]
         allowed = torch.from_numpy(np.ascontiguousarray(grammar.masks([states[r] for r in live_rows]))).to(device)
@@ -170,6 +179,7 @@ def _sample_cohort(
                 if noise is not None:
                     raw += settings.value_noise * temperature * float(noise[i])
                 value = _into_range(raw, lo, hi, periodic=_is_coordinate(lo, hi))
+                value = _admissible_value(grammar, states[r], value, lo, hi, generator)
             grammar.advance(states[r], token, value)
             tokens[r].append(token)
             values[r].append(value)
@@ -220,6 +230,35 @@ def _draw_tokens(
         last_allowed = (allowed.long() * torch.arange(allowed.shape[1], device=allowed.device)).argmax(dim=1)
         chosen = torch.where(ok, chosen, last_allowed)
     return chosen.cpu()
+
+
+# A refused coordinate sits within a hair (the grammar's COINCIDE_TOL, 2e-4) of a special
+# position or an earlier atom: step this far from it, alternating sides, before redrawing.
+NUDGE = 1e-3
+MAX_NUDGES = 8
+MAX_REDRAWS = 64
+
+
+def _admissible_value(grammar, state, value: float, lo: float, hi: float, generator: torch.Generator) -> float:
+    """The model's value if the grammar allows it, else the nearest allowed nudge, else a redraw.
+
+    Nudging keeps the model's choice to within a few thousandths (the bond check then judges the
+    structure); the uniform redraw from the generator is a last resort and stays seeded.
+    """
+    if grammar.value_allowed(state, value):
+        return value
+    periodic = _is_coordinate(lo, hi)
+    for k in range(1, MAX_NUDGES + 1):
+        for sign in (1.0, -1.0):
+            candidate = _into_range(value + sign * k * NUDGE, lo, hi, periodic=periodic)
+            if grammar.value_allowed(state, candidate):
+                return candidate
+    for _ in range(MAX_REDRAWS):
+        u = float(torch.rand(1, generator=generator, dtype=torch.float64))
+        candidate = _into_range(lo + (hi - lo) * u, lo, hi, periodic=periodic)
+        if grammar.value_allowed(state, candidate):
+            return candidate
+    raise RuntimeError(f"no value in [{lo}, {hi}) allowed by the grammar after {MAX_REDRAWS} redraws")
 
 
 def _is_coordinate(lo: float, hi: float) -> bool:

@@ -1,0 +1,128 @@
+"""Sampling throughput: structures per second with the KV cache, against recomputing the prefix.
+
+For each model config (``tiny``, ``paper``; random weights: speed does not depend on training)
+and batch size, one cohort of ``batch`` sequences is sampled at T = 1 with the grammar mask and
+the KV cache, timed end to end (grammar and sampling included). The baseline is the same run
+without the cache, where every step re-runs the model over the whole prefix:
+
+- ``measured``: the no-cache sampler is run in full (same seed, same sequences) when its
+  estimate is below ``--max-baseline-s``;
+- ``scaled``: otherwise the no-cache forward is timed at a few of the run's (rows, prefix
+  length) points, with at most ``--probe-rows`` rows, scaled linearly in rows and interpolated
+  over the steps; the run's own non-model time is added back.
+
+One JSON line per (config, batch), with the machine, torch threads and git revision.
+Usage: python benchmarks/sample.py [--configs tiny,paper] [--batch-sizes 32,128,256] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from matra_hpc.model import MatraTransformer, load_model_config
+from matra_hpc.sample.sampler import SamplerSettings, SamplingStats, sample_sequences
+from matra_hpc.tokens import load_vocab
+from matra_hpc.tokens.grammar import Grammar
+
+
+def git_revision() -> str | None:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent)
+    return out.stdout.strip() or None
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_sampler(model, grammar, n, device, use_cache, seed=0, record=False):
+    stats = SamplingStats(record_steps=record)
+    sync(device)
+    started = time.perf_counter()
+    seqs = sample_sequences(model, grammar, n, 1.0, torch.Generator().manual_seed(seed),
+                            SamplerSettings(batch_size=n, use_cache=use_cache), device=device, stats=stats)
+    sync(device)
+    return seqs, stats, time.perf_counter() - started
+
+
+@torch.no_grad()
+def nocache_forward_seconds(model, rows: int, length: int, device: str, vocab_size: int) -> float:
+    tokens = torch.randint(4, vocab_size, (rows, length), device=device)
+    values = torch.full((rows, length), float("nan"), device=device)
+    sync(device)
+    started = time.perf_counter()
+    model(tokens, values)
+    sync(device)
+    return time.perf_counter() - started
+
+
+def scaled_baseline(model, stats: SamplingStats, device: str, vocab_size: int, probe_rows: int,
+                    n_probes: int) -> float:
+    """Estimated forward time of the no-cache sampler over the run's steps."""
+    lengths = np.array([p for _, p, _ in stats.steps])
+    rows = np.array([r for r, _, _ in stats.steps])
+    picks = np.unique(np.linspace(0, len(lengths) - 1, n_probes).round().astype(int))
+    nocache_forward_seconds(model, min(probe_rows, rows[0]), 4, device, vocab_size)  # warm-up
+    per_row = []
+    for i in picks:
+        r = int(min(probe_rows, rows[i]))
+        per_row.append(nocache_forward_seconds(model, r, int(lengths[i]), device, vocab_size) / r)
+    per_row_at = np.interp(lengths, lengths[picks], per_row)
+    return float((per_row_at * rows).sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="tiny,paper")
+    parser.add_argument("--batch-sizes", default="32,128,256")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-baseline-s", type=float, default=60.0)
+    parser.add_argument("--probe-rows", type=int, default=16)
+    parser.add_argument("--probes", type=int, default=6)
+    args = parser.parse_args()
+    vocab = load_vocab()
+    grammar = Grammar()
+    for name in args.configs.split(","):
+        torch.manual_seed(0)
+        model = MatraTransformer(load_model_config(name, vocab.size)).to(args.device).eval()
+        run_sampler(model, grammar, 8, args.device, True, seed=99)  # warm-up (and grammar caches)
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            seqs, stats, cached_s = run_sampler(model, grammar, batch, args.device, True, record=True)
+            forward_cached = sum(s for _, _, s in stats.steps)
+            other_s = cached_s - forward_cached
+            estimate = other_s + scaled_baseline(model, stats, args.device, vocab.size, args.probe_rows,
+                                                 args.probes)
+            if estimate <= args.max_baseline_s:
+                base_seqs, _, baseline_s = run_sampler(model, grammar, batch, args.device, False)
+                same = [a.tokens for a in base_seqs] == [b.tokens for b in seqs]
+                mode = "measured"
+            else:
+                baseline_s, same, mode = estimate, None, "scaled"
+            print(json.dumps({
+                "benchmark": "sample", "config": name, "params": model.num_params(), "batch": batch,
+                "device": args.device, "torch_threads": torch.get_num_threads(),
+                "machine": platform.machine(), "cpus": os.cpu_count(), "git": git_revision(),
+                "structures": len(seqs), "complete": sum(s.complete for s in seqs),
+                "mean_tokens": round(float(np.mean([len(s.tokens) for s in seqs])), 1),
+                "steps": stats.forward_calls,
+                "kv_cache_s": round(cached_s, 3), "kv_structures_per_s": round(len(seqs) / cached_s, 2),
+                "kv_forward_s": round(forward_cached, 3), "non_model_s": round(other_s, 3),
+                "baseline_mode": mode, "baseline_s": round(baseline_s, 3),
+                "baseline_estimate_s": round(estimate, 3),
+                "baseline_structures_per_s": round(len(seqs) / baseline_s, 3),
+                "speedup": round(baseline_s / cached_s, 2), "baseline_same_tokens": same,
+            }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
