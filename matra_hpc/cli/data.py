@@ -27,6 +27,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="salt of the prototype-hash split (default %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="processes per rank (default %(default)s)")
     parser.add_argument("--shard-size", type=int, default=1000, help="input records per shard (default %(default)s)")
+    parser.add_argument("--limit", type=int, default=None, help="read only the first N records of each source")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a store at --out that was made from other inputs or settings")
 
@@ -35,7 +36,7 @@ def build_prepare_config(args: argparse.Namespace) -> DataPrepareConfig:
     config = DataPrepareConfig(
         sources=list(args.sources), out=args.out, max_wyckoff=args.max_wyckoff, max_ehull=args.max_ehull,
         val_frac=args.val_frac, seed=args.seed, workers=args.workers, shard_size=args.shard_size,
-        overwrite=args.overwrite,
+        limit=args.limit, overwrite=args.overwrite,
     )
     config.validate()
     return config

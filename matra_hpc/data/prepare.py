@@ -52,8 +52,8 @@ REJECTION_REASONS = ("parse_error", "not_periodic", "nan_or_inf", "disordered", 
 FILTER_REASONS = ("above_max_ehull",)
 
 # Settings that change the content of the store: a resumed run must use the same ones.
-_CONTENT_KEYS = ("sources", "max_wyckoff", "max_ehull", "ehull_filter_kinds", "val_frac", "seed", "shard_size",
-                 "symprec", "angle_tolerance")
+_CONTENT_KEYS = ("sources", "limit", "max_wyckoff", "max_ehull", "ehull_filter_kinds", "val_frac", "seed",
+                 "shard_size", "symprec", "angle_tolerance")
 
 
 @dataclass
@@ -76,6 +76,8 @@ class DataPrepareConfig:
     shard_size: int = 1000
     symprec: float = 0.01
     angle_tolerance: float = 5.0
+    limit: int | None = None
+    """Read only the first N records of each source (smoke runs, benchmarks)."""
     overwrite: bool = False
     """Delete an existing store at ``out`` that was made with other settings, instead of refusing."""
 
@@ -90,6 +92,8 @@ class DataPrepareConfig:
             raise UsageError(f"--workers must be >= 1, got {self.workers}")
         if self.shard_size < 1:
             raise UsageError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit must be >= 1, got {self.limit}")
         if not math.isfinite(self.max_ehull):
             raise UsageError("--max-ehull must be a finite number of eV/atom")
 
@@ -250,12 +254,15 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
 # The run
 
 
-def _plan_shards(specs: list[SourceSpec], shard_size: int) -> Iterator[tuple[str, SourceSpec, list[WorkItem]]]:
+def _plan_shards(specs: list[SourceSpec], shard_size: int,
+                 limit: int | None = None) -> Iterator[tuple[str, SourceSpec, list[WorkItem]]]:
     """Cut every source's items into consecutive shards, in a fixed order."""
     for s_index, spec in enumerate(specs):
         chunk: list[WorkItem] = []
         k = 0
-        for item in iter_items(spec):
+        for n, item in enumerate(iter_items(spec)):
+            if limit is not None and n >= limit:
+                break
             chunk.append(item)
             if len(chunk) == shard_size:
                 yield f"{s_index:02d}-{spec.name}-{k:06d}", spec, chunk
@@ -323,6 +330,9 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
     """Build (or finish) the token store ``config.out``; returns the report (rank 0; others get it too)."""
     config.validate()
     specs = [parse_source(s) for s in config.sources]
+    from matra_hpc.tokens import load_vocab
+
+    load_vocab()  # built once per process (about a second); forked pool workers inherit it
     t0 = time.perf_counter()
     error: Exception | None = None
     if ctx.rank == 0:
@@ -339,7 +349,7 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
             if config.workers > 1 else None)
     pending: set[Future] = set()
     try:
-        for k, (shard_id, spec, items) in enumerate(_plan_shards(specs, config.shard_size)):
+        for k, (shard_id, spec, items) in enumerate(_plan_shards(specs, config.shard_size, config.limit)):
             shard_ids.append(shard_id)
             if k % ctx.world_size != ctx.rank:
                 continue
@@ -372,7 +382,7 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
     if ctx.rank == 0:
         try:
             st.write_json_atomic(Path(config.out) / "shards" / st.PLAN, {"shards": shard_ids})
-            report = build_report(config.out, time.perf_counter() - t0, ctx)
+            report = build_report(config.out, time.perf_counter() - t0, ctx, config.workers)
         except Exception as exc:
             error = exc
     _bcast_error(ctx, error)
@@ -389,7 +399,7 @@ def _mp_context(ctx: RunContext) -> Any:
     return multiprocessing.get_context("spawn" if ctx.comm is not None else "fork")
 
 
-def build_report(store: str, seconds: float, ctx: RunContext | None = None) -> dict[str, Any]:
+def build_report(store: str, seconds: float, ctx: RunContext | None = None, workers: int = 1) -> dict[str, Any]:
     """Consolidate the store and write ``report.json`` from the shard manifests."""
     summary = st.consolidate(store)
     manifests = [s.manifest for s in st.finished_shards(store) if s.id in set(summary["shards"])]
@@ -420,6 +430,7 @@ def build_report(store: str, seconds: float, ctx: RunContext | None = None) -> d
         "n_shards": len(manifests),
         "seconds": round(seconds, 2),
         "world_size": ctx.world_size if ctx else 1,
+        "workers_per_rank": workers,
         "content_hash": summary["content_hash"],
     }
     st.write_json_atomic(Path(store) / "report.json", report)

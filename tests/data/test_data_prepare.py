@@ -112,8 +112,8 @@ def test_report_counts_bad_inputs_and_filters(tmp_path: Path) -> None:
     folder = tmp_path / "own"
     folder.mkdir()
     (folder / "garbage.cif").write_text("this is not a CIF\n")
-    Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(folder / "nacl.vasp"),
-                                                                                 fmt="poscar")
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    rocksalt.get_primitive_structure().to(filename=str(folder / "nacl.vasp"), fmt="poscar")
     triclinic = Structure(Lattice.from_parameters(4, 5, 6, 70, 80, 85), ["Si", "O"], [[0, 0, 0], [0.3, 0.2, 0.1]])
     triclinic.to(filename=str(folder / "p1.vasp"), fmt="poscar")
     out = tmp_path / "t.zarr"
