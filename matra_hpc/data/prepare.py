@@ -276,7 +276,7 @@ def _content_config(config: DataPrepareConfig) -> dict[str, Any]:
     return {k: d[k] for k in _CONTENT_KEYS}
 
 
-def init_store(config: DataPrepareConfig, specs: list[SourceSpec]) -> None:
+def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str | None = None) -> None:
     """Create the store with its attrs, or check that an existing one is the same run."""
     import zarr
 
@@ -305,7 +305,7 @@ def init_store(config: DataPrepareConfig, specs: list[SourceSpec]) -> None:
     root = zarr.open_group(str(out), mode="w")
     root.attrs.update({
         "schema": st.SCHEMA,
-        "created_by": {"package": __version__, "git": git_revision()},
+        "created_by": {"package": __version__, "git": git_revision(), "run_dir": run_dir},
         "config": {"content": _content_config(config), "full": asdict(config)},
         "vocab": vocab.to_json(),
         "vocab_hash": vocab.hash,
@@ -337,7 +337,7 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
     error: Exception | None = None
     if ctx.rank == 0:
         try:
-            init_store(config, specs)
+            init_store(config, specs, ctx.run_dir)
         except Exception as exc:  # raised on every rank below
             error = exc
     _bcast_error(ctx, error)

@@ -143,6 +143,9 @@ def test_report_counts_bad_inputs_and_filters(tmp_path: Path) -> None:
     assert [s["name"] for s in attrs["sources"]] == ["mp", "alex", "own"]
     assert all(len(s["sha256"]) == 64 for s in attrs["sources"])
     assert attrs["energy"]["per_source"]["mp"]["correction_scheme"] == "MaterialsProject2020Compatibility"
+    # consolidate is idempotent from the command line too
+    assert main(["data", "consolidate", str(out)]) == 0
+    assert st.open_token_store(out, verify=True).attrs["content_hash"] == attrs["content_hash"]
 
 
 def test_usage_errors_exit_2(tmp_path: Path, capsys) -> None:
