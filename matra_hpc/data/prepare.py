@@ -287,8 +287,13 @@ def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str 
     if out.exists():
         try:
             root = st._open_root(out, "r")
-            same = (root.attrs.get("config", {}).get("content") == _content_config(config)
-                    and [s["sha256"] for s in root.attrs.get("sources", [])] == [s["sha256"] for s in sources])
+            recorded = dict(root.attrs.get("config", {}).get("content", {}))
+            current = _content_config(config)
+            # Sources are compared by what they hold, not by how their paths were spelled.
+            recorded.pop("sources", None)
+            current.pop("sources")
+            same = recorded == current and ([(s["kind"], s["name"], s["sha256"]) for s in root.attrs.get("sources", [])]
+                                            == [(s["kind"], s["name"], s["sha256"]) for s in sources])
         except StoreError:
             if not config.overwrite:
                 raise
@@ -375,6 +380,8 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     log.info("rank %d: wrote %d shards, skipped %d finished ones", ctx.rank, done_here, skipped)
+    if ctx.comm is None and ctx.world_size > 1:
+        return _finish_without_comm(config, ctx, shard_ids, time.perf_counter() - t0)
     if ctx.comm is not None and ctx.world_size > 1:
         ctx.comm.Barrier()
     report: dict[str, Any] | None = None
@@ -390,6 +397,31 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
         report = ctx.comm.bcast(report, root=0)
     assert report is not None
     return report
+
+
+def _finish_without_comm(config: DataPrepareConfig, ctx: RunContext, shard_ids: list[str],
+                         seconds: float) -> dict[str, Any]:
+    """Independent array tasks (no communicator): the last one to finish consolidates.
+
+    Every task saw every shard id, so each can write the plan; an exclusive lock file makes
+    sure only one of several tasks finishing together builds the view.
+    """
+    out = Path(config.out)
+    st.write_json_atomic(out / "shards" / st.PLAN, {"shards": shard_ids})
+    unfinished = [s for s in shard_ids if not st.shard_done(out, s)]
+    partial = {"store": str(out), "status": "shards written; other tasks still running",
+               "unfinished_shards": len(unfinished), "rank": ctx.rank}
+    if unfinished:
+        return partial
+    try:
+        lock = os.open(out / "consolidate.lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return {**partial, "status": "another task is consolidating"}
+    try:
+        return build_report(config.out, seconds, ctx, config.workers)
+    finally:
+        os.close(lock)
+        os.unlink(out / "consolidate.lock")
 
 
 def _mp_context(ctx: RunContext) -> Any:

@@ -70,6 +70,10 @@ def test_kill9_half_way_then_rerun_equals_clean_run(inputs: Path, clean: Path, t
     finished = {s.id: (st.shard_dir(out, s.id) / st.MANIFEST) for s in st.finished_shards(out)}
     assert 6 <= len(finished) < 24, "the run was not killed half way"
     before = {sid: (p.stat().st_mtime_ns, p.read_bytes()) for sid, p in finished.items()}
+    # Whatever the kill interrupted, also leave a half-written shard: arrays but no manifest.
+    partial = next(f"00-mp-{k:06d}" for k in range(24) if f"00-mp-{k:06d}" not in finished)
+    (st.shard_dir(out, partial) / "tokens").mkdir(parents=True, exist_ok=True)
+    (st.shard_dir(out, partial) / "tokens" / "zarr.json").write_text("{half")
     with pytest.raises(Exception, match="incomplete"):
         st.open_token_store(out)
 
@@ -146,6 +150,19 @@ def test_report_counts_bad_inputs_and_filters(tmp_path: Path) -> None:
     # consolidate is idempotent from the command line too
     assert main(["data", "consolidate", str(out)]) == 0
     assert st.open_token_store(out, verify=True).attrs["content_hash"] == attrs["content_hash"]
+
+
+def test_array_tasks_without_communicator(tmp_path: Path) -> None:
+    """Independent tasks (rank, world size, no comm): the last to finish builds the view."""
+    from matra_hpc.context import RunContext
+
+    def config() -> DataPrepareConfig:
+        return DataPrepareConfig(sources=["flla"], out=str(tmp_path / "a.zarr"), limit=30, shard_size=10)
+
+    first = run_data_prepare(config(), RunContext(rank=0, world_size=2))
+    assert first["unfinished_shards"] == 1
+    last = run_data_prepare(config(), RunContext(rank=1, world_size=2))
+    assert last["n_inputs"] == 30 and st.open_token_store(tmp_path / "a.zarr", verify=True).attrs["n_rows"] == 30
 
 
 def test_usage_errors_exit_2(tmp_path: Path, capsys) -> None:
