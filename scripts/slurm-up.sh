@@ -8,6 +8,8 @@
 #   PARTITION   partition name (default debug, as in jobs/clusters/local.yaml)
 #   CLUSTER     cluster name (default localci)
 #   DB_PORT     private MariaDB port (default 3307, away from a distro-managed 3306)
+# cred_expire=10: a requeued job may start again after ~11 s instead of Slurm's default 121 s,
+# which keeps the time-limit/requeue test short; a production cluster keeps its own setting.
 set -euo pipefail
 
 NODE_CPUS=${NODE_CPUS:-8}
@@ -77,6 +79,7 @@ SlurmctldHost=localhost
 SlurmUser=slurm
 AuthType=auth/munge
 CredType=cred/munge
+AuthInfo=cred_expire=10
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none

@@ -68,6 +68,7 @@ def _identity(ctx: RunContext) -> dict[str, Any]:
 
 def run_smoke(config: SmokeConfig, ctx: RunContext) -> dict[str, Any]:
     """Do ``steps`` steps of ``step_seconds`` each, saving progress after each step."""
+    began = time.time()
     out = _out_dir(config.out, ctx)
     progress_path = out / f"progress-rank{ctx.rank}.json"
     progress = json.loads(progress_path.read_text()) if progress_path.exists() else {"done": 0, "starts": []}
@@ -79,7 +80,13 @@ def run_smoke(config: SmokeConfig, ctx: RunContext) -> dict[str, Any]:
         _write_json(progress_path, progress)
     if config.fail:
         raise RuntimeError("smoke stage failed on purpose (--fail)")
-    record = {**_identity(ctx), "steps_done": progress["done"], "starts": progress["starts"]}
+    record = {
+        **_identity(ctx),
+        "steps_done": progress["done"],
+        "starts": progress["starts"],
+        "began": began,  # this attempt's start and end, epoch seconds (tests check overlaps)
+        "finished": time.time(),
+    }
     _write_json(out / f"rank{ctx.rank}.json", record)
     return record
 
@@ -135,7 +142,7 @@ def run_smoke_ddp(config: DdpSmokeConfig, ctx: RunContext) -> dict[str, Any]:
         loss = torch.nn.functional.mse_loss(ddp(inputs.to(ctx.device)), targets.to(ctx.device))
         loss.backward()
         grads = [p.grad.detach().cpu().flatten().tolist() for p in model.parameters()]
-        record = {**_identity(ctx), "backend": backend, "local_loss": float(loss), "grads": grads}
+        record = {**_identity(ctx), "backend": backend, "local_loss": float(loss.detach()), "grads": grads}
         _write_json(_out_dir(config.out, ctx) / f"ddp-rank{ctx.rank}.json", record)
         dist.barrier()
     finally:

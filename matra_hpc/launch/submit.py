@@ -8,6 +8,7 @@ Job states come from ``sacct`` (accounting, so CANCELLED and TIMEOUT are visible
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shlex
@@ -15,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -199,20 +200,45 @@ def _submit_local(
 ) -> list[submitit.Job]:
     executor = submitit.LocalExecutor(folder=run_path / "logs", max_num_timeout=launch.max_requeues)
     executor.update_parameters(
-        timeout_min=launch.time_minutes, signal_delay_s=launch.checkpoint_signal_s, tasks_per_node=1
+        timeout_min=launch.time_minutes, signal_delay_s=launch.checkpoint_signal_s, tasks_per_node=1,
+        gpus_per_node=launch.gpus_per_node,
     )
     if array is None:
-        return [executor.submit(call)]
+        with _detached_stdio(run_path / "logs" / "controller.log"):
+            return [executor.submit(call)]
     # the local executor has no %N cap of its own: start shards in waves of at most the cap
     cap = launch.array_parallelism or array
     jobs: list[submitit.Job] = []
     for index in range(array):
         while sum(1 for job in jobs if _local_alive(int(job.job_id))) >= cap:
             time.sleep(0.2)
-        jobs.append(executor.submit(call, index))
+        with _detached_stdio(run_path / "logs" / "controller.log"):
+            jobs.append(executor.submit(call, index))
         manifest["jobs"] = [_job_entry(job, run_path) for job in jobs]
         write_manifest(run_path, manifest)  # status/cancel see the shards started so far
     return jobs
+
+
+@contextlib.contextmanager
+def _detached_stdio(log: Path) -> Iterator[None]:
+    """Point fds 1 and 2 at ``log`` while a local controller starts.
+
+    The controller outlives ``matra-hpc submit --no-wait``; holding the terminal's (or a
+    caller's pipe's) stdout would keep a ``| tee`` or a captured run waiting until the job ends.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log, "ab") as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
 
 
 def _dependency_jobs(run_dir: Path, cluster: str) -> list[str]:
@@ -243,7 +269,7 @@ def run_status(run_dir: Path | str) -> list[JobStatus]:
     if manifest["launch"]["cluster"] == "slurm":
         live = _slurm_states([e["job_id"] for e in entries])
     else:
-        live = {e["job_id"]: _local_state(run_path, e) for e in entries}
+        live = {e["job_id"]: _local_state(run_path, e, manifest["kind"]) for e in entries}
     statuses = []
     for entry in entries:
         job_id = entry["job_id"]
@@ -297,8 +323,12 @@ def cancel_run(run_dir: Path | str) -> list[str]:
         for entry in pending:
             entry["cancelled"] = utc_now()
             try:
-                # SIGINT makes submitit's local controller stop its tasks and their launchers
-                os.kill(int(entry["job_id"]), signal.SIGINT)
+                if manifest["kind"] == "program":
+                    # started in its own session: the group holds the script and its MPI ranks
+                    os.killpg(int(entry["job_id"]), signal.SIGTERM)
+                else:
+                    # SIGINT makes submitit's local controller stop its tasks and their launchers
+                    os.kill(int(entry["job_id"]), signal.SIGINT)
             except ProcessLookupError:
                 pass
         write_manifest(run_path, manifest)
@@ -308,6 +338,11 @@ def cancel_run(run_dir: Path | str) -> list[str]:
 def _job_error(run_path: Path, job_id: str, record: dict[str, Any]) -> str | None:
     if record.get("error"):
         return str(record["error"])
+    manifest = read_manifest(run_path)
+    if manifest["kind"] == "program":
+        entry = next(e for e in manifest["jobs"] if e["job_id"] == job_id)
+        log = Path(entry["stdout"])
+        return "".join(log.read_text(errors="replace").splitlines(True)[-20:]) if log.exists() else None
     result = JobPaths(run_path / "logs", job_id, task_id=0).result_pickle
     if result.exists():
         try:
@@ -335,10 +370,19 @@ def _local_alive(pid: int) -> bool:
         return False
 
 
-def _local_state(run_path: Path, entry: dict[str, Any]) -> dict[str, Any]:
+def _local_state(run_path: Path, entry: dict[str, Any], kind: str) -> dict[str, Any]:
     job_id = entry["job_id"]
     if entry.get("state") in TERMINAL_STATES:
         return {"state": entry["state"]}
+    if kind == "program":
+        exit_file = Path(f"{entry['stdout']}.exit")
+        alive = _local_alive(int(job_id))
+        if exit_file.exists() and not alive:
+            code = exit_file.read_text().strip()
+            return {"state": "COMPLETED" if code == "0" else "FAILED"}
+        if alive:
+            return {"state": "RUNNING"}
+        return {"state": "CANCELLED" if entry.get("cancelled") else "FAILED"}
     result = JobPaths(run_path / "logs", job_id, task_id=0).result_pickle
     alive = _local_alive(int(job_id))
     if result.exists() and not alive:

@@ -1,0 +1,193 @@
+"""Every job kind, run for real through ``matra-hpc submit``, on both executors.
+
+``local`` runs without Slurm; ``slurm`` runs on the local single-node Slurm (partition debug,
+profile ``localci``), which the ``slurm`` fixture starts when it is down.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from launch_helpers import cli, manifest, read_records
+
+from matra_hpc.launch import resolve_launch_config, wait_run
+from matra_hpc.launch.smoke import ddp_smoke_model_and_batch
+from matra_hpc.launch.templates import submit_program
+
+EXECUTORS = ["local", pytest.param("slurm", marks=pytest.mark.slurm)]
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor(request: pytest.FixtureRequest) -> str:
+    if request.param == "slurm":
+        request.getfixturevalue("slurm")
+    return request.param
+
+
+def launch_args(executor: str) -> list[str]:
+    return ["--profile", "localci"] if executor == "slurm" else []
+
+
+def submit(executor: str, tmp_path: Path, *args: str, run: str = "run", wait: bool = True):
+    run_dir = tmp_path / run
+    flags = ["--wait" if wait else "--no-wait"]
+    out = cli("submit", *args, *launch_args(executor), "--run-dir", str(run_dir), *flags, cwd=tmp_path)
+    return out, run_dir
+
+
+def wait_for_state(run_dir: Path, state: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = cli("status", str(run_dir), cwd=run_dir.parent)
+        if state in out.stdout:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{run_dir} never reached {state}: {out.stdout}{out.stderr}")
+
+
+def test_function_job_records_its_run(executor: str, tmp_path: Path) -> None:
+    out, run_dir = submit(executor, tmp_path, "smoke", "--steps", "2")
+    assert out.returncode == 0, out.stderr
+    [record] = read_records(run_dir / "smoke", "rank*.json")
+    assert (record["rank"], record["world_size"], record["steps_done"]) == (0, 1, 2)
+    data = manifest(run_dir)
+    assert data["command_line"].startswith("matra-hpc submit smoke --steps 2")
+    assert data["config"] == {"steps": 2, "step_seconds": 0.0, "fail": False, "out": None}
+    assert data["launch"]["cluster"] == executor and data["git_revision"]
+    [job] = data["jobs"]
+    assert job["state"] == "COMPLETED" and job["started"] and job["ended"] and job["attempts"] == 1
+    assert Path(job["stdout"]).exists()
+    status = cli("status", str(run_dir), cwd=tmp_path)
+    assert status.returncode == 0 and f"{job['job_id']}" in status.stdout and "COMPLETED" in status.stdout
+
+
+def test_array_of_four_shards_with_two_at_once(executor: str, tmp_path: Path) -> None:
+    out, run_dir = submit(
+        executor, tmp_path, "smoke", "--array", "4", "--array-parallelism", "2", "--steps", "2",
+        "--step-seconds", "1",
+    )
+    assert out.returncode == 0, out.stderr
+    records = read_records(run_dir / "smoke", "rank*.json")
+    assert sorted(r["rank"] for r in records) == [0, 1, 2, 3]
+    assert {r["world_size"] for r in records} == {4}
+    # the cap: no instant has more than two shards running
+    for r in records:
+        running = sum(1 for o in records if o["began"] <= r["began"] < o["finished"])
+        assert running <= 2
+    assert len(manifest(run_dir)["jobs"]) == 4
+
+
+def test_mpi_job_ranks_exchange_data(executor: str, tmp_path: Path) -> None:
+    out, run_dir = submit(executor, tmp_path, "smoke-mpi", "--ntasks-per-node", "2")
+    assert out.returncode == 0, out.stderr
+    records = read_records(run_dir / "smoke", "mpi-rank*.json")
+    assert [(r["rank"], r["world_size"]) for r in records] == [(0, 2), (1, 2)]
+    for r in records:
+        other = 1 - r["rank"]
+        assert r["received_from"] == other
+        assert r["received_sum"] == pytest.approx(1000.0 * other)  # 1000 values equal to the sender's rank
+        assert r["allreduce_rank_sum"] == 1
+    assert records[0]["pid"] != records[1]["pid"]
+
+
+def test_torchrun_ddp_step_ranks_agree(executor: str, tmp_path: Path) -> None:
+    import torch
+
+    out, run_dir = submit(executor, tmp_path, "smoke-ddp", "--ntasks-per-node", "2")
+    assert out.returncode == 0, out.stderr
+    records = read_records(run_dir / "smoke", "ddp-rank*.json")
+    assert [(r["rank"], r["world_size"], r["backend"]) for r in records] == [(0, 2, "gloo"), (1, 2, "gloo")]
+    # the expected gradient: each rank's own gradient, averaged (what DDP's allreduce computes)
+    local_grads = []
+    for rank in (0, 1):
+        model, inputs, targets = ddp_smoke_model_and_batch(0, rank)
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        local_grads.append([p.grad.flatten() for p in model.parameters()])
+    expected = [((a + b) / 2).tolist() for a, b in zip(*local_grads, strict=True)]
+    for r in records:
+        for got, want in zip(r["grads"], expected, strict=True):
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+    assert records[0]["local_loss"] != pytest.approx(records[1]["local_loss"])  # different data per rank
+
+
+def test_failing_job_traceback_reaches_the_user(executor: str, tmp_path: Path) -> None:
+    out, run_dir = submit(executor, tmp_path, "smoke", "--fail")
+    assert out.returncode == 1
+    assert "FAILED" in out.stdout
+    assert "RuntimeError: smoke stage failed on purpose (--fail)" in out.stderr
+    assert "Traceback" in out.stderr and "log:" in out.stderr
+    status = cli("status", str(run_dir), cwd=tmp_path)
+    assert status.returncode == 1 and "FAILED" in status.stdout
+    assert "smoke stage failed on purpose" in status.stderr
+
+
+def test_cancelled_job_shows_cancelled(executor: str, tmp_path: Path) -> None:
+    out, run_dir = submit(executor, tmp_path, "smoke", "--steps", "120", "--step-seconds", "1", wait=False)
+    assert out.returncode == 0, out.stderr
+    wait_for_state(run_dir, "RUNNING")
+    cancel = cli("cancel", str(run_dir), cwd=tmp_path)
+    assert cancel.returncode == 0 and "cancelled 1 job" in cancel.stdout
+    wait_for_state(run_dir, "CANCELLED", timeout=30)
+    assert manifest(run_dir)["jobs"][0]["state"] == "CANCELLED"
+    # the process stops too (on Slurm after KillWait: submitit lets SIGTERM pass, SIGKILL follows)
+    progress_file = run_dir / "smoke" / "progress-rank0.json"
+    deadline = time.monotonic() + 20
+    previous = None
+    while time.monotonic() < deadline:
+        current = json.loads(progress_file.read_text())
+        if current == previous:
+            break
+        previous = current
+        time.sleep(2.5)
+    else:
+        raise AssertionError("the cancelled job kept working")
+    assert current["done"] < 120
+    assert cli("cancel", str(run_dir), cwd=tmp_path).stdout.startswith("nothing to cancel")
+
+
+def test_time_limit_requeues_and_resumes_from_checkpoint(executor: str, tmp_path: Path) -> None:
+    # 1-minute limit; the checkpoint signal comes 30 s (Slurm; slurmctld checks limits every
+    # ~15-30 s) / 50 s (local) before it, so the first attempt stops part-way and a requeued
+    # attempt (up to three) finishes from the saved progress.
+    steps, seconds, delay = ("30", "1", "30") if executor == "slurm" else ("15", "1", "50")
+    out, run_dir = submit(
+        executor, tmp_path, "smoke", "--steps", steps, "--step-seconds", seconds, "--time", "1",
+        "--signal-delay", delay,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    [record] = read_records(run_dir / "smoke", "rank*.json")
+    assert record["steps_done"] == int(steps)
+    assert len(record["starts"]) >= 2 and record["starts"][0] == 0
+    assert 0 < record["starts"][-1] < int(steps)  # resumed part-way, not from scratch
+    [job] = manifest(run_dir)["jobs"]
+    assert job["state"] == "COMPLETED" and job["attempts"] >= 2
+
+
+def test_dependency_starts_after_the_other_run(executor: str, tmp_path: Path) -> None:
+    out, first = submit(executor, tmp_path, "smoke", "--steps", "3", "--step-seconds", "1", run="first",
+                        wait=executor == "local")
+    assert out.returncode == 0, out.stderr
+    out, second = submit(executor, tmp_path, "smoke", "--after", str(first), run="second")
+    assert out.returncode == 0, out.stderr
+    [a] = read_records(first / "smoke", "rank*.json")
+    [b] = read_records(second / "smoke", "rank*.json")
+    assert b["began"] >= a["finished"]
+    assert manifest(second)["after"] == [str(first.resolve())]
+
+
+def test_external_mpi_program_from_template(executor: str, tmp_path: Path) -> None:
+    launch = resolve_launch_config("localci" if executor == "slurm" else None, {"tasks_per_node": 2})
+    program = "from mpi4py import MPI; c = MPI.COMM_WORLD; print(f'rank {c.rank} of {c.size}', flush=True)"
+    run_dir = submit_program(
+        [sys.executable, "-c", program], launch, workdir=tmp_path, name="hello", run_dir=tmp_path / "prog"
+    )
+    [status] = wait_run(run_dir, poll_s=0.5, timeout_s=120)
+    assert status.state == "COMPLETED"
+    log = Path(status.stdout).read_text()
+    assert "rank 0 of 2" in log and "rank 1 of 2" in log
+    script = (run_dir / "job.sh").read_text()
+    assert ("#SBATCH --partition=debug" in script) == (executor == "slurm")
