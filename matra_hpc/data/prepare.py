@@ -26,6 +26,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from matra_hpc.data.readers import (
     load_item,
     parse_source,
 )
-from matra_hpc.errors import StoreError, UsageError
+from matra_hpc.errors import MatraError, StoreError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +176,20 @@ class ShardTask:
 
 
 @functools.cache
-def _lattice_points(group: int) -> int:
-    """Lattice points per conventional cell, from the centring letter (R: hexagonal axes, 3)."""
-    from pymatgen.symmetry.groups import SpaceGroup
+def _centring_points() -> dict[int, int]:
+    """Lattice points per conventional cell of each group's standard setting (R: hexagonal axes, 3)."""
+    import spglib
 
-    letter = SpaceGroup.from_int_number(group).symbol[:1]
-    return {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "F": 4, "R": 3}[letter]
+    points = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "F": 4, "R": 3}
+    out: dict[int, int] = {}
+    for hall in range(1, 531):
+        sg = spglib.get_spacegroup_type(hall)
+        out.setdefault(sg.number, points[sg.international_short[0]])  # first Hall number: standard setting
+    return out
+
+
+def _lattice_points(group: int) -> int:
+    return _centring_points()[group]
 
 
 def process_shard(task: ShardTask) -> dict[str, Any]:
@@ -376,6 +385,9 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
         for f in pending:
             f.result()
             done_here += 1
+    except BrokenProcessPool as exc:
+        raise MatraError(f"a worker process died ({exc}); rerun the same command: finished shards are "
+                         f"kept") from None
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
