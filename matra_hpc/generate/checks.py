@@ -10,6 +10,7 @@ an exception while decoding or encoding is recorded as text in the row.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +67,16 @@ def check_sequence(
     *,
     min_distance: float = DEFAULT_MIN_DISTANCE,
     with_cif: bool = True,
+) -> StructureCheck:
+    """Decode a sampled sequence and check it; every failure lands in the result, none raises."""
+    with warnings.catch_warnings():
+        # pymatgen warns about missing electronegativities of superheavy elements for every row
+        warnings.filterwarnings("ignore", message="No Pauling electronegativity", category=UserWarning)
+        return _check_sequence(tokens, values, complete, min_distance=min_distance, with_cif=with_cif)
+
+
+def _check_sequence(
+    tokens: list[int], values: list[float], complete: bool, *, min_distance: float, with_cif: bool
 ) -> StructureCheck:
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
