@@ -33,7 +33,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (checkpointed)")
     parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop after this many minutes (checkpointed; running again continues)")
+                        help="stop after this many minutes of training in total, resumes included (checkpointed)")
     parser.add_argument("--ckpt-every-steps", type=int, default=None)
     parser.add_argument("--ckpt-every-minutes", type=float, default=d.ckpt_every_minutes)
     parser.add_argument("--ckpt-every-epochs", type=int, default=d.ckpt_every_epochs)

@@ -43,7 +43,8 @@ class TrainConfig:
     max_steps: int | None = None
     """Stop after this many optimizer steps in total (checkpoint first)."""
     max_minutes: float | None = None
-    """Stop after this many minutes of this process (checkpoint first); resume continues."""
+    """Stop after this many minutes of training in total, resumed attempts included (checkpoint
+    first); run again with a larger value to continue."""
     ckpt_every_steps: int | None = None
     ckpt_every_minutes: float = 10.0
     ckpt_every_epochs: int = 1

@@ -113,6 +113,7 @@ class _Trainer:
         self.out = Path(config.out)
         self.is_main = ctx.rank == 0
         self.started = time.monotonic()
+        self.seconds_before = 0.0  # training time of earlier attempts (from the checkpoint)
 
     # -- distributed helpers -------------------------------------------------------------
     def _init_process_group(self) -> None:
@@ -237,6 +238,7 @@ class _Trainer:
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.best_val = None if state["best_val"] is None else float(state["best_val"])
         self.bad_epochs = int(state["bad_epochs"])
+        self.seconds_before = float(state.get("train_seconds", 0.0))
         self.finished_status = state.get("finished_status") or None
         rng = state.get("rng_torch") or []
         if self.ctx.rank < len(rng):
@@ -284,6 +286,7 @@ class _Trainer:
                 "batch_in_epoch": self.batch_in_epoch,
                 "best_val": self.best_val,
                 "bad_epochs": self.bad_epochs,
+                "train_seconds": self.train_seconds(),
                 "finished_status": self.finished_status or "",
                 "rng_torch": rng,
                 "rng_cuda": cuda_rng,
@@ -357,13 +360,17 @@ class _Trainer:
         reasons = [
             stop.signalled,
             cfg.max_steps is not None and self.step >= cfg.max_steps,
-            cfg.max_minutes is not None and time.monotonic() - self.started >= cfg.max_minutes * 60,
+            cfg.max_minutes is not None and self.train_seconds() >= cfg.max_minutes * 60,
         ]
         flags = self._all_sum([1.0 if r else 0.0 for r in reasons])  # every rank stops together
         for name, value in zip(("signal", "max_steps", "time_limit"), flags, strict=True):
             if value > 0:
                 return name
         return None
+
+    def train_seconds(self) -> float:
+        """Training time of the whole run: earlier attempts up to their checkpoint, plus this one."""
+        return self.seconds_before + time.monotonic() - self.run_started
 
     def _want_checkpoint(self) -> bool:
         cfg = self.config
@@ -398,6 +405,7 @@ class _Trainer:
 
     def run(self) -> TrainResult:
         cfg = self.config
+        self.run_started = time.monotonic()
         self.last_ckpt_time = time.monotonic()
         self.last_plot = time.monotonic()
         self.ckpt_step = self.step if self.last_checkpoint else -1
