@@ -196,6 +196,8 @@ def _item_from_raw(spec: SourceSpec, path: str, raw: RawRecord, ids: dict | None
     material_id = None
     if ids is not None and raw.key is not None:
         material_id = ids.get(raw.key)
+    elif raw.key is not None and not raw.key.isdigit():
+        material_id = raw.key  # a column table indexed by material id instead of 0..n-1
     return WorkItem(spec.name, spec.kind, path, raw.index, raw.text, material_id, raw.truncated)
 
 
