@@ -47,6 +47,12 @@ Continuous values (:meth:`Grammar.value_range`)
   never empty.
 
 The sampler clamps or redraws into the range; :meth:`Grammar.advance` refuses values outside it.
+A free coordinate must also keep the site's orbit points apart and away from earlier atoms
+(``COINCIDE_TOL``): values within a hair of a special position (e.g. x = 0.49999 on a mirror
+plane) would decode to overlapping atoms. :meth:`Grammar.value_allowed` says so before
+``advance``; the refused values are thin slabs, so a redraw from the range succeeds. A value is
+judged with the site's still-missing free values set to generic numbers, so whatever was
+accepted can always be completed.
 """
 
 from __future__ import annotations
@@ -61,9 +67,10 @@ from matra_hpc.tokens._reachability import reach_tables
 from matra_hpc.tokens.conditions import Condition, ResolvedCondition, resolve_condition
 from matra_hpc.tokens.sequence import TokenSequence
 from matra_hpc.tokens.vocab import Vocab, load_vocab
-from matra_hpc.tokens.wyckoff import lattice_parameter_names, wyckoff_table
+from matra_hpc.tokens.wyckoff import lattice_parameter_names, position_ops, wyckoff_table
 
 __all__ = [
+    "COINCIDE_TOL",
     "ANGLE_MARGIN",
     "ANGLE_MAX",
     "ANGLE_MIN",
@@ -75,6 +82,11 @@ __all__ = [
 ]
 
 LENGTH_MIN, LENGTH_MAX = 1.0, 300.0
+# Fractional distance under which two atoms count as one: three times decode's tolerance (room
+# for the factor 2 of the shortcut in ``_orbit_clear``), so decode never sees coinciding atoms.
+COINCIDE_TOL = 3e-4
+# stand-ins for free values not drawn yet (two, so one unlucky coincidence cannot refuse a value)
+_GENERIC_FREE = ((0.1234567, 0.3571113, 0.6180339), (0.7071067, 0.2718281, 0.4142135))
 ANGLE_MIN, ANGLE_MAX = 30.0, 150.0
 ANGLE_MARGIN = 1.0
 
@@ -118,7 +130,10 @@ class GrammarState:
         "coords_left",
         "lattice_names",
         "lattice_values",
+        "site_values",
+        "points",
         "_key",
+        "_value_ok",
     )
 
     def __init__(self) -> None:
@@ -138,7 +153,10 @@ class GrammarState:
         self.coords_left = 0
         self.lattice_names: tuple[str, ...] = ()
         self.lattice_values: list[float] = []
+        self.site_values: list[float] = []  # free values of the site being written
+        self.points: list[np.ndarray] = []  # fractional orbit points of the finished sites
         self._key: tuple | None = None
+        self._value_ok = math.nan  # the last value value_allowed passed at this length
 
     def copy(self) -> GrammarState:
         new = GrammarState.__new__(GrammarState)
@@ -168,6 +186,7 @@ class Grammar:
         self._tables = reach_tables()
         v = self.vocab
         self._table = wyckoff_table()
+        self._ops = {g: position_ops(g) for g in self._table}
         # per group: position token ids, token -> position index, multiplicities, free counts
         self._pos_tokens = {
             g: np.array([v.wyckoff(g, p.letter) for p in ps]) for g, ps in self._table.items()
@@ -240,6 +259,9 @@ class Grammar:
         v = self.vocab
         phase = state.phase
         state._key = None
+        if phase in (_COORD, _LATTICE):
+            self._check_value(state, value)
+        state._value_ok = math.nan
         state.length += 1
         if phase == _START:
             if token in (v.ehull_low, v.ehull_high):
@@ -267,11 +289,12 @@ class Grammar:
         elif phase == _SITE_ELEMENT:
             self._place(state, state.elements.index(v.element_of(token)))
         else:  # <num> or <end>
-            if phase in (_COORD, _LATTICE):
-                self._check_value(state, value)
             if phase == _COORD:
+                state.site_values.append(float(value))
                 state.coords_left -= 1
                 if state.coords_left == 0:
+                    state.points.append(self._orbit(state.group, state.pending, state.site_values))
+                    state.pending = -1
                     state.phase = _SITE if any(state.remaining) else self._start_lattice(state)
             elif phase == _LATTICE:
                 state.lattice_values.append(float(value))
@@ -312,13 +335,66 @@ class Grammar:
         state.lattice_values = []
         return _LATTICE
 
-    def _check_value(self, state: GrammarState, value: float) -> None:
+    def value_allowed(self, state: GrammarState, value: float) -> bool:
+        """Whether ``value`` may be the next ``<num>``: inside :meth:`value_range`, and for a free
+        coordinate also away from special positions and from earlier atoms (see ``COINCIDE_TOL``).
+
+        The sampler redraws a value this refuses; the refused set is a few thin slabs, so a
+        redraw from the same range succeeds almost surely.
+        """
         lo, hi = self.value_range(state)
         value = float(value)
-        ok = lo <= value < hi if state.phase == _COORD else lo <= value <= hi
-        if not ok:
+        if state.phase == _LATTICE:
+            return lo <= value <= hi
+        if not lo <= value < hi:
+            return False
+        free = [*state.site_values, value]
+        n_free = self._tables.groups[state.group].n_free[state.pending]
+        # the remaining free values are still to be drawn: fine if a generic choice works
+        ok = any(
+            self._orbit_clear(
+                state, self._orbit(state.group, state.pending, free + list(g[len(free) : n_free]))
+            )
+            for g in _GENERIC_FREE
+        )
+        if ok:
+            state._value_ok = value  # advance() need not redo the check
+        return ok
+
+    def _check_value(self, state: GrammarState, value: float) -> None:
+        if state.phase == _COORD and value == state._value_ok:
+            return
+        if not self.value_allowed(state, value):
+            lo, hi = self.value_range(state)
             bracket = ")" if state.phase == _COORD else "]"
-            raise GrammarError(f"value {value} at position {state.length - 1} outside [{lo}, {hi}{bracket}")
+            where = f"value {value} at position {state.length}"
+            if lo <= value < hi or (state.phase == _LATTICE and lo <= value <= hi):
+                raise GrammarError(f"{where} puts the site on a special position or on an earlier atom")
+            raise GrammarError(f"{where} outside [{lo}, {hi}{bracket}")
+
+    def _orbit(self, group: int, p: int, free: Sequence[float]) -> np.ndarray:
+        ops = self._ops[group][p]
+        seed = np.zeros(3)
+        seed[list(ops.free_axes)] = free
+        return np.mod(ops.ops[:, :, :3] @ seed + ops.ops[:, :, 3], 1.0)
+
+    @staticmethod
+    def _orbit_clear(state: GrammarState, points: np.ndarray) -> bool:
+        """No two orbit points coincide and none coincides with an earlier site's atom."""
+        diff = points[:, None, :] - points[None, :, :]
+        diff -= np.rint(diff)
+        if np.count_nonzero(np.abs(diff).max(axis=-1) < COINCIDE_TOL) != len(points):
+            return False
+        if state.points:
+            # Earlier atoms form whole orbits of the group, so if any new atom meets one, the
+            # representative atom meets another (the group's rotations stretch fractional
+            # distances by at most 2, which COINCIDE_TOL allows for).
+            earlier = state.points[-1] if len(state.points) == 1 else np.concatenate(state.points)
+            d = earlier - points[0]
+            d -= np.rint(d)
+            if np.any(np.abs(d).max(axis=-1) < COINCIDE_TOL):
+                return False
+        return True
 
     def _place(self, state: GrammarState, element_index: int) -> None:
         g, p = state.group, state.pending
@@ -333,11 +409,14 @@ class Grammar:
             state.avail -= reach.strides[reach.position_class[p]]
         if reach.position_class[p] >= 0:
             state.used_fixed |= 1 << p
-        state.pending = -1
         state.coords_left = reach.n_free[p]
+        state.site_values = []
         if state.coords_left:
-            state.phase = _COORD
-        elif any(state.remaining):
+            state.phase = _COORD  # ``pending`` stays: the values belong to this position
+            return
+        state.points.append(self._orbit(g, p, ()))
+        state.pending = -1
+        if any(state.remaining):
             state.phase = _SITE
         else:
             state.phase = self._start_lattice(state)
