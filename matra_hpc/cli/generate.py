@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from matra_hpc.cli.stages import SubmittableStage
 from matra_hpc.generate.config import GenerateConfig
@@ -40,15 +41,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_config(args: argparse.Namespace) -> GenerateConfig:
     from matra_hpc.generate.temperatures import parse_temperatures
 
+    # Absolute paths: a job may start in another working directory than the submitting shell.
     config = GenerateConfig(
-        checkpoint=args.checkpoint, out=args.out, temperatures=tuple(parse_temperatures(args.temps)),
-        per_temp=args.per_temp, shards=args.shards, condition=args.condition, train_store=args.train_store,
+        checkpoint=_absolute(args.checkpoint), out=_absolute(args.out), temperatures=tuple(parse_temperatures(args.temps)),
+        per_temp=args.per_temp, shards=args.shards, condition=args.condition, train_store=_absolute(args.train_store) if args.train_store else None,
         seed=args.seed, batch_size=args.batch_size, max_length=args.max_length, value_noise=args.value_noise,
         min_distance=args.min_distance, max_sites=args.max_sites, use_cache=args.use_cache, device=args.device,
         run_id=args.run_id,
     )
     config.validate()
     return config
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

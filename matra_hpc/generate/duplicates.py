@@ -12,11 +12,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import zarr
-
-from matra_hpc.errors import StoreError
-
-TOKENS_SCHEMA = "matra-hpc/tokens/1"
 
 
 def default_matcher():
@@ -44,19 +39,17 @@ class PrototypeIndex:
 
 
 class TrainingIndex:
-    """The known structures of a token store (all rows, train and val), read lazily per bucket."""
+    """The known structures of a token store (all rows, train and val), read lazily per bucket.
+
+    The store is opened by the data stage's reader, which refuses foreign, unfinished and
+    truncated stores; only the hash column and the site offsets are held in memory.
+    """
 
     def __init__(self, path: str | Path, matcher=None) -> None:
+        from matra_hpc.data.store import open_token_store
+
         self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
-            raise StoreError(f"training store {self.path} is not a Zarr store (no zarr.json)")
-        root = zarr.open_group(str(self.path), mode="r")
-        schema = root.attrs.get("schema")
-        if schema != TOKENS_SCHEMA:
-            raise StoreError(f"training store {self.path} has schema {schema!r}, expected {TOKENS_SCHEMA!r}")
-        for name in ("prototype_hash", "lattice", "frac_coords", "numbers", "site_offsets"):
-            if name not in root:
-                raise StoreError(f"training store {self.path} has no '{name}' array (not consolidated?)")
+        root = open_token_store(self.path)
         self.vocab_hash = root.attrs.get("vocab_hash")
         self.matcher = matcher or default_matcher()
         hashes = root["prototype_hash"][...]
@@ -93,7 +86,7 @@ class TrainingIndex:
 
 
 def store_fingerprint(path: str | Path) -> str:
-    """A content fingerprint of a Zarr store: the sha256 of its root metadata (attrs included)."""
-    import hashlib
+    """The token store's content hash (recorded by its consolidation), for the resume check."""
+    from matra_hpc.data.store import open_token_store
 
-    return hashlib.sha256((Path(path) / "zarr.json").read_bytes()).hexdigest()
+    return str(open_token_store(path).attrs.get("content_hash"))

@@ -65,8 +65,13 @@ def build_report(store: Path) -> dict[str, Any]:
     rows = []
     for t in temperatures:
         table = gstore.read_view(store, t)
-        rows.append(temperature_row(table, t, len(gstore.finished_shards(store, t)), shards_total,
-                                    int(root.attrs["fingerprint"]["per_temp"])))
+        shards = gstore.finished_shards(store, t)
+        row = temperature_row(table, t, len(shards), shards_total, int(root.attrs["fingerprint"]["per_temp"]))
+        # Rank-seconds spent on the shards (sampling and checks), so throughput per device.
+        seconds = sum(float(gstore.read_manifest(store, t, s).get("seconds", 0.0)) for s in shards)
+        row["task_seconds"] = round(seconds, 3)
+        row["rows_per_task_second"] = round(row["rows"] / seconds, 3) if seconds > 0 else None
+        rows.append(row)
     if not any(r["rows"] for r in rows):
         raise StoreError(f"{store} has no finished shard yet")
     return {
@@ -91,7 +96,7 @@ def write_report(report: dict[str, Any], prefix: Path) -> ReportFiles:
     files = ReportFiles(Path(f"{prefix}.json"), Path(f"{prefix}.csv"), Path(f"{prefix}.png"))
     files.json.write_text(json.dumps(report, indent=2) + "\n")
     columns = ["temperature", "requested", "shards_done", "shards_total", *COUNT_COLUMNS,
-               *[f"frac_{c}" for c in FRACTION_COLUMNS]]
+               *[f"frac_{c}" for c in FRACTION_COLUMNS], "task_seconds", "rows_per_task_second"]
     with open(files.csv, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

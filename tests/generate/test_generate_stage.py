@@ -120,32 +120,33 @@ def test_resume_after_kill_9_completes_without_holes(reference_store: Path, chec
 
 
 def test_training_duplicates_are_flagged(reference_store: Path, checkpoint: Path, tmp_path: Path) -> None:
-    """A token store holding the reference run's structures: the same seed's samples are all known."""
-    train = tmp_path / "train.zarr"
+    """The reference run's CIFs, prepared into a token store, are known to a rerun of the same seed."""
+    cifs = tmp_path / "cifs"
+    cifs.mkdir()
     views = [gstore.read_view(reference_store, t) for t in TEMPS]
-    hashed = [(v, r) for v in views for r in range(len(v)) if v.prototype_hash[r]]
-    assert hashed, "the reference run must have some encodable rows"
-    root = zarr.open_group(str(train), mode="w")
-    root.attrs.update({"schema": "matra-hpc/tokens/1", "vocab_hash": load_vocab().hash})
-    root.create_array("prototype_hash", shape=(len(hashed),), dtype=str)[...] = np.array(
-        [v.prototype_hash[r] for v, r in hashed], dtype=object)
-    root.create_array("lattice", data=np.stack([v.lattice[r] for v, r in hashed]))
-    frac = [v.frac_coords[v.site_offsets[r]:v.site_offsets[r + 1]] for v, r in hashed]
-    root.create_array("frac_coords", data=np.concatenate(frac))
-    root.create_array("numbers", data=np.concatenate(
-        [v.numbers[v.site_offsets[r]:v.site_offsets[r + 1]] for v, r in hashed]))
-    root.create_array("site_offsets", data=np.concatenate([[0], np.cumsum([len(f) for f in frac])]).astype(np.int64))
+    for view in views:
+        for r in range(len(view)):
+            (cifs / f"{view.id[r].replace(':', '_')}.cif").write_text(view.cif[r])
+    train = tmp_path / "train.zarr"
+    prepared = cli("data", "prepare", f"folder={cifs}", "--out", str(train), cwd=tmp_path)
+    assert prepared.returncode == 0, prepared.stderr
+    known = {str(h) for h in zarr.open_group(str(train), mode="r")["prototype_hash"][...]}
     out = tmp_path / "gen.zarr"
     run = cli("generate", "--checkpoint", str(checkpoint), "--out", str(out), *GEN_ARGS, "--train-store", str(train),
               cwd=tmp_path)
     assert run.returncode == 0, run.stderr
+    flagged = 0
     for t, ref in zip(TEMPS, views, strict=True):
         view = gstore.read_view(out, t)
-        assert view.dup_train.tolist() == [bool(h) for h in ref.prototype_hash]
+        assert view.dup_train.tolist() == [bool(h) and h in known for h in ref.prototype_hash]
+        flagged += int(view.dup_train.sum())
+    assert flagged > 0
     report = cli("report", "generate", str(out), "--json", cwd=tmp_path)
     rows = json.loads(report.stdout.split("\nwrote ")[0])["temperatures"]
-    assert rows[0]["dup_train"] == sum(bool(h) for h in views[0].prototype_hash)
-    assert rows[0]["novel_unique"] == 0 or rows[0]["novel_unique"] <= rows[0]["valid"] - rows[0]["dup_train"]
+    assert sum(r["dup_train"] for r in rows) == flagged
+    for t, row in zip(TEMPS, rows, strict=True):
+        v = gstore.read_view(out, t)
+        assert row["novel_unique"] == int((v.decodes & v.bonds_ok & ~v.dup_train & ~v.dup_run).sum())
 
 
 @pytest.mark.parametrize(
