@@ -304,9 +304,8 @@ def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str 
             same = recorded == current and ([(s["kind"], s["name"], s["sha256"]) for s in root.attrs.get("sources", [])]
                                             == [(s["kind"], s["name"], s["sha256"]) for s in sources])
         except StoreError:
-            if not config.overwrite:
-                raise
-            same = False
+            # Never delete something that is not a token store, --overwrite or not.
+            raise
         if same:
             return
         if not config.overwrite:
