@@ -182,14 +182,21 @@ def iter_work_items(spec: SourceSpec) -> Iterator[WorkItem]:
         side: dict[str, Any] = {}
         if spec.kind in ("mp", "wbm") and ".jsonl" not in Path(path).name:
             # pandas column tables keep the ids in a separate small column before the entries.
-            side = iter_side_members(path, ("material_id",))
+            try:
+                side = iter_side_members(path, ("material_id",))
+            except (ValueError, EOFError, OSError):
+                side = {}  # the records pass below reports the damage
         ids = side.get("material_id") if isinstance(side.get("material_id"), dict) else None
+        n = 0
         try:
             for raw in iter_raw_records(path):
                 yield _item_from_raw(spec, path, raw, ids)
-        except ValueError:
-            # Not a JSON document at all: one parse_error item stands for the rest of the file.
-            yield WorkItem(spec.name, spec.kind, path, -1, "", material_id=None, truncated=True)
+                n += 1
+        except (ValueError, EOFError, OSError):
+            # Not JSON, or a compressed stream cut short (an interrupted copy): one parse_error
+            # item stands for the unreadable rest of the file, and the next file is read.
+            yield WorkItem(spec.name, spec.kind, path, n, "", material_id=f"{Path(path).name}#unreadable-after-{n}",
+                           truncated=True)
 
 
 def _item_from_raw(spec: SourceSpec, path: str, raw: RawRecord, ids: dict | None) -> WorkItem:

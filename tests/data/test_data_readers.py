@@ -67,6 +67,17 @@ def test_mp_reader_counts_corrupt_and_nan_records(tmp_path, flla40) -> None:
         assert len(x.structure) == len(r.structure)
 
 
+def test_cut_compressed_file_is_counted_not_raised(tmp_path, flla40) -> None:
+    write_alexandria(tmp_path / "alex", flla40[:20], per_file=10)
+    cut = tmp_path / "alex" / "alexandria_000.json.bz2"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # an interrupted copy
+    spec = parse_source(f"alexandria={tmp_path / 'alex'}")
+    loaded = [load_item(i) for i in iter_items(spec)]
+    bad = [x for x in loaded if x.reason]
+    assert len(bad) == 1 and bad[0].reason == "parse_error" and "alexandria_000.json.bz2#unreadable" in bad[0].id
+    assert sum(x.reason is None for x in loaded) >= 10  # the second file is read in full
+
+
 def test_alexandria_and_wbm_readers(tmp_path, flla40) -> None:
     rows = flla40[:25]
     write_alexandria(tmp_path / "alex", rows, per_file=10)
