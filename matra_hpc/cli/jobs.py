@@ -39,6 +39,11 @@ def smoke_stages() -> list[SubmittableStage]:
         parser.add_argument("--fail", action="store_true", help="raise after the steps (shows error reporting)")
         parser.add_argument("--out", default=None, help="where records go (default RUN_DIR/smoke)")
 
+    def add_mpi(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--steps", type=int, default=0, help="checkpointed steps before the exchange")
+        parser.add_argument("--step-seconds", type=float, default=0.0, help="seconds per step")
+        add_out(parser)
+
     def add_out(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--out", default=None, help="where records go (default RUN_DIR/smoke)")
 
@@ -58,8 +63,8 @@ def smoke_stages() -> list[SubmittableStage]:
             name="smoke-mpi",
             kind="mpi",
             help="MPI ranks exchange data with mpi4py (launch-layer check)",
-            add_arguments=add_out,
-            build_config=lambda a: smoke.MpiSmokeConfig(out=a.out),
+            add_arguments=add_mpi,
+            build_config=lambda a: smoke.MpiSmokeConfig(steps=a.steps, step_seconds=a.step_seconds, out=a.out),
             config_cls=smoke.MpiSmokeConfig,
             run="matra_hpc.launch.smoke:run_smoke_mpi",
         ),

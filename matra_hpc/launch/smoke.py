@@ -32,6 +32,9 @@ class SmokeConfig:
 @dataclass
 class MpiSmokeConfig:
     values: int = 1000
+    steps: int = 0
+    """Checkpointed steps before the exchange (as in ``smoke``), to test requeues of MPI jobs."""
+    step_seconds: float = 0.0
     out: str | None = None
 
 
@@ -66,18 +69,24 @@ def _identity(ctx: RunContext) -> dict[str, Any]:
     }
 
 
+def _checkpointed_steps(out: Path, rank: int, steps: int, step_seconds: float) -> dict[str, Any]:
+    """Sleep through ``steps`` steps, saving progress after each, resuming saved progress."""
+    progress_path = out / f"progress-rank{rank}.json"
+    progress = json.loads(progress_path.read_text()) if progress_path.exists() else {"done": 0, "starts": []}
+    progress["starts"].append(progress["done"])  # where each attempt (first run, requeues) began
+    _write_json(progress_path, progress)
+    while progress["done"] < steps:
+        time.sleep(step_seconds)
+        progress["done"] += 1
+        _write_json(progress_path, progress)
+    return progress
+
+
 def run_smoke(config: SmokeConfig, ctx: RunContext) -> dict[str, Any]:
     """Do ``steps`` steps of ``step_seconds`` each, saving progress after each step."""
     began = time.time()
     out = _out_dir(config.out, ctx)
-    progress_path = out / f"progress-rank{ctx.rank}.json"
-    progress = json.loads(progress_path.read_text()) if progress_path.exists() else {"done": 0, "starts": []}
-    progress["starts"].append(progress["done"])  # where each attempt (first run, requeues) began
-    _write_json(progress_path, progress)
-    while progress["done"] < config.steps:
-        time.sleep(config.step_seconds)
-        progress["done"] += 1
-        _write_json(progress_path, progress)
+    progress = _checkpointed_steps(out, ctx.rank, config.steps, config.step_seconds)
     if config.fail:
         raise RuntimeError("smoke stage failed on purpose (--fail)")
     record = {
@@ -97,6 +106,8 @@ def run_smoke_mpi(config: MpiSmokeConfig, ctx: RunContext) -> dict[str, Any]:
 
     if ctx.comm is None:
         raise UsageError("smoke-mpi needs MPI ranks (submit it, or run it under mpirun)")
+    out = _out_dir(config.out, ctx)
+    progress = _checkpointed_steps(out, ctx.rank, config.steps, config.step_seconds)
     comm = ctx.comm
     send = np.full(config.values, float(ctx.rank), dtype=np.float64)
     recv = np.empty_like(send)
@@ -108,8 +119,10 @@ def run_smoke_mpi(config: MpiSmokeConfig, ctx: RunContext) -> dict[str, Any]:
         "received_from": left,
         "received_sum": float(recv.sum()),
         "allreduce_rank_sum": int(total),
+        "steps_done": progress["done"],
+        "starts": progress["starts"],
     }
-    _write_json(_out_dir(config.out, ctx) / f"mpi-rank{ctx.rank}.json", record)
+    _write_json(out / f"mpi-rank{ctx.rank}.json", record)
     comm.Barrier()
     return record
 

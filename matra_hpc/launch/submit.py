@@ -142,8 +142,22 @@ def _job_entry(job: submitit.Job, run_path: Path) -> dict[str, Any]:
     }
 
 
+class _BatchStepExecutor(submitit.SlurmExecutor):
+    """Runs the submitit driver as the batch shell itself (``exec``), for torchrun/MPI jobs.
+
+    Those jobs start their own job steps (srun, mpirun), so the driver must not sit inside
+    one. ``--signal=B:USR2@N`` then reaches the driver, which checkpoints and requeues; with
+    a plain child of the batch shell the signal would kill the shell instead.
+    """
+
+    @property
+    def _submitit_command_str(self) -> str:
+        return "exec " + super()._submitit_command_str
+
+
 def _slurm_executor(stage: SubmittableStage, launch: LaunchConfig, run_path: Path) -> submitit.SlurmExecutor:
-    executor = submitit.SlurmExecutor(
+    executor_cls = submitit.SlurmExecutor if stage.kind == "function" else _BatchStepExecutor
+    executor = executor_cls(
         folder=run_path / "logs", python=launch.python or sys.executable, max_num_timeout=launch.max_requeues
     )
     procs = launch.procs_per_node
@@ -168,11 +182,18 @@ def _slurm_executor(stage: SubmittableStage, launch: LaunchConfig, run_path: Pat
         signal_delay_s=launch.checkpoint_signal_s,
         setup=setup or None,
         use_srun=use_srun,
-        additional_parameters=dict(launch.extra_sbatch),
+        additional_parameters=_sbatch_extras(stage, launch),
     )
     if launch.array_parallelism is not None:
         executor.update_parameters(array_parallelism=launch.array_parallelism)
     return executor
+
+
+def _sbatch_extras(stage: SubmittableStage, launch: LaunchConfig) -> dict[str, Any]:
+    extras: dict[str, Any] = dict(launch.extra_sbatch)
+    if stage.kind != "function":
+        extras["signal"] = f"B:USR2@{launch.checkpoint_signal_s}"
+    return extras
 
 
 def _submit_slurm(
@@ -185,7 +206,7 @@ def _submit_slurm(
 ) -> list[submitit.Job]:
     executor = _slurm_executor(stage, launch, run_path)
     if dependency_ids:
-        extra = dict(launch.extra_sbatch, dependency="afterok:" + ":".join(dependency_ids))
+        extra = dict(_sbatch_extras(stage, launch), dependency="afterok:" + ":".join(dependency_ids))
         executor.update_parameters(additional_parameters=extra)
     try:
         if array is not None:

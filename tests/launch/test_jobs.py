@@ -191,3 +191,22 @@ def test_external_mpi_program_from_template(executor: str, tmp_path: Path) -> No
     assert "rank 0 of 2" in log and "rank 1 of 2" in log
     script = (run_dir / "job.sh").read_text()
     assert ("#SBATCH --partition=debug" in script) == (executor == "slurm")
+
+
+@pytest.mark.slurm
+def test_mpi_job_requeued_at_time_limit_resumes_every_rank(slurm: None, tmp_path: Path) -> None:
+    # torchrun and MPI jobs run their driver as the batch shell (signal B:USR2), which
+    # checkpoints and requeues; every rank then resumes from its saved progress.
+    out, run_dir = submit(
+        "slurm", tmp_path, "smoke-mpi", "--ntasks-per-node", "2", "--steps", "30", "--step-seconds", "1",
+        "--time", "1", "--signal-delay", "30",
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    records = read_records(run_dir / "smoke", "mpi-rank*.json")
+    assert [r["rank"] for r in records] == [0, 1]
+    for r in records:
+        assert r["steps_done"] == 30 and r["received_from"] == 1 - r["rank"]
+        assert len(r["starts"]) >= 2 and r["starts"][0] == 0 and 0 < r["starts"][-1] < 30
+    [job] = manifest(run_dir)["jobs"]
+    assert job["state"] == "COMPLETED" and job["attempts"] >= 2
+    assert "B:USR2@30" in next((run_dir / "logs").glob("*submission.sh")).read_text()
