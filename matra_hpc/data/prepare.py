@@ -40,9 +40,10 @@ from matra_hpc.data.readers import (
     ENERGY_PROVENANCE,
     SourceSpec,
     WorkItem,
-    iter_items,
+    iter_unit_items,
     load_item,
     parse_source,
+    read_units,
 )
 from matra_hpc.errors import MatraError, StoreError, UsageError
 
@@ -263,21 +264,49 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
 # The run
 
 
-def _plan_shards(specs: list[SourceSpec], shard_size: int,
-                 limit: int | None = None) -> Iterator[tuple[str, SourceSpec, list[WorkItem]]]:
-    """Cut every source's items into consecutive shards, in a fixed order."""
+@dataclass
+class PlannedShard:
+    id: str
+    spec: SourceSpec
+    items: list[WorkItem] | None
+    """None when another rank owns the shard."""
+
+
+def _plan_shards(specs: list[SourceSpec], shard_size: int, limit: int | None = None, rank: int = 0,
+                 world: int = 1) -> Iterator[PlannedShard]:
+    """Cut every file of every source into consecutive shards, in a fixed order.
+
+    A shard's id and items depend only on the inputs (source, file, chunk), never on ``world``.
+    Ownership: a source with at least ``world`` files is split by file (a rank never reads the
+    files of others: Alexandria's 50 files spread over ranks); otherwise shards go round robin
+    and every rank reads the source, decoding only the records it owns.
+    """
+    counter = 0
     for s_index, spec in enumerate(specs):
-        chunk: list[WorkItem] = []
-        k = 0
-        for n, item in enumerate(iter_items(spec)):
-            if limit is not None and n >= limit:
+        units = read_units(spec)
+        by_file = world > 1 and limit is None and len(units) >= world
+        seen = 0
+        for u in range(len(units)):
+            if by_file and u % world != rank:
+                continue
+            chunk: list[WorkItem] = []
+            k = 0
+            for item in iter_unit_items(spec, u):
+                if limit is not None and seen >= limit:
+                    break
+                seen += 1
+                chunk.append(item)
+                if len(chunk) == shard_size:
+                    owned = by_file or counter % world == rank
+                    counter += 0 if by_file else 1
+                    yield PlannedShard(f"{s_index:02d}-{spec.name}-{u:04d}-{k:06d}", spec, chunk if owned else None)
+                    chunk, k = [], k + 1
+            if chunk:
+                owned = by_file or counter % world == rank
+                counter += 0 if by_file else 1
+                yield PlannedShard(f"{s_index:02d}-{spec.name}-{u:04d}-{k:06d}", spec, chunk if owned else None)
+            if limit is not None and seen >= limit:
                 break
-            chunk.append(item)
-            if len(chunk) == shard_size:
-                yield f"{s_index:02d}-{spec.name}-{k:06d}", spec, chunk
-                chunk, k = [], k + 1
-        if chunk:
-            yield f"{s_index:02d}-{spec.name}-{k:06d}", spec, chunk
 
 
 def _content_config(config: DataPrepareConfig) -> dict[str, Any]:
@@ -362,15 +391,15 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
             if config.workers > 1 else None)
     pending: set[Future] = set()
     try:
-        for k, (shard_id, spec, items) in enumerate(_plan_shards(specs, config.shard_size, config.limit)):
-            shard_ids.append(shard_id)
-            if k % ctx.world_size != ctx.rank:
+        for shard in _plan_shards(specs, config.shard_size, config.limit, ctx.rank, ctx.world_size):
+            shard_ids.append(shard.id)
+            if shard.items is None:
                 continue
-            if st.shard_done(config.out, shard_id):
+            if st.shard_done(config.out, shard.id):
                 skipped += 1
                 continue
-            st.clear_unfinished_shard(config.out, shard_id)
-            task = ShardTask(config.out, shard_id, items, spec.summary, spec.kind, cfg)
+            st.clear_unfinished_shard(config.out, shard.id)
+            task = ShardTask(config.out, shard.id, shard.items, shard.spec.summary, shard.spec.kind, cfg)
             if pool is None:
                 process_shard(task)
                 done_here += 1
@@ -394,7 +423,10 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
     if ctx.comm is None and ctx.world_size > 1:
         return _finish_without_comm(config, ctx, shard_ids, time.perf_counter() - t0)
     if ctx.comm is not None and ctx.world_size > 1:
-        ctx.comm.Barrier()
+        # Ranks that split a source by file saw only their files' shards: the plan is the union.
+        seen = ctx.comm.gather(shard_ids, root=0)
+        if ctx.rank == 0:
+            shard_ids = sorted({sid for part in seen for sid in part})
     report: dict[str, Any] | None = None
     error = None
     if ctx.rank == 0:
@@ -418,11 +450,12 @@ def _finish_without_comm(config: DataPrepareConfig, ctx: RunContext, shard_ids: 
     sure only one of several tasks finishing together builds the view.
     """
     out = Path(config.out)
-    st.write_json_atomic(out / "shards" / st.PLAN, {"shards": shard_ids})
-    unfinished = [s for s in shard_ids if not st.shard_done(out, s)]
+    st.write_json_atomic(out / "shards" / st.rank_plan_name(ctx.rank, ctx.world_size), {"shards": shard_ids})
+    plan = st.read_plan(out)
+    unfinished = [s for s in plan if not st.shard_done(out, s)] if plan is not None else None
     partial = {"store": str(out), "status": "shards written; other tasks still running",
-               "unfinished_shards": len(unfinished), "rank": ctx.rank}
-    if unfinished:
+               "unfinished_shards": len(unfinished) if unfinished is not None else None, "rank": ctx.rank}
+    if unfinished is None or unfinished:
         return partial
     try:
         lock = os.open(out / "consolidate.lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY)

@@ -175,28 +175,42 @@ class LoadedItem:
 
 def iter_work_items(spec: SourceSpec) -> Iterator[WorkItem]:
     """Every input record of a source in a fixed order (files sorted, records in file order)."""
+    for unit in range(len(read_units(spec))):
+        yield from iter_unit_items(spec, unit)
+
+
+def read_units(spec: SourceSpec) -> list[str]:
+    """The separately readable files of a source (a folder is one unit)."""
+    return list(spec.paths)
+
+
+def iter_unit_items(spec: SourceSpec, unit: int) -> Iterator[WorkItem]:
+    """The records of one file of a source, in file order."""
     if spec.kind == "folder":
         yield from _iter_folder(spec)
         return
-    for path in spec.paths:
-        side: dict[str, Any] = {}
-        if spec.kind in ("mp", "wbm") and ".jsonl" not in Path(path).name:
-            # pandas column tables keep the ids in a separate small column before the entries.
-            try:
-                side = iter_side_members(path, ("material_id",))
-            except (ValueError, EOFError, OSError):
-                side = {}  # the records pass below reports the damage
-        ids = side.get("material_id") if isinstance(side.get("material_id"), dict) else None
-        n = 0
+    if spec.kind == "flla":
+        yield from iter_flla_items(spec)
+        return
+    path = spec.paths[unit]
+    side: dict[str, Any] = {}
+    if spec.kind in ("mp", "wbm") and ".jsonl" not in Path(path).name:
+        # pandas column tables keep the ids in a separate small column before the entries.
         try:
-            for raw in iter_raw_records(path):
-                yield _item_from_raw(spec, path, raw, ids)
-                n += 1
+            side = iter_side_members(path, ("material_id",))
         except (ValueError, EOFError, OSError):
-            # Not JSON, or a compressed stream cut short (an interrupted copy): one parse_error
-            # item stands for the unreadable rest of the file, and the next file is read.
-            yield WorkItem(spec.name, spec.kind, path, n, "", material_id=f"{Path(path).name}#unreadable-after-{n}",
-                           truncated=True)
+            side = {}  # the records pass below reports the damage
+    ids = side.get("material_id") if isinstance(side.get("material_id"), dict) else None
+    n = 0
+    try:
+        for raw in iter_raw_records(path):
+            yield _item_from_raw(spec, path, raw, ids)
+            n += 1
+    except (ValueError, EOFError, OSError):
+        # Not JSON, or a compressed stream cut short (an interrupted copy): one parse_error
+        # item stands for the unreadable rest of the file, and the next file is read.
+        yield WorkItem(spec.name, spec.kind, path, n, "", material_id=f"{Path(path).name}#unreadable-after-{n}",
+                       truncated=True)
 
 
 def _item_from_raw(spec: SourceSpec, path: str, raw: RawRecord, ids: dict | None) -> WorkItem:
@@ -455,6 +469,4 @@ def iter_flla_items(spec: SourceSpec) -> Iterator[WorkItem]:
 
 def iter_items(spec: SourceSpec) -> Iterator[WorkItem]:
     """Work items of any source kind, in their fixed order."""
-    if spec.kind == "flla":
-        return iter_flla_items(spec)
     return iter_work_items(spec)

@@ -270,11 +270,25 @@ class ShardInfo:
     manifest: dict[str, Any]
 
 
+def rank_plan_name(rank: int, world: int) -> str:
+    return f"plan.{rank}-of-{world}.json"
+
+
 def read_plan(store: Path | str) -> list[str] | None:
-    plan = Path(store) / "shards" / PLAN
-    if not plan.is_file():
-        return None
-    return list(json.loads(plan.read_text())["shards"])
+    """Every shard id of the run: ``plan.json``, else the union of a complete set of per-rank
+    plans written by independent tasks (``plan.<rank>-of-<world>.json``); None if neither."""
+    shards = Path(store) / "shards"
+    plan = shards / PLAN
+    if plan.is_file():
+        return list(json.loads(plan.read_text())["shards"])
+    by_world: dict[int, dict[int, list[str]]] = {}
+    for p in shards.glob("plan.*-of-*.json"):
+        rank, world = p.name[len("plan."):-len(".json")].split("-of-")
+        by_world.setdefault(int(world), {})[int(rank)] = json.loads(p.read_text())["shards"]
+    for world, parts in sorted(by_world.items()):
+        if len(parts) == world:
+            return sorted({sid for ids in parts.values() for sid in ids})
+    return None
 
 
 def finished_shards(store: Path | str) -> list[ShardInfo]:

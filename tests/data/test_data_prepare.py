@@ -26,17 +26,20 @@ SHARD = 5
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> Path:
-    """120 real MP structures in the matbench-discovery layout, one record corrupt."""
+def inputs(tmp_path_factory) -> list[str]:
+    """120 real MP structures in the matbench-discovery layout (one record corrupt), and 24 of
+    them again as 3 Alexandria files (a multi-file source: MPI ranks split it by file)."""
     root = tmp_path_factory.mktemp("inputs")
-    write_mp(root / "mp", flla_rows(120, skip_disordered=False), corrupt_index=7)
-    return root / "mp"
+    rows = flla_rows(120, skip_disordered=False)
+    write_mp(root / "mp", rows, corrupt_index=7)
+    write_alexandria(root / "alex", rows[:24], per_file=8)
+    return [f"mp={root / 'mp'}", f"alexandria={root / 'alex'}"]
 
 
 @pytest.fixture(scope="module")
-def clean(inputs: Path, tmp_path_factory) -> Path:
+def clean(inputs: list[str], tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clean") / "tokens.zarr"
-    run_data_prepare(DataPrepareConfig(sources=[f"mp={inputs}"], out=str(out), shard_size=SHARD), local_context())
+    run_data_prepare(DataPrepareConfig(sources=inputs, out=str(out), shard_size=SHARD), local_context())
     return out
 
 
@@ -57,10 +60,10 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "matra_hpc", *args]
 
 
-def test_kill9_half_way_then_rerun_equals_clean_run(inputs: Path, clean: Path, tmp_path: Path) -> None:
+def test_kill9_half_way_then_rerun_equals_clean_run(inputs: list[str], clean: Path, tmp_path: Path) -> None:
     out = tmp_path / "tokens.zarr"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_cli("data", "prepare", f"mp={inputs}", "--out", str(out), "--shard-size", str(SHARD)),
+    proc = subprocess.Popen(_cli("data", "prepare", *inputs, "--out", str(out), "--shard-size", str(SHARD)),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(st.finished_shards(out)) < 6:
@@ -68,41 +71,44 @@ def test_kill9_half_way_then_rerun_equals_clean_run(inputs: Path, clean: Path, t
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = {s.id: (st.shard_dir(out, s.id) / st.MANIFEST) for s in st.finished_shards(out)}
-    assert 6 <= len(finished) < 24, "the run was not killed half way"
+    assert 6 <= len(finished) < 30, "the run was not killed half way"
     before = {sid: (p.stat().st_mtime_ns, p.read_bytes()) for sid, p in finished.items()}
     # Whatever the kill interrupted, also leave a half-written shard: arrays but no manifest.
-    partial = next(f"00-mp-{k:06d}" for k in range(24) if f"00-mp-{k:06d}" not in finished)
+    partial = next(f"00-mp-0000-{k:06d}" for k in range(24) if f"00-mp-0000-{k:06d}" not in finished)
     (st.shard_dir(out, partial) / "tokens").mkdir(parents=True, exist_ok=True)
     (st.shard_dir(out, partial) / "tokens" / "zarr.json").write_text("{half")
     with pytest.raises(Exception, match="incomplete"):
         st.open_token_store(out)
 
-    report = run_data_prepare(DataPrepareConfig(sources=[f"mp={inputs}"], out=str(out), shard_size=SHARD),
+    report = run_data_prepare(DataPrepareConfig(sources=inputs, out=str(out), shard_size=SHARD),
                               local_context())
     after = {sid: (p.stat().st_mtime_ns, p.read_bytes()) for sid, p in finished.items()}
     assert after == before  # finished shards were not redone
-    assert report["n_inputs"] == 120 and report["n_shards"] == 24
+    assert report["n_inputs"] == 144 and report["n_shards"] == 24 + 6
     _assert_same_rows(out, clean)
 
 
 @pytest.mark.mpi
-def test_two_mpi_ranks_equal_serial(inputs: Path, clean: Path, tmp_path: Path) -> None:
+def test_two_mpi_ranks_equal_serial(inputs: list[str], clean: Path, tmp_path: Path) -> None:
     out = tmp_path / "mpi.zarr"
     mpirun = Path(sys.executable).parent / "mpirun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(mpirun), "-n", "2", *_cli("data", "prepare", f"mp={inputs}", "--out", str(out),
+    done = subprocess.run([str(mpirun), "-n", "2", *_cli("data", "prepare", *inputs, "--out", str(out),
                                                           "--shard-size", str(SHARD))],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    pids = {json.loads((st.shard_dir(out, s.id) / st.MANIFEST).read_text())["pid"] for s in st.finished_shards(out)}
-    assert len(pids) == 2  # both ranks wrote shards
+    pid = {s.id: json.loads((st.shard_dir(out, s.id) / st.MANIFEST).read_text())["pid"]
+           for s in st.finished_shards(out)}
+    assert len(set(pid.values())) == 2  # both ranks wrote shards
+    # The 3-file Alexandria source is split by file: files 0 and 2 on one rank, file 1 on the other.
+    assert pid["01-alex-0000-000000"] == pid["01-alex-0002-000001"] != pid["01-alex-0001-000000"]
     assert json.loads(done.stdout)["world_size"] == 2
     _assert_same_rows(out, clean)
 
 
-def test_pool_of_two_equals_serial(inputs: Path, clean: Path, tmp_path: Path) -> None:
+def test_pool_of_two_equals_serial(inputs: list[str], clean: Path, tmp_path: Path) -> None:
     out = tmp_path / "pool.zarr"
-    run_data_prepare(DataPrepareConfig(sources=[f"mp={inputs}"], out=str(out), shard_size=SHARD, workers=2),
+    run_data_prepare(DataPrepareConfig(sources=inputs, out=str(out), shard_size=SHARD, workers=2),
                      local_context())
     _assert_same_rows(out, clean)
 
@@ -160,7 +166,7 @@ def test_array_tasks_without_communicator(tmp_path: Path) -> None:
         return DataPrepareConfig(sources=["flla"], out=str(tmp_path / "a.zarr"), limit=30, shard_size=10)
 
     first = run_data_prepare(config(), RunContext(rank=0, world_size=2))
-    assert first["unfinished_shards"] == 1
+    assert first["status"].startswith("shards written")
     last = run_data_prepare(config(), RunContext(rank=1, world_size=2))
     assert last["n_inputs"] == 30 and st.open_token_store(tmp_path / "a.zarr", verify=True).attrs["n_rows"] == 30
 
