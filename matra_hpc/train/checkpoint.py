@@ -173,8 +173,13 @@ def find_latest_valid(out_dir: Path) -> Checkpoint | None:
 
 
 def find_model_dir(out_dir: Path) -> Path:
-    """For ``load_model(OUT)``: ``OUT/best`` if it checks out, else the newest valid checkpoint."""
+    """For ``load_model(OUT)``: ``OUT/best`` if it checks out, else the newest valid checkpoint.
+
+    ``OUT/checkpoints`` itself is accepted too (its newest valid checkpoint).
+    """
     out_dir = Path(out_dir)
+    if out_dir.name == CHECKPOINTS_DIR and not (out_dir / CHECKPOINTS_DIR).exists():
+        out_dir = out_dir.parent
     best = out_dir / BEST_DIR
     if best.is_dir():
         try:

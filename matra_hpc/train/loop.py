@@ -355,28 +355,24 @@ class _Trainer:
         return {"loss": ce_mean + self.model_cfg.cont_loss_weight * mse_mean, "ce": ce_mean, "mse": mse_mean,
                 "n_rows": len(self.val_ds)}
 
-    def _stop_reason(self, stop: _StopFlag) -> str | None:
+    def _decide(self, stop: _StopFlag) -> tuple[str | None, bool]:
+        """(reason to stop or None, checkpoint due), agreed by every rank in one all-reduce."""
         cfg = self.config
-        reasons = [
+        local = [
             stop.signalled,
             cfg.max_steps is not None and self.step >= cfg.max_steps,
             cfg.max_minutes is not None and self.train_seconds() >= cfg.max_minutes * 60,
+            bool(cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0)
+            or time.monotonic() - self.last_ckpt_time >= cfg.ckpt_every_minutes * 60,
         ]
-        flags = self._all_sum([1.0 if r else 0.0 for r in reasons])  # every rank stops together
-        for name, value in zip(("signal", "max_steps", "time_limit"), flags, strict=True):
-            if value > 0:
-                return name
-        return None
+        flags = self._all_sum([1.0 if x else 0.0 for x in local])
+        reason = next((name for name, value in zip(("signal", "max_steps", "time_limit"), flags, strict=False)
+                       if value > 0), None)
+        return reason, flags[3] > 0
 
     def train_seconds(self) -> float:
         """Training time of the whole run: earlier attempts up to their checkpoint, plus this one."""
         return self.seconds_before + time.monotonic() - self.run_started
-
-    def _want_checkpoint(self) -> bool:
-        cfg = self.config
-        due = bool(cfg.ckpt_every_steps and self.step % cfg.ckpt_every_steps == 0)
-        due = due or time.monotonic() - self.last_ckpt_time >= cfg.ckpt_every_minutes * 60
-        return self._any(due)
 
     def end_epoch(self) -> bool:
         """Validation, early stopping, best model, plot; True when training should stop."""
@@ -419,14 +415,11 @@ class _Trainer:
         with _StopFlag() as stop:
             while self.epoch < cfg.epochs:
                 plan = self.train_ds.epoch_plan(cfg.global_batch, cfg.seed, self.epoch)
-                stopped = None
+                stopped, _ = self._decide(stop)  # e.g. resumed at max_steps, or signalled meanwhile
                 for shard in self.train_ds.iter_batches(
                     plan, self.batch_in_epoch, self.ctx.rank, self.ctx.world_size, cfg.micro_batch
                 ):
-                    stopped = self._stop_reason(stop)
                     if stopped:
-                        if self.ckpt_step != self.step:
-                            self.checkpoint()
                         break
                     ce, mse = self.train_step(shard)
                     self.batch_in_epoch = shard.index + 1
@@ -452,15 +445,19 @@ class _Trainer:
                         ce_acc = mse_acc = tok_acc = val_acc = 0.0
                     if self.batch_in_epoch == len(plan):
                         break  # the epoch's end is checkpointed after validation
-                    if self._want_checkpoint():
+                    stopped, due = self._decide(stop)
+                    if due or stopped:
                         self.checkpoint()
                 if stopped:
+                    if self.ckpt_step != self.step:
+                        self.checkpoint()
                     status = stopped
                     break
                 early = self.end_epoch()
                 if early or self.epoch >= cfg.epochs:
                     self.finished_status = "early_stopped" if early else "finished"
-                if self.finished_status or self.epoch % cfg.ckpt_every_epochs == 0 or self._want_checkpoint():
+                _, due = self._decide(stop)
+                if self.finished_status or self.epoch % cfg.ckpt_every_epochs == 0 or due:
                     self.checkpoint()
                 if self.finished_status:
                     status = self.finished_status
