@@ -228,14 +228,7 @@ class RequiredReach:
         key = tuple(sorted(c for c in counts if c > 0))
         if any(c > self.reach.max_count for c in key):
             return INF
-        # map the remaining entries onto bits of the full required tuple
-        bits, pool = 0, list(range(self.n_req))
-        for p in remaining_required:
-            for i in pool:
-                if self.required[i] == p:
-                    bits |= 1 << i
-                    pool.remove(i)
-                    break
+        bits = self._bits(remaining_required)
         frontier = self.frontier(key)[avail]
         best = INF
         n_left = bin(bits).count("1")
@@ -249,6 +242,50 @@ class RequiredReach:
             # or one per leftover entry when there are more entries than unknowns
             best = min(best, int(frontier[q]) + max(unknown, rest))
         return best
+
+    def _bits(self, remaining_required: Sequence[int]) -> int:
+        """Bitmask over ``self.required`` of the entries still to place."""
+        bits, pool = 0, list(range(self.n_req))
+        for p in remaining_required:
+            for i in pool:
+                if self.required[i] == p:
+                    bits |= 1 << i
+                    pool.remove(i)
+                    break
+        return bits
+
+    def count_costs(
+        self, counts: tuple[int, ...], unknown: int, avail: int, remaining_required: tuple[int, ...]
+    ) -> np.ndarray:
+        """``min_cost(counts + (c,), unknown, ...)`` for every c in 0..max_count at once."""
+        r = self.reach
+        bits = self._bits(remaining_required)
+        prev = self.frontier(tuple(sorted(counts)))
+        below = [b for b in range(r.size) if np.all(r._vectors[b] <= r._vectors[avail])]
+        b_idx = np.array(below, dtype=np.int64)
+        rest_idx = avail - b_idx
+        sites_b = r.min_sites[:, b_idx]  # (max_count + 1, nb)
+        n = r.max_count + 1
+        with_q = np.full((self.n_sub, n), INF, dtype=np.int64)  # best per held subset q
+        for q, s in self.sub_pairs:
+            if q & bits != q:
+                continue
+            best = (prev[rest_idx, q ^ s][None, :] + sites_b).min(axis=1)  # per count c - atoms(s)
+            shift = int(self.sub_atoms[s])
+            if shift < n:
+                shifted = np.full(n, INF, dtype=np.int64)
+                shifted[shift:] = best[: n - shift] + self.sub_sites[s]
+                with_q[q] = np.minimum(with_q[q], shifted)
+        n_left = bin(bits).count("1")
+        out = np.full(n, INF, dtype=np.int64)
+        for q in range(self.n_sub):
+            if q & bits != q:
+                continue
+            rest = n_left - bin(q).count("1")
+            if rest and not unknown:
+                continue
+            out = np.minimum(out, with_q[q] + max(unknown, rest))
+        return np.minimum(out, INF)
 
 
 class ReachTables:

@@ -544,9 +544,9 @@ class Grammar:
             costs = self._tables.count_costs(prefix)
             ok |= ((costs <= budget) & self._plain_groups[None, :]).any(axis=1)
         for g in self._required_groups:
-            for c in range(1, self.vocab.max_count + 1):
-                if not ok[c] and self._group_fits(g, prefix + (c,), unknown):
-                    ok[c] = True
+            req = self.resolved.required[g]
+            rr = self._tables.required(g, req)
+            ok |= rr.count_costs(prefix, unknown, rr.reserved_avail((), req), req) <= self.max_sites
         ok[0] = False
         return np.flatnonzero(ok).tolist()
 
