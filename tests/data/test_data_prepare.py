@@ -199,3 +199,17 @@ def test_demo_store_over_all_flla(tmp_path: Path, capsys) -> None:
     start = time.perf_counter()
     assert main(["data", "demo", "--out", str(out)]) == 0
     assert time.perf_counter() - start < seconds / 2
+
+
+@pytest.mark.mpi
+def test_submit_data_prepare_as_local_mpi_job(tmp_path: Path) -> None:
+    """The same stage through the launch layer: `submit data-prepare` runs it as 2 MPI ranks."""
+    out, run_dir = tmp_path / "sub.zarr", tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(_cli("submit", "data-prepare", "flla", "--out", str(out), "--limit", "12", "--shard-size",
+                               "4", "--cluster", "local", "--ntasks-per-node", "2", "--run-dir", str(run_dir)),
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    root = st.open_token_store(out, verify=True)
+    assert root.attrs["n_rows"] == 12 and root.attrs["created_by"]["run_dir"] == str(run_dir)
+    assert json.loads((out / "report.json").read_text())["world_size"] == 2
