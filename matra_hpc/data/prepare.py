@@ -42,6 +42,7 @@ from matra_hpc.data.readers import (
     WorkItem,
     iter_unit_items,
     load_item,
+    load_summary,
     parse_source,
     read_units,
 )
@@ -375,6 +376,9 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
     from matra_hpc.tokens import load_vocab
 
     load_vocab()  # built once per process (about a second); forked pool workers inherit it
+    for spec in specs:
+        if spec.summary:
+            load_summary(spec.summary)  # a bad table is a usage error now, not a worker crash later
     t0 = time.perf_counter()
     error: Exception | None = None
     if ctx.rank == 0:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import math
 import re
 import warnings
@@ -39,6 +40,8 @@ from typing import Any
 
 from matra_hpc.data.jsonstream import RawRecord, decode_record, iter_raw_records, iter_side_members, open_text
 from matra_hpc.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 KINDS = ("mp", "alexandria", "wbm", "folder", "flla")
 DEFAULT_NAMES = {"mp": "mp", "alexandria": "alex", "wbm": "wbm", "flla": "mp"}
@@ -271,15 +274,19 @@ def load_summary(path: str) -> dict[str, tuple[float, float]]:
     """material_id -> (e_above_hull, e_form) from a summary CSV; column names as published."""
     import pandas as pd
 
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:
+        raise UsageError(f"summary table {path} cannot be read ({_short(exc)}): fetch it again or leave it out") from None
     id_col = _pick(df.columns, ("material_id", "mat_id", "id"))
     if id_col is None:
-        df = pd.read_csv(path, index_col=0).reset_index()
-        id_col = df.columns[0]
+        raise UsageError(f"summary table {path} has no material_id/mat_id/id column")
     hull_col = _pick(df.columns, ("e_above_hull_mp2020_corrected_ppd_mp", "energy_above_hull", "e_above_hull",
                                   "e_above_hull_mp", "e_above_hull_wbm", "e_hull_wbm"))
     form_col = _pick(df.columns, ("e_form_per_atom_mp2020_corrected", "formation_energy_per_atom", "e_form_per_atom",
                                   "e_form", "e_form_per_atom_wbm"))
+    if hull_col is None:
+        log.warning("%s has no e_above_hull column: its structures get no stability token", path)
     n = len(df)
     hulls = df[hull_col].to_numpy(dtype=float) if hull_col else [math.nan] * n
     forms = df[form_col].to_numpy(dtype=float) if form_col else [math.nan] * n

@@ -177,6 +177,10 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys) -> None:
     assert "expected KIND=PATH" in capsys.readouterr().err
     with pytest.raises(UsageError):
         DataPrepareConfig(sources=[], out="x").validate()
+    write_mp(tmp_path / "mp", flla_rows(2))
+    (tmp_path / "mp" / "2025-02-01-mp-energies.csv.gz").write_bytes(b"cut short")
+    assert main(["data", "prepare", f"mp={tmp_path / 'mp'}", "--out", str(tmp_path / "y")]) == 2
+    assert "summary table" in capsys.readouterr().err
 
 
 @pytest.mark.slow
