@@ -1,11 +1,31 @@
-"""`matra-hpc demo`: placeholder until the stage is built."""
+"""`matra-hpc demo`: the README demo, end to end on the shipped data, local executor."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
-from matra_hpc.cli._notbuilt import add_not_built
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from matra_hpc.demo import DemoConfig, run_demo
+
+    config = DemoConfig(out=args.out, train_steps=args.train_steps, per_temp=args.per_temp, temps=args.temps)
+    print(json.dumps(run_demo(config)))
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_not_built(sub, "demo", "run the README demo end to end on the local executor")
+    from matra_hpc.demo import DemoConfig
+
+    d = DemoConfig()
+    parser = sub.add_parser(
+        "demo",
+        help="run the README demo end to end on the local executor",
+        description="Tokenize the shipped MP structures, train the tiny model, sample a "
+        "temperature sweep with mpirun and write the reports. Rerun to resume.",
+    )
+    parser.add_argument("--out", default=d.out, help="output folder (default %(default)s)")
+    parser.add_argument("--train-steps", type=int, default=d.train_steps, help="training steps")
+    parser.add_argument("--per-temp", type=int, default=d.per_temp, help="structures per temperature")
+    parser.add_argument("--temps", default=d.temps, help="temperature sweep start:stop:step or a list")
+    parser.set_defaults(func=cmd_demo)
