@@ -115,7 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     demo = cmds.add_parser("demo", help="prepare the vendored flla_2015 demo set (3,938 MP structures)")
     demo.add_argument("--out", required=True, help="token store to write")
-    demo.add_argument("--workers", type=int, default=None, help="processes (default: min(2, CPUs))")
+    demo.add_argument("--workers", type=int, default=None, help="processes (default: min(8, CPUs))")
     demo.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
     demo.set_defaults(func=cmd_demo)
 

@@ -524,5 +524,5 @@ def run_data_consolidate(store: str) -> dict[str, Any]:
 
 def demo_config(out: str, workers: int | None = None) -> DataPrepareConfig:
     """The README demo: the vendored flla_2015 set with the paper's filters."""
-    return DataPrepareConfig(sources=["flla"], out=out, workers=workers or min(2, os.cpu_count() or 1),
-                             shard_size=250)
+    return DataPrepareConfig(sources=["flla"], out=out, workers=workers or min(8, os.cpu_count() or 1),
+                             shard_size=125)
