@@ -19,9 +19,7 @@ class TokenSequence:
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.values):
-            raise ValueError(
-                f"tokens and values differ in length ({len(self.tokens)} != {len(self.values)})"
-            )
+            raise ValueError(f"tokens and values differ in length ({len(self.tokens)} != {len(self.values)})")
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -53,9 +53,7 @@ class Vocab:
         table = wyckoff_table()
         w0 = self.wyckoff_range[0]
         self._wyckoff_token = {(g, p.letter): w0 + p.token_index for g, ps in table.items() for p in ps}
-        self._position_of_token = {
-            (g, w0 + p.token_index): p for g, ps in table.items() for p in ps
-        }
+        self._position_of_token = {(g, w0 + p.token_index): p for g, ps in table.items() for p in ps}
         self._table = table
         self.hash = hashlib.sha256(
             json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()

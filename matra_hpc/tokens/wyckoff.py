@@ -1,7 +1,9 @@
 """Wyckoff tables of the 230 space groups, read from pyxtal's database.
 
-Settings are pyxtal's, which are the ITA standard settings: monoclinic unique axis b (cell
-choice 1), origin choice 2 for the 24 groups that have two origins, hexagonal axes for the
+The orbit operations are read from pyxtal's database files (``wyckoff_list.csv``,
+``wyckoff_sets.json``) without importing pyxtal, which takes seconds; a test checks them
+against ``pyxtal.symmetry.Group``. Settings are pyxtal's, which are the ITA standard
+settings: monoclinic unique axis b (cell choice 1), origin choice 2 for the 24 groups that have two origins, hexagonal axes for the
 rhombohedral groups. The encoder asks spglib for exactly these settings (``hall_number``).
 
 Shared-orbit rule (the vocabulary): the orbit of a Wyckoff position is the *set* of its
@@ -22,9 +24,15 @@ point of the locus through a coordinate row that depends on it alone with coeffi
 
 from __future__ import annotations
 
+import ast
+import csv
 import functools
+import importlib.util
+import json
+import re
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +47,7 @@ __all__ = [
 ]
 
 _AXES = "xyz"
+_LETTERS = "abcdefghijklmnopqrstuvwxyzA"  # ITA's 27th letter (alpha) is pyxtal's "A"
 
 
 @dataclass(frozen=True)
@@ -121,22 +130,29 @@ def _check_group(group: int) -> None:
 
 def _expr_text(row: np.ndarray) -> str:
     """One coordinate expression (coefficients of x, y, z and translation mod 1) as text."""
+    # Coefficients are small integers and translations multiples of 1/24 in every table.
+    coefs = tuple(int(round(float(c))) for c in row[:3])
+    shift = int(round(float(row[3]) * 24)) % 24
+    return _expr_text_cached(coefs, shift)
+
+
+@functools.cache
+def _expr_text_cached(coefs: tuple[int, int, int], shift24: int) -> str:
     parts = []
-    for coef, axis in zip(row[:3], _AXES, strict=True):
-        c = Fraction(float(coef)).limit_denominator(12)
-        if c == 0:
-            continue
-        sign = "-" if c < 0 else "+"
-        mag = abs(c)
-        parts.append(f"{sign}{'' if mag == 1 else str(mag)}{axis}")
-    t = Fraction(float(row[3])).limit_denominator(48) % 1
-    if t != 0 or not parts:
-        parts.append(f"+{t}")
+    for coef, axis in zip(coefs, _AXES, strict=True):
+        if coef:
+            parts.append(f"{'-' if coef < 0 else '+'}{'' if abs(coef) == 1 else abs(coef)}{axis}")
+    if shift24 or not parts:
+        parts.append(f"+{Fraction(shift24, 24)}")
     text = "".join(parts)
     return text[1:] if text.startswith("+") else text
 
 
 def _orbit_key(ops: np.ndarray) -> str:
+    if not np.allclose(ops[:, :, :3], np.rint(ops[:, :, :3])) or not np.allclose(
+        ops[:, :, 3] * 24, np.rint(ops[:, :, 3] * 24)
+    ):
+        raise AssertionError("orbit expressions are not integer / 24ths")
     exprs = {",".join(_expr_text(op[i]) for i in range(3)) for op in ops}
     return ";".join(sorted(exprs))
 
@@ -159,31 +175,58 @@ def _position_ops(affines: list[np.ndarray], label: str) -> PositionOps:
     return PositionOps(ops, free_axes, tuple(rows), tuple(signs))
 
 
-@functools.cache
-def _build() -> tuple[
-    dict[int, tuple[WyckoffPosition, ...]], dict[int, tuple[PositionOps, ...]], int
-]:
-    from pyxtal.symmetry import Group
+def _pyxtal_database(name: str) -> Path:
+    """A file of pyxtal's database, located without importing pyxtal (its import takes seconds)."""
+    spec = importlib.util.find_spec("pyxtal")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("pyxtal is not installed; its database provides the Wyckoff tables")
+    return Path(next(iter(spec.submodule_search_locations))) / "database" / name
 
+
+_TERM = re.compile(r"[+-]?[^+-]+")
+
+
+def _parse_xyz(text: str) -> np.ndarray:
+    """A coordinate triplet such as ``-x+y, 2x, z+1/4`` as a 3x4 affine matrix."""
+    rows = text.replace(" ", "").split(",")
+    if len(rows) != 3:
+        raise ValueError(f"not a coordinate triplet: {text!r}")
+    out = np.zeros((3, 4))
+    for i, row in enumerate(rows):
+        for term in _TERM.findall(row):
+            if term[-1] in _AXES:
+                coef = term[:-1]
+                value = -1.0 if coef == "-" else 1.0 if coef in ("", "+") else float(Fraction(coef))
+                out[i, _AXES.index(term[-1])] += value
+            else:
+                out[i, 3] += float(Fraction(term))
+    return out
+
+
+@functools.cache
+def _build() -> tuple[dict[int, tuple[WyckoffPosition, ...]], dict[int, tuple[PositionOps, ...]], int]:
+    with open(_pyxtal_database("wyckoff_list.csv"), newline="") as handle:
+        rows = {int(r[0]): r[1] for r in csv.reader(handle) if r and r[0].isdigit()}
     token_of_key: dict[str, int] = {}
     table: dict[int, tuple[WyckoffPosition, ...]] = {}
     numeric: dict[int, tuple[PositionOps, ...]] = {}
     for g in range(1, 231):
         # pyxtal lists the general position first; ITA letter order is the reverse.
-        wps = list(reversed(Group(g).Wyckoff_positions))
+        wps = list(reversed(ast.literal_eval(rows[g])))
+        if len(wps) > len(_LETTERS):
+            raise AssertionError(f"group {g} has more positions than letters")
         positions, ops_list = [], []
-        for index, wp in enumerate(wps):
-            pos_ops = _position_ops([op.affine_matrix for op in wp.ops], f"{g}{wp.letter}")
+        for index, exprs in enumerate(wps):
+            letter = _LETTERS[index]
+            pos_ops = _position_ops([_parse_xyz(e) for e in exprs], f"{g}{letter}")
             key = _orbit_key(pos_ops.ops)
             token = token_of_key.setdefault(key, len(token_of_key))
-            if len(pos_ops.free_axes) != wp.get_dof():
-                raise AssertionError(f"free parameter count of {g}{wp.letter} disagrees with pyxtal")
             positions.append(
                 WyckoffPosition(
                     group=g,
-                    letter=wp.letter,
+                    letter=letter,
                     index=index,
-                    multiplicity=int(wp.multiplicity),
+                    multiplicity=len(exprs),
                     n_free=len(pos_ops.free_axes),
                     orbit_key=key,
                     token_index=token,
@@ -208,12 +251,6 @@ def position_ops(group: int) -> tuple[PositionOps, ...]:
     """Numeric orbit operations of the group's positions, in letter order (cached)."""
     _check_group(group)
     return _build()[1][group]
-
-
-def _parse_xyz(text: str) -> np.ndarray:
-    from pymatgen.core.operations import SymmOp
-
-    return SymmOp.from_xyz_str(text).affine_matrix[:3, :4]
 
 
 _GENERIC_FREE = np.array([0.1234567, 0.3571113, 0.6180339])
@@ -255,17 +292,26 @@ def _letter_map(group: int, op: np.ndarray) -> dict[str, str]:
 @functools.cache
 def _wyckoff_sets() -> dict:
     """pyxtal's table of normaliser cosets and the letter permutations they induce."""
-    import json
-    from importlib import resources
+    return json.loads(_pyxtal_database("wyckoff_sets.json").read_text())
 
-    return json.loads(resources.files("pyxtal").joinpath("database/wyckoff_sets.json").read_text())
+
+@functools.cache
+def _hall_numbers() -> tuple[int, ...]:
+    """spglib Hall number of pyxtal's setting per group: spglib's default (first) setting,
+    except origin choice 2 where a group has two origins."""
+    import spglib
+
+    first: dict[int, int] = {}
+    for hall in range(1, 531):
+        info = spglib.get_spacegroup_type(hall)
+        if info.number not in first or info.choice == "2":
+            first[info.number] = hall
+    return tuple(first[g] for g in range(1, 231))
 
 
 @functools.cache
 def group_setting(group: int) -> GroupSetting:
     """Hall number, normaliser cosets and polar axes of a group in pyxtal's setting (cached)."""
-    from pyxtal.symmetry import pyxtal_hall_numbers
-
     _check_group(group)
     alternatives = _wyckoff_sets()[str(group)]
     normalizer = np.array([_parse_xyz(rep) for rep in alternatives["Coset Representative"]])
@@ -276,7 +322,7 @@ def group_setting(group: int) -> GroupSetting:
         axis for axis in range(3) if np.allclose(rotations[:, :, axis], np.eye(3)[axis][None, :], atol=1e-9)
     )
     return GroupSetting(
-        hall_number=int(pyxtal_hall_numbers[group - 1]),
+        hall_number=_hall_numbers()[group - 1],
         normalizer=normalizer,
         normalizer_letters=letter_maps,
         polar_axes=polar,

@@ -35,12 +35,27 @@ def test_table_has_every_position_of_every_group():
     table = wyckoff_table()
     assert sorted(table) == list(range(1, 231))
     assert sum(len(ps) for ps in table.values()) == N_POSITIONS
-    for g, ps in table.items():
+    for ps in table.values():
         assert [p.index for p in ps] == list(range(len(ps)))
         assert [p.letter for p in ps][0] == "a"
         # ITA letter order: the general position (largest multiplicity, 3 free values) is last.
         assert ps[-1].n_free == 3 and ps[-1].multiplicity == max(p.multiplicity for p in ps)
-        assert len(ps) == len(Group(g).Wyckoff_positions)
+
+
+def test_tables_equal_pyxtal_groups():
+    """Our direct read of pyxtal's database equals what pyxtal.symmetry.Group builds."""
+    from pyxtal.symmetry import pyxtal_hall_numbers
+
+    for g, ps in wyckoff_table().items():
+        pyx = list(reversed(Group(g).Wyckoff_positions))
+        assert [p.letter for p in ps] == [w.letter for w in pyx]
+        assert [p.multiplicity for p in ps] == [w.multiplicity for w in pyx]
+        assert [p.n_free for p in ps] == [w.get_dof() for w in pyx]
+        for ops, w in zip(position_ops(g), pyx, strict=True):
+            theirs = np.array([op.affine_matrix[:3] for op in w.ops])
+            theirs[:, :, 3] = np.mod(theirs[:, :, 3], 1.0)
+            assert np.allclose(ops.ops, theirs)
+        assert group_setting(g).hall_number == pyxtal_hall_numbers[g - 1]
     assert wyckoff_table()[225][0].multiplicity == 4 and wyckoff_table()[225][-1].multiplicity == 192
 
 
@@ -122,12 +137,22 @@ def test_vocab_json_and_hash_are_deterministic():
     v = load_vocab()
     data = v.to_json()
     again = json.loads(json.dumps(data))
-    assert hashlib.sha256(json.dumps(again, sort_keys=True, separators=(",", ":")).encode()).hexdigest() == v.hash
+    assert (
+        hashlib.sha256(json.dumps(again, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        == v.hash
+    )
     assert len(data["wyckoff_orbits"]) == N_WYCKOFF_TOKENS and all(data["wyckoff_orbits"])
 
 
 def test_crystal_systems_and_lattice_parameters():
-    assert crystal_system(2) == "triclinic" and lattice_parameter_names(2) == ("a", "b", "c", "alpha", "beta", "gamma")
+    assert crystal_system(2) == "triclinic" and lattice_parameter_names(2) == (
+        "a",
+        "b",
+        "c",
+        "alpha",
+        "beta",
+        "gamma",
+    )
     assert lattice_parameter_names(14) == ("a", "b", "c", "beta")
     assert lattice_parameter_names(62) == ("a", "b", "c")
     assert lattice_parameter_names(139) == ("a", "c")

@@ -1,0 +1,231 @@
+"""Token sequence -> structure (conventional cell of the ITA standard setting).
+
+``parse`` checks the sequence against the grammar of docs/contracts.md section A and the
+Wyckoff tables, and raises ``DecodeError`` naming the first inconsistent token; ``decode``
+then expands each orbit with pyxtal's operations and builds the crystal system's lattice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from matra_hpc.tokens.errors import DecodeError
+from matra_hpc.tokens.sequence import TokenSequence
+from matra_hpc.tokens.vocab import Vocab, load_vocab
+from matra_hpc.tokens.wyckoff import crystal_system, lattice_parameter_names, position_ops
+
+__all__ = ["decode", "parse", "ParsedSequence", "lattice_from_values"]
+
+_COINCIDE = 1e-4  # fractional distance below which two orbit points are the same point
+
+
+@dataclass
+class ParsedSequence:
+    properties: list[int]
+    composition: list[tuple[int, int]]  # (Z, count) in sequence order
+    group: int
+    sites: list[tuple[int, int, tuple[float, ...], int]]  # (letter index, Z, free values, token index)
+    lattice: tuple[float, ...]
+    lattice_position: int
+
+
+def _kind(vocab: Vocab, token: int) -> str:
+    try:
+        return vocab.kind(token)
+    except ValueError:
+        return "unknown"
+
+
+def parse(seq: TokenSequence, vocab: Vocab | None = None) -> ParsedSequence:
+    """Check a sequence token by token (raises ``DecodeError`` at the first bad token)."""
+    vocab = vocab or load_vocab()
+    tokens = [int(t) for t in seq.tokens]
+    values = seq.values
+    n = len(tokens)
+    if len(values) != n:
+        raise DecodeError(min(n, len(values)), "tokens and values differ in length")
+    i = 0
+
+    def need(what: str) -> int:
+        if i >= n:
+            raise DecodeError(n, f"sequence ends where {what} was expected")
+        return tokens[i]
+
+    def num(what: str) -> float:
+        t = need(what)
+        if t != vocab.num:
+            raise DecodeError(i, f"expected <num> for {what}, got {_token_str(vocab, t)}")
+        v = float(values[i])
+        if not math.isfinite(v):
+            raise DecodeError(i, f"missing (non-finite) value for {what}")
+        return v
+
+    properties: list[int] = []
+    while i < n and _kind(vocab, tokens[i]) == "property":
+        if properties:
+            raise DecodeError(i, "more than one stability token in the property block")
+        properties.append(tokens[i])
+        i += 1
+
+    t = need("an arity token")
+    if _kind(vocab, t) != "arity":
+        raise DecodeError(i, f"bad block order: expected an arity token, got {_token_str(vocab, t)}")
+    arity = vocab.arity_of(t)
+    i += 1
+    composition: list[tuple[int, int]] = []
+    for _ in range(arity):
+        t = need("an element of the composition")
+        if _kind(vocab, t) != "element":
+            raise DecodeError(i, f"bad block order: expected an element, got {_token_str(vocab, t)}")
+        z = vocab.element_of(t)
+        if any(z == zz for zz, _ in composition):
+            raise DecodeError(i, f"element {_token_str(vocab, t)} appears twice in the composition")
+        i += 1
+        t = need("an element count")
+        if _kind(vocab, t) != "count":
+            raise DecodeError(i, f"bad block order: expected a count, got {_token_str(vocab, t)}")
+        composition.append((z, vocab.count_of(t)))
+        i += 1
+
+    t = need("a space group token")
+    if _kind(vocab, t) != "spacegroup":
+        raise DecodeError(i, f"bad block order: expected a space group, got {_token_str(vocab, t)}")
+    group = vocab.spacegroup_of(t)
+    i += 1
+
+    remaining = dict(composition)
+    used_fixed: set[int] = set()
+    sites: list[tuple[int, int, tuple[float, ...], int]] = []
+    while any(remaining.values()):
+        t = need("a Wyckoff position (element counts are not all placed)")
+        if _kind(vocab, t) != "wyckoff":
+            raise DecodeError(
+                i, f"expected a Wyckoff position, got {_token_str(vocab, t)}: counts not all placed"
+            )
+        position = vocab.wyckoff_of(group, t)
+        if position is None:
+            raise DecodeError(
+                i, f"Wyckoff token {_token_str(vocab, t)} is not a position of space group {group}"
+            )
+        site_at = i
+        i += 1
+        t = need("the element of the site")
+        if _kind(vocab, t) != "element":
+            raise DecodeError(i, f"expected the site's element, got {_token_str(vocab, t)}")
+        z = vocab.element_of(t)
+        if z not in remaining:
+            raise DecodeError(i, f"element {_token_str(vocab, t)} is not in the composition")
+        i += 1
+        free = []
+        for k in range(position.n_free):
+            free.append(num(f"free parameter {k + 1} of {group}{position.letter}"))
+            i += 1
+        if position.multiplicity > remaining[z]:
+            raise DecodeError(
+                site_at,
+                f"{group}{position.letter} (multiplicity {position.multiplicity}) exceeds the "
+                f"{remaining[z]} {_token_str(vocab, vocab.element(z))} atoms left by the counts",
+            )
+        if position.n_free == 0:
+            if position.index in used_fixed:
+                raise DecodeError(
+                    site_at, f"{group}{position.letter} has no free parameter and is used twice"
+                )
+            used_fixed.add(position.index)
+        remaining[z] -= position.multiplicity
+        sites.append((position.index, z, tuple(free), site_at))
+
+    lattice_position = i
+    lattice = []
+    for name in lattice_parameter_names(group):
+        lattice.append(num(f"lattice parameter {name}"))
+        i += 1
+    t = need("<end>")
+    if t != vocab.end:
+        raise DecodeError(i, f"expected <end> after the lattice, got {_token_str(vocab, t)}")
+    i += 1
+    if i < n:
+        raise DecodeError(i, f"tokens after <end>: {_token_str(vocab, tokens[i])}")
+    return ParsedSequence(properties, composition, group, sites, tuple(lattice), lattice_position)
+
+
+def _token_str(vocab: Vocab, t: int) -> str:
+    try:
+        return vocab.token_str(t)
+    except ValueError:
+        return f"<unknown id {t}>"
+
+
+def lattice_from_values(group: int, values: tuple[float, ...]):
+    """A pymatgen Lattice from the crystal system's free parameters (ValueError if unphysical)."""
+    from pymatgen.core import Lattice
+
+    system = crystal_system(group)
+    if system == "cubic":
+        (a,) = values
+        params = (a, a, a, 90.0, 90.0, 90.0)
+    elif system == "tetragonal":
+        a, c = values
+        params = (a, a, c, 90.0, 90.0, 90.0)
+    elif system in ("trigonal", "hexagonal"):
+        a, c = values
+        params = (a, a, c, 90.0, 90.0, 120.0)
+    elif system == "orthorhombic":
+        a, b, c = values
+        params = (a, b, c, 90.0, 90.0, 90.0)
+    elif system == "monoclinic":
+        a, b, c, beta = values
+        params = (a, b, c, 90.0, beta, 90.0)
+    else:
+        params = tuple(values)
+    lengths, angles = params[:3], params[3:]
+    if not all(math.isfinite(x) and x > 0 for x in lengths):
+        raise ValueError(f"non-physical lattice lengths {lengths}")
+    if not all(math.isfinite(x) and 0 < x < 180 for x in angles):
+        raise ValueError(f"non-physical lattice angles {angles}")
+    lattice = Lattice.from_parameters(*params)
+    volume = lattice.volume
+    if not (math.isfinite(volume) and volume > 1e-3):
+        raise ValueError(f"lattice parameters {params} give no cell (volume {volume})")
+    return lattice
+
+
+def decode(seq: TokenSequence):
+    """The structure a sequence describes (conventional cell); ``DecodeError`` if inconsistent."""
+    from pymatgen.core import Structure
+
+    parsed = parse(seq)
+    group = parsed.group
+    all_ops = position_ops(group)
+    coords: list[np.ndarray] = []
+    species: list[int] = []
+    seen: list[np.ndarray] = []
+    for letter_index, z, free, site_at in parsed.sites:
+        ops = all_ops[letter_index]
+        seed = np.zeros(3)
+        seed[list(ops.free_axes)] = np.asarray(free, dtype=float)
+        points = np.mod(ops.ops[:, :, :3] @ seed + ops.ops[:, :, 3], 1.0)
+        diff = points[:, None, :] - points[None, :, :]
+        diff -= np.rint(diff)
+        close = np.all(np.abs(diff) < _COINCIDE, axis=-1)
+        if close.sum() != len(points):
+            raise DecodeError(
+                site_at, "free values put the orbit on a special position (its points coincide)"
+            )
+        if seen:
+            earlier = np.concatenate(seen)
+            d = points[:, None, :] - earlier[None, :, :]
+            d -= np.rint(d)
+            if np.any(np.all(np.abs(d) < _COINCIDE, axis=-1)):
+                raise DecodeError(site_at, "site coincides with an atom of an earlier site")
+        seen.append(points)
+        coords.append(points)
+        species += [z] * len(points)
+    try:
+        lattice = lattice_from_values(group, parsed.lattice)
+    except ValueError as exc:
+        raise DecodeError(parsed.lattice_position, str(exc)) from None
+    return Structure(lattice, species, np.concatenate(coords), coords_are_cartesian=False)

@@ -1,0 +1,404 @@
+"""Structure -> canonical token sequence.
+
+Steps: validate the input (one rejection reason each, contract section 3); one spglib call on
+plain arrays gives the standardised conventional cell in pyxtal's setting (origin choice 2,
+``hall_number`` asked for explicitly where spglib's default differs), its Wyckoff letters and
+orbits; then the canonical description is chosen among every alternative the group's
+normaliser allows: pyxtal's coset representatives, and for polar groups every origin along the
+polar axes that puts an atom of the first site at 0.
+
+Canonical order, per alternative: sites sorted by (Wyckoff letter order, Z, free values); each
+orbit represented by the point of the orbit on the position's representative expression whose
+free values are smallest. Alternatives are compared by the discrete list (letters, Z) first,
+then by the free values site by site, then by the lattice parameters. Putting the discrete
+list first makes the choice of Wyckoff letters a property of the prototype alone, which keeps
+``prototype_hash`` stable for crystals of one prototype with different free values. Values
+are compared on a 1e-6 grid so that float noise never flips a choice.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from matra_hpc.tokens.errors import EncodeError
+from matra_hpc.tokens.sequence import TokenSequence
+from matra_hpc.tokens.vocab import MAX_ARITY, MAX_COUNT, N_ELEMENTS, load_vocab
+from matra_hpc.tokens.wyckoff import (
+    crystal_system,
+    group_setting,
+    on_locus,
+    position_ops,
+    wyckoff_table,
+)
+
+__all__ = ["encode", "describe", "Description", "Site", "EHULL_THRESHOLD", "lattice_values"]
+
+EHULL_THRESHOLD = 0.075  # eV/atom; low means e_above_hull <= threshold
+_GRID = 1e6  # comparison grid of free values (1e-6)
+_LATTICE_GRID = 1e4  # comparison grid of lattice parameters (1e-4 A or degree)
+
+
+@dataclass(frozen=True)
+class Site:
+    letter_index: int
+    letter: str
+    z: int
+    free: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Description:
+    """The canonical description of a crystal: what the token sequence spells out."""
+
+    group: int
+    sites: tuple[Site, ...]
+    lattice: tuple[float, ...]
+
+    def counts(self) -> dict[int, int]:
+        table = wyckoff_table()[self.group]
+        out: dict[int, int] = {}
+        for site in self.sites:
+            out[site.z] = out.get(site.z, 0) + table[site.letter_index].multiplicity
+        return dict(sorted(out.items()))
+
+
+def lattice_values(metric: np.ndarray, group: int) -> tuple[float, ...]:
+    """The crystal system's free lattice parameters from a metric tensor (A, degrees)."""
+    a, b, c = np.sqrt(np.diag(metric))
+    system = crystal_system(group)
+    if system == "cubic":
+        return (float(a),)
+    if system in ("tetragonal", "trigonal", "hexagonal"):
+        return (float(a), float(c))
+    if system == "orthorhombic":
+        return (float(a), float(b), float(c))
+
+    def angle(i: int, j: int, li: float, lj: float) -> float:
+        return float(np.degrees(np.arccos(np.clip(metric[i, j] / (li * lj), -1.0, 1.0))))
+
+    if system == "monoclinic":
+        return (float(a), float(b), float(c), angle(0, 2, a, c))
+    return (float(a), float(b), float(c), angle(1, 2, b, c), angle(0, 2, a, c), angle(0, 1, a, b))
+
+
+# ---------------------------------------------------------------- input checks
+def _arrays(structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lattice, fractional coordinates and atomic numbers, or the one rejection reason."""
+    from pymatgen.core import Molecule, Structure
+    from pymatgen.core.periodic_table import DummySpecies
+
+    if isinstance(structure, dict):
+        try:
+            structure = Structure.from_dict(structure)
+        except Exception as exc:  # any malformed dict is a parse error
+            raise EncodeError("parse_error", f"not a pymatgen Structure dict: {exc}") from None
+    if isinstance(structure, Molecule):
+        raise EncodeError("not_periodic", "a Molecule has no lattice")
+    if not isinstance(structure, Structure):
+        raise EncodeError("parse_error", f"expected a pymatgen Structure, got {type(structure).__name__}")
+    if len(structure) == 0:
+        raise EncodeError("parse_error", "structure has no sites")
+    lattice = structure.lattice
+    if not all(lattice.pbc):
+        raise EncodeError("not_periodic", f"periodic boundary conditions {lattice.pbc}")
+    matrix = np.asarray(lattice.matrix, dtype=float)
+    frac = np.asarray(structure.frac_coords, dtype=float)
+    if not (np.all(np.isfinite(matrix)) and np.all(np.isfinite(frac))):
+        raise EncodeError("nan_or_inf", "lattice or coordinates are not finite")
+    volume = abs(float(np.linalg.det(matrix)))
+    if not volume > 1e-6:
+        raise EncodeError("not_periodic", f"lattice volume {volume:.3g} A^3 spans no 3D cell")
+    if not structure.is_ordered:
+        raise EncodeError("disordered", "partial occupancies or mixed species on a site")
+    numbers = np.empty(len(structure), dtype=int)
+    for i, species in enumerate(structure.species):
+        z = getattr(species, "Z", None)
+        if isinstance(species, DummySpecies) or z is None or not 1 <= z <= N_ELEMENTS:
+            raise EncodeError("unknown_element", f"species {species!s} is not a chemical element")
+        numbers[i] = z
+    return matrix, frac, numbers
+
+
+# ---------------------------------------------------------------- symmetry
+def _dataset(matrix, frac, numbers, symprec: float, angle_tolerance: float):
+    import spglib
+
+    try:
+        ds = spglib.get_symmetry_dataset(
+            (matrix, frac, numbers), symprec=symprec, angle_tolerance=angle_tolerance
+        )
+    except Exception as exc:  # spglib raises on overlapping atoms and similar
+        raise EncodeError("symmetry_failed", f"spglib: {exc}") from None
+    if ds is None:
+        raise EncodeError("symmetry_failed", "spglib found no symmetry dataset")
+    if ds.number == 1:
+        raise EncodeError("spacegroup_1", "space group P1")
+    hall = group_setting(ds.number).hall_number
+    if ds.hall_number != hall:
+        # pyxtal's tables use origin choice 2; ask spglib for that setting.
+        try:
+            ds = spglib.get_symmetry_dataset(
+                (matrix, frac, numbers), symprec=symprec, angle_tolerance=angle_tolerance, hall_number=hall
+            )
+        except Exception as exc:
+            raise EncodeError("symmetry_failed", f"spglib (hall {hall}): {exc}") from None
+        if ds is None or ds.hall_number != hall:
+            raise EncodeError("symmetry_failed", f"spglib cannot standardise to Hall setting {hall}")
+    return ds
+
+
+def _orbits(ds, group: int) -> list[tuple[int, int, np.ndarray]]:
+    """Orbits of the standardised cell: (letter index, Z, atom indices) each."""
+    table = wyckoff_table()[group]
+    index_of_letter = {p.letter: p.index for p in table}
+    prim_orbit = {}
+    for j, p in enumerate(ds.mapping_to_primitive):
+        prim_orbit[int(p)] = (int(ds.equivalent_atoms[j]), ds.wyckoffs[j])
+    members: dict[int, list[int]] = {}
+    letters: dict[int, str] = {}
+    for i, p in enumerate(ds.std_mapping_to_primitive):
+        orbit, letter = prim_orbit[int(p)]
+        members.setdefault(orbit, []).append(i)
+        letters[orbit] = letter
+    types = np.asarray(ds.std_types)
+    out = []
+    for orbit, idx in members.items():
+        letter = letters[orbit]
+        if letter not in index_of_letter:
+            raise EncodeError(
+                "symmetry_failed", f"spglib letter {letter!r} is not a position of group {group}"
+            )
+        li = index_of_letter[letter]
+        if table[li].multiplicity != len(idx):
+            raise EncodeError(
+                "symmetry_failed",
+                f"orbit of {len(idx)} atoms on {group}{letter} of multiplicity {table[li].multiplicity}",
+            )
+        out.append((li, int(types[idx[0]]), np.asarray(idx)))
+    return out
+
+
+def _free_values(group: int, letter_index: int, points: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
+    """Smallest free-value tuple among orbit points on the representative expression."""
+    ops = position_ops(group)[letter_index]
+    if not ops.free_axes:
+        fit = on_locus(ops.ops[0], points)
+        if not fit.any():
+            raise EncodeError("symmetry_failed", "orbit does not contain its Wyckoff point")
+        return (), np.empty(0)
+    fit = on_locus(ops.ops[0], points)
+    if not fit.any():
+        raise EncodeError("symmetry_failed", "no atom of the orbit lies on its representative expression")
+    rows = list(ops.read_rows)
+    values = np.mod(np.asarray(ops.read_signs) * (points[fit][:, rows] - ops.ops[0, rows, 3]), 1.0)
+    keys = np.rint(values * _GRID).astype(np.int64) % int(_GRID)
+    values[keys == 0] = 0.0  # 0.9999999.. is the same point as 0
+    best = min(range(len(keys)), key=lambda r: tuple(keys[r]))
+    return tuple(int(k) for k in keys[best]), values[best]
+
+
+def describe(
+    structure, *, symprec: float = 0.01, angle_tolerance: float = 5.0, max_sites: int = 15
+) -> Description:
+    """The canonical description of an ordered periodic structure (raises ``EncodeError``)."""
+    matrix, frac, numbers = _arrays(structure)
+    ds = _dataset(matrix, frac, numbers, symprec, angle_tolerance)
+    group = int(ds.number)
+    orbits = _orbits(ds, group)
+    if len(orbits) > max_sites:
+        raise EncodeError("too_many_sites", f"{len(orbits)} Wyckoff sites > {max_sites}")
+    table = wyckoff_table()[group]
+    counts: dict[int, int] = {}
+    for li, z, _ in orbits:
+        counts[z] = counts.get(z, 0) + table[li].multiplicity
+    if len(counts) > MAX_ARITY:
+        raise EncodeError("too_many_sites", f"{len(counts)} elements > {MAX_ARITY}")
+    if max(counts.values()) > MAX_COUNT:
+        raise EncodeError("too_many_sites", f"an element count {max(counts.values())} > {MAX_COUNT}")
+    std_lattice = np.asarray(ds.std_lattice, dtype=float)
+    positions = np.mod(np.asarray(ds.std_positions, dtype=float), 1.0)
+    frames = [(std_lattice @ std_lattice.T, positions, orbits)]
+    if crystal_system(group) == "monoclinic":
+        frames = _monoclinic_frames(group, std_lattice, positions, orbits)
+    return _canonical(group, frames)
+
+
+def _identify_letter(group: int, points: np.ndarray) -> int:
+    """Index of the Wyckoff position an orbit (its points in the conventional cell) sits on."""
+    for position, ops in zip(wyckoff_table()[group], position_ops(group), strict=True):
+        if position.multiplicity == len(points) and on_locus(ops.ops[0], points).any():
+            return position.index
+    raise EncodeError("symmetry_failed", f"orbit of {len(points)} atoms fits no Wyckoff position of {group}")
+
+
+def _monoclinic_frames(group: int, std_lattice: np.ndarray, positions: np.ndarray, orbits):
+    """The standard-setting cells of a monoclinic crystal that are most reduced.
+
+    A monoclinic group keeps its standard symbol under many changes of the a, c axes (cell
+    choices), and spglib's pick among nearly equivalent ones depends on the input cell. We
+    take, among the changes of basis that keep the group's operations, the cells with the
+    smallest a^2 + c^2, then beta closest to 90 (obtuse preferred); ties go on to the
+    canonical comparison.
+    """
+    frames = []
+    keys = []
+    for basis_change in monoclinic_cell_changes(group):
+        lattice = basis_change.T @ std_lattice
+        metric = lattice @ lattice.T
+        a2, c2 = metric[0, 0], metric[2, 2]
+        cos_beta = metric[0, 2] / math.sqrt(a2 * c2)
+        keys.append((round((a2 + c2) * 1e6), round(abs(cos_beta) * 1e9), cos_beta > 1e-9, round(a2 * 1e6)))
+        frames.append((basis_change, metric))
+    best = min(keys)
+    out = []
+    for key, (basis_change, metric) in zip(keys, frames, strict=True):
+        if key != best:
+            continue
+        moved = np.mod(positions @ np.linalg.inv(basis_change).T, 1.0)
+        new_orbits = [(_identify_letter(group, moved[idx]), z, idx) for _, z, idx in orbits]
+        out.append((metric, moved, new_orbits))
+    return out
+
+
+@functools.cache
+def monoclinic_cell_changes(group: int) -> tuple[np.ndarray, ...]:
+    """Proper integer changes of basis that keep b as the unique axis (a, c entries in -2..2,
+    b -> +-b) and map the group's operations in its standard setting onto themselves
+    (identity first)."""
+    general = position_ops(group)[-1].ops
+    reference = _op_set(general[:, :, :3], general[:, :, 3])
+    changes = [np.eye(3)]
+    for p11, p13, p31, p33 in itertools.product(range(-2, 3), repeat=4):
+        det = p11 * p33 - p13 * p31
+        if abs(det) != 1 or (p11, p13, p31, p33, det) == (1, 0, 0, 1, 1):
+            continue
+        change = np.array([[p11, 0, p13], [0, det, 0], [p31, 0, p33]], dtype=float)
+        inverse = np.linalg.inv(change)
+        rotations = np.einsum("ij,mjk,kl->mil", inverse, general[:, :, :3], change)
+        translations = general[:, :, 3] @ inverse.T
+        if _op_set(rotations, translations) == reference:
+            changes.append(change)
+    return tuple(changes)
+
+
+def _op_set(rotations: np.ndarray, translations: np.ndarray) -> frozenset:
+    t = np.rint(np.mod(translations, 1.0) * 24).astype(int) % 24
+    r = np.rint(rotations).astype(int)
+    return frozenset((tuple(r[i].ravel()), tuple(t[i])) for i in range(len(r)))
+
+
+def _canonical(group: int, frames) -> Description:
+    """The smallest description over the frames (cells) and the normaliser's alternatives."""
+    setting = group_setting(group)
+    table = wyckoff_table()[group]
+    letter_index = {p.letter: p.index for p in table}
+    polar = list(setting.polar_axes)
+    best_key = None
+    best = None
+    for metric, positions, orbits, op, letter_map in (
+        (*frame, op, letter_map)
+        for frame in frames
+        for op, letter_map in zip(setting.normalizer, setting.normalizer_letters, strict=True)
+    ):
+        mapped = [(letter_index[letter_map[table[li].letter]], z, idx) for li, z, idx in orbits]
+        discrete = sorted((li, z) for li, z, _ in mapped)
+        if best_key is not None and discrete > best_key[0]:
+            continue
+        moved = positions @ op[:, :3].T + op[:, 3]
+        inverse = np.linalg.inv(op[:, :3])
+        lattice = lattice_values(inverse.T @ metric @ inverse, group)
+        lattice_key = tuple(round(v * _LATTICE_GRID) for v in lattice)
+        shifts = [None]
+        if polar:
+            first = discrete[0]
+            anchors = np.concatenate([idx for li, z, idx in mapped if (li, z) == first])
+            shifts = [-moved[a] for a in anchors]
+        for shift in shifts:
+            if shift is None:
+                pts = moved
+            else:
+                pts = moved.copy()
+                pts[:, polar] += shift[polar]
+            pts = np.mod(pts, 1.0)
+            sites = []
+            for li, z, idx in mapped:
+                key, values = _free_values(group, li, pts[idx])
+                sites.append((li, z, key, values))
+            sites.sort(key=lambda s: (s[0], s[1], s[2]))
+            full_key = (discrete, [s[2] for s in sites], lattice_key)
+            if best_key is None or full_key < best_key:
+                best_key = full_key
+                best = (sites, lattice)
+    assert best is not None
+    sites, lattice = best
+    return Description(
+        group=group,
+        sites=tuple(
+            Site(li, table[li].letter, z, tuple(float(v) for v in values)) for li, z, _, values in sites
+        ),
+        lattice=tuple(lattice),
+    )
+
+
+# ---------------------------------------------------------------- tokens
+def to_sequence(
+    description: Description,
+    properties: dict | None = None,
+    *,
+    augment_rng: np.random.Generator | None = None,
+) -> TokenSequence:
+    """Spell a description out as tokens (contract section 3 / docs/contracts.md section A)."""
+    vocab = load_vocab()
+    nan = math.nan
+    tokens: list[int] = []
+    values: list[float] = []
+    ehull = (properties or {}).get("e_above_hull")
+    if ehull is not None and math.isfinite(float(ehull)):
+        tokens.append(vocab.ehull_low if float(ehull) <= EHULL_THRESHOLD else vocab.ehull_high)
+        values.append(nan)
+    counts = list(description.counts().items())
+    sites = list(description.sites)
+    if augment_rng is not None:
+        counts = [counts[i] for i in augment_rng.permutation(len(counts))]
+        sites = [sites[i] for i in augment_rng.permutation(len(sites))]
+    tokens.append(vocab.arity(len(counts)))
+    values.append(nan)
+    for z, n in counts:
+        tokens += [vocab.element(z), vocab.count(n)]
+        values += [nan, nan]
+    tokens.append(vocab.spacegroup(description.group))
+    values.append(nan)
+    for site in sites:
+        tokens += [vocab.wyckoff(description.group, site.letter), vocab.element(site.z)]
+        values += [nan, nan]
+        tokens += [vocab.num] * len(site.free)
+        values += list(site.free)
+    tokens += [vocab.num] * len(description.lattice)
+    values += list(description.lattice)
+    tokens.append(vocab.end)
+    values.append(nan)
+    return TokenSequence(tokens, values)
+
+
+def encode(
+    structure,
+    properties: dict | None = None,
+    *,
+    augment_rng: np.random.Generator | None = None,
+    symprec: float = 0.01,
+    angle_tolerance: float = 5.0,
+    max_sites: int = 15,
+) -> TokenSequence:
+    """The canonical token sequence of a structure; ``EncodeError`` names why not.
+
+    ``properties`` may hold ``e_above_hull`` (eV/atom): EHULL_LOW if <= 0.075, else
+    EHULL_HIGH; absent or NaN gives no property token. ``augment_rng`` (numpy Generator)
+    permutes element and site order for training; without it the sequence is canonical.
+    """
+    description = describe(structure, symprec=symprec, angle_tolerance=angle_tolerance, max_sites=max_sites)
+    return to_sequence(description, properties, augment_rng=augment_rng)
