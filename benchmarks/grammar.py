@@ -86,7 +86,6 @@ def clear_caches(grammar) -> None:
     empty = tables._flat[()]
     tables._flat.clear()
     tables._flat[()] = empty
-    tables._count_costs.clear()
     tables._required.clear()
 
 

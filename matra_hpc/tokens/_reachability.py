@@ -143,7 +143,7 @@ class GroupReach:
         hit = self._frontiers.get(counts)
         if hit is None:
             hit = self.convolve(self.frontier(counts[:-1]), counts[-1])
-            if len(self._frontiers) > 200_000:
+            if len(self._frontiers) > 50_000:
                 self._frontiers.clear()
                 self._frontiers[()] = np.zeros(self.size, dtype=np.int64)
             self._frontiers[counts] = hit
@@ -212,7 +212,7 @@ class RequiredReach:
                 vals = prev[r.pair_rest, q ^ s] + table[r.pair_b, s]
                 hit[:, q] = np.minimum(hit[:, q], np.minimum.reduceat(vals, r.pair_starts))
             hit = np.minimum(hit, INF)
-        if len(self._frontiers) > 100_000:
+        if len(self._frontiers) > 20_000:
             self._frontiers.clear()
         self._frontiers[counts] = hit
         return hit
@@ -330,7 +330,6 @@ class ReachTables:
         self._min_sites_pad = np.full((len(sizes), width, max_count + 1), _INF16, dtype=np.int16)
         self._min_sites_pad[self._pad_valid] = comp_table.T[self._pad_slots[self._pad_valid]]
         self._flat: dict[tuple[int, ...], np.ndarray] = {(): np.zeros(self.n_slots, dtype=np.int64)}
-        self._count_costs: dict[tuple[int, ...], np.ndarray] = {}
         self._required: dict[tuple[int, tuple[int, ...]], RequiredReach] = {}
 
     def flat_frontier(self, counts: tuple[int, ...]) -> np.ndarray:
@@ -340,7 +339,7 @@ class ReachTables:
             prev = self.flat_frontier(counts[:-1])
             vals = prev[self.pair_rest] + self.min_sites_flat[counts[-1], self.pair_b]
             hit = np.minimum(np.minimum.reduceat(vals, self.pair_starts), INF)
-            if len(self._flat) > 50_000:
+            if len(self._flat) > 5_000:  # 11 kB each
                 self._flat.clear()
                 self._flat[()] = np.zeros(self.n_slots, dtype=np.int64)
             self._flat[counts] = hit
@@ -353,19 +352,14 @@ class ReachTables:
     def count_costs(self, counts: tuple[int, ...]) -> np.ndarray:
         """(max_count + 1, n_groups) int16: fewest sites for ``counts`` plus one more count c.
 
-        Row 0 is meaningless; anything >= 10,000 means impossible. Cached per sorted prefix.
+        Row 0 is meaningless; anything >= 10,000 means impossible. Not cached here (236 kB
+        each): the grammar caches the resulting masks.
         """
-        hit = self._count_costs.get(counts)
-        if hit is None:
-            frontier = np.minimum(self.flat_frontier(counts), _INF16).astype(np.int16)
-            padded = np.full(self._pad_slots.shape, _INF16, dtype=np.int16)
-            padded[self._pad_valid] = frontier[self._pad_slots[self._pad_valid]]
-            total = padded[:, :, None] + self._min_sites_pad  # <= 2 * _INF16, no overflow
-            hit = total.min(axis=1).T
-            if len(self._count_costs) > 5_000:
-                self._count_costs.clear()
-            self._count_costs[counts] = hit
-        return hit
+        frontier = np.minimum(self.flat_frontier(counts), _INF16).astype(np.int16)
+        padded = np.full(self._pad_slots.shape, _INF16, dtype=np.int16)
+        padded[self._pad_valid] = frontier[self._pad_slots[self._pad_valid]]
+        total = padded[:, :, None] + self._min_sites_pad  # <= 2 * _INF16, no overflow
+        return total.min(axis=1).T
 
     def required(self, group: int, required: tuple[int, ...]) -> RequiredReach:
         key = (group, required)

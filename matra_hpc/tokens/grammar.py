@@ -82,9 +82,9 @@ __all__ = [
 ]
 
 LENGTH_MIN, LENGTH_MAX = 1.0, 300.0
-# Fractional distance under which two atoms count as one: three times decode's tolerance (room
+# Fractional distance under which two atoms count as one: four times decode's tolerance (room
 # for the factor 2 of the shortcut in ``_orbit_clear``), so decode never sees coinciding atoms.
-COINCIDE_TOL = 3e-4
+COINCIDE_TOL = 4e-4
 # stand-ins for free values not drawn yet (two, so one unlucky coincidence cannot refuse a value)
 _GENERIC_FREE = ((0.1234567, 0.3571113, 0.6180339), (0.7071067, 0.2718281, 0.4142135))
 ANGLE_MIN, ANGLE_MAX = 30.0, 150.0
@@ -202,7 +202,7 @@ class Grammar:
             plain[self._group_index[g]] = g not in self.resolved.required
         self._plain_groups = plain
         self._required_groups = tuple(g for g in self.resolved.groups if g in self.resolved.required)
-        self._cache: dict[tuple, tuple[np.ndarray, frozenset[int]]] = {}
+        self._cache: dict[tuple, np.ndarray] = {}
 
     # ------------------------------------------------------------------ public API
     def new_states(self, n: int) -> list[GrammarState]:
@@ -217,7 +217,7 @@ class Grammar:
 
     def mask(self, state: GrammarState) -> np.ndarray:
         out = np.zeros(self.vocab.size, dtype=bool)
-        out[self._allowed(state)[0]] = True
+        out[self._allowed(state)] = True
         return out
 
     def masks(self, states: Sequence[GrammarState]) -> np.ndarray:
@@ -225,7 +225,7 @@ class Grammar:
         out = np.zeros((len(states), self.vocab.size), dtype=bool)
         if not states:
             return out
-        ids = [self._allowed(s)[0] for s in states]
+        ids = [self._allowed(s) for s in states]
         lengths = np.fromiter((len(a) for a in ids), dtype=np.int64, count=len(ids))
         rows = np.repeat(np.arange(len(states)), lengths)
         out[rows, np.concatenate(ids)] = True
@@ -250,8 +250,9 @@ class Grammar:
     def advance(self, state: GrammarState, token: int, value: float = math.nan) -> None:
         """Append ``token`` (and its value, for ``<num>``) to the prefix; GrammarError if illegal."""
         token = int(token)
-        ids, allowed = self._allowed(state)
-        if token not in allowed:
+        ids = self._allowed(state)
+        at = int(np.searchsorted(ids, token))
+        if at == len(ids) or ids[at] != token:
             raise GrammarError(
                 f"token {self._token_str(token)} not allowed at position {state.length} "
                 f"(expecting {_PHASE_NAMES[state.phase]})"
@@ -457,15 +458,15 @@ class Grammar:
             return (_COORD,)
         return (ph,)
 
-    def _allowed(self, state: GrammarState) -> tuple[np.ndarray, frozenset[int]]:
+    def _allowed(self, state: GrammarState) -> np.ndarray:
+        """Sorted ids of the allowed tokens, cached per prefix key (int32, at most ~2 kB each)."""
         key = state._key
         if key is None:
             key = state._key = self._key(state)
         hit = self._cache.get(key)
         if hit is None:
-            ids = np.asarray(sorted(self._compute(state)), dtype=np.int64)
-            hit = (ids, frozenset(ids.tolist()))
-            if len(self._cache) > 200_000:
+            hit = np.asarray(sorted(self._compute(state)), dtype=np.int32)
+            if len(self._cache) > 100_000:
                 self._cache.clear()
             self._cache[key] = hit
         return hit
