@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sites", type=int, default=15, help="Wyckoff sites allowed per structure")
     parser.add_argument("--no-kv-cache", dest="use_cache", action="store_false",
                         help="recompute the whole prefix each step (slow; for checks)")
+    parser.add_argument("--check-workers", type=int, default=0,
+                        help="processes per rank checking rows while the next task samples (default 0)")
     parser.add_argument("--device", default=None, help="torch device (default: the rank's device from the launcher)")
     parser.add_argument("--run-id", default=None, help="id prefix of the candidates (default: run dir name or time)")
 
@@ -43,10 +45,12 @@ def build_config(args: argparse.Namespace) -> GenerateConfig:
 
     # Absolute paths: a job may start in another working directory than the submitting shell.
     config = GenerateConfig(
-        checkpoint=_absolute(args.checkpoint), out=_absolute(args.out), temperatures=tuple(parse_temperatures(args.temps)),
-        per_temp=args.per_temp, shards=args.shards, condition=args.condition, train_store=_absolute(args.train_store) if args.train_store else None,
+        checkpoint=_absolute(args.checkpoint), out=_absolute(args.out),
+        temperatures=tuple(parse_temperatures(args.temps)), per_temp=args.per_temp, shards=args.shards,
+        condition=args.condition, train_store=_absolute(args.train_store) if args.train_store else None,
         seed=args.seed, batch_size=args.batch_size, max_length=args.max_length, value_noise=args.value_noise,
-        min_distance=args.min_distance, max_sites=args.max_sites, use_cache=args.use_cache, device=args.device,
+        min_distance=args.min_distance, max_sites=args.max_sites, use_cache=args.use_cache,
+        check_workers=args.check_workers, device=args.device,
         run_id=args.run_id,
     )
     config.validate()

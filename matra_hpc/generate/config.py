@@ -32,6 +32,9 @@ class GenerateConfig:
     min_distance: float = 0.7
     max_sites: int = 15
     use_cache: bool = True
+    check_workers: int = 0
+    """Processes per rank that decode and check rows while the rank samples the next task (0:
+    in the rank itself). Outputs do not depend on it."""
     device: str | None = None
     """None: the device the launch layer assigns to this rank."""
     run_id: str | None = None
@@ -50,6 +53,8 @@ class GenerateConfig:
             raise UsageError(f"--per-temp must be >= 1, got {self.per_temp}")
         if self.shards < 1 or self.shards > self.per_temp:
             raise UsageError(f"--shards must be between 1 and --per-temp ({self.per_temp}), got {self.shards}")
+        if self.check_workers < 0:
+            raise UsageError(f"--check-workers must be >= 0, got {self.check_workers}")
         if self.min_distance < 0:
             raise UsageError(f"--min-distance must be >= 0, got {self.min_distance}")
         self.sampler_settings()  # validates batch size, max length, noise

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from matra_hpc import __version__
 from matra_hpc.context import RunContext
 from matra_hpc.errors import CheckpointError, MatraError, UsageError
 from matra_hpc.generate import store as gstore
+from matra_hpc.generate.checks import StructureCheck
 from matra_hpc.generate.config import GenerateConfig, task_seed
 from matra_hpc.generate.temperatures import temperature_group
 
@@ -142,7 +143,6 @@ def _on_rank0(ctx: RunContext, fn, *args):
 
 def run_generate(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
     """Sample every (temperature, shard) task not yet in the store; consolidate on rank 0."""
-    import torch
 
     from matra_hpc.model import load_model
     from matra_hpc.tokens.grammar import Grammar
@@ -167,24 +167,25 @@ def run_generate(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
     claims = gstore.TaskClaims(out, attempt)
     done_here: list[str] = []
     skipped = 0
-    for index, (t, shard) in enumerate(config.tasks()):
-        if gstore.shard_done(out, t, shard):
-            skipped += 1
-            continue
-        if not claims.claim(index):
-            continue
-        started = time.time()
-        table, stats = sample_task(model, grammar, config, settings, run_id, t, shard, device, train_index)
-        manifest = {
-            "run_id": run_id, "temperature": t, "shard": shard, "seed": task_seed(config.seed, t, shard),
-            "rank": ctx.rank, "seconds": round(time.time() - started, 3),
-            "forward_calls": stats.forward_calls, "row_steps": stats.row_steps,
-            "torch_threads": torch.get_num_threads(),
-        }
-        gstore.write_shard(out, t, shard, table, manifest)
-        done_here.append(f"{temperature_group(t)}/s{shard}")
-        log.info("rank %d: %s shard %d: %d rows in %.1fs", ctx.rank, temperature_group(t), shard,
-                 len(table), manifest["seconds"])
+    pool = _check_pool(config.check_workers)
+    pending: SampledTask | None = None
+    try:
+        for index, (t, shard) in enumerate(config.tasks()):
+            if gstore.shard_done(out, t, shard):
+                skipped += 1
+                continue
+            if not claims.claim(index):
+                continue
+            task = sample_task(model, grammar, config, settings, run_id, t, shard, device, pool)
+            # One task deep: the checks of this task run in the pool while the next one samples.
+            if pending is not None:
+                done_here.append(_finish_task(pending, config, out, ctx.rank, train_index))
+            pending = task
+        if pending is not None:
+            done_here.append(_finish_task(pending, config, out, ctx.rank, train_index))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     if ctx.comm is not None and ctx.world_size > 1:
         ctx.comm.Barrier()
     summary = _on_rank0(ctx, _consolidate, out)
@@ -199,24 +200,74 @@ def _consolidate(out: Path) -> dict[str, Any]:
             "complete": result.complete}
 
 
+@dataclass
+class SampledTask:
+    """A task whose rows are sampled; its checks may still be running in the pool."""
+
+    run_id: str
+    temperature: float
+    shard: int
+    sequences: list
+    stats: Any
+    checks: list
+    """StructureCheck per row, or futures of them."""
+    started: float
+
+
+def _check_pool(workers: int):
+    if workers <= 0:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a forked copy of an MPI rank (or of torch's threads) is not safe to run
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def sample_task(model, grammar, config: GenerateConfig, settings, run_id: str, temperature: float, shard: int,
-                device: str, train_index=None):
-    """One (temperature, shard) task: sample its rows, check them, return the shard's table."""
+                device: str, pool=None) -> SampledTask:
+    """Sample one (temperature, shard) task's rows and start their checks (in the pool, if any)."""
     import torch
 
     from matra_hpc.generate.checks import check_sequence
-    from matra_hpc.generate.table import TableBuilder
     from matra_hpc.sample.sampler import SamplingStats, sample_sequences
 
+    started = time.time()
     generator = torch.Generator(device="cpu").manual_seed(task_seed(config.seed, temperature, shard))
     stats = SamplingStats()
     sequences = sample_sequences(model, grammar, config.shard_rows(shard), temperature, generator, settings,
                                  device=device, stats=stats)
+    if pool is None:
+        checks = [check_sequence(q.tokens, q.values, q.complete, min_distance=config.min_distance)
+                  for q in sequences]
+    else:
+        checks = [pool.submit(check_sequence, q.tokens, q.values, q.complete, min_distance=config.min_distance)
+                  for q in sequences]
+    return SampledTask(run_id, temperature, shard, sequences, stats, checks, started)
+
+
+def _finish_task(task: SampledTask, config: GenerateConfig, out: Path, rank: int, train_index) -> str:
+    """Collect a task's checks, flag training duplicates, commit its shard atomically."""
+    import torch
+
+    from matra_hpc.generate.table import TableBuilder
+
     builder = TableBuilder()
-    tgroup = temperature_group(temperature)
-    for index, seq in enumerate(sequences):
-        check = check_sequence(seq.tokens, seq.values, seq.complete, min_distance=config.min_distance)
+    tgroup = temperature_group(task.temperature)
+    for index, (seq, check) in enumerate(zip(task.sequences, task.checks, strict=True)):
+        if not isinstance(check, StructureCheck):
+            check = check.result()
         dup_train = bool(train_index is not None and check.prototype_hash
                          and train_index.is_known(check.prototype_hash, check.structure))
-        builder.add(f"{run_id}:{tgroup}:s{shard}:{index}", seq.tokens, seq.values, check, dup_train)
-    return builder.build(), stats
+        builder.add(f"{task.run_id}:{tgroup}:s{task.shard}:{index}", seq.tokens, seq.values, check, dup_train)
+    table = builder.build()
+    manifest = {
+        "run_id": task.run_id, "temperature": task.temperature, "shard": task.shard,
+        "seed": task_seed(config.seed, task.temperature, task.shard), "rank": rank,
+        "seconds": round(time.time() - task.started, 3), "forward_calls": task.stats.forward_calls,
+        "row_steps": task.stats.row_steps, "torch_threads": torch.get_num_threads(),
+        "check_workers": config.check_workers,
+    }
+    gstore.write_shard(out, task.temperature, task.shard, table, manifest)
+    log.info("rank %d: %s shard %d: %d rows in %.1fs", rank, tgroup, task.shard, len(table), manifest["seconds"])
+    return f"{tgroup}/s{task.shard}"

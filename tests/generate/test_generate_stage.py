@@ -80,6 +80,15 @@ def test_rerun_skips_finished_shards(reference_store: Path, checkpoint: Path, tm
     assert changed.returncode == 1 and "different generation" in changed.stderr
 
 
+def test_check_workers_do_not_change_the_output(reference_store: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pool.zarr"
+    run = cli("generate", "--checkpoint", str(checkpoint), "--out", str(out), *GEN_ARGS, "--check-workers", "2",
+              cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert_same_shards(reference_store, out)
+    assert gstore.read_manifest(out, 1.3, 1)["check_workers"] == 2
+
+
 @pytest.mark.mpi
 def test_two_mpi_ranks_write_the_same_shards_as_one(reference_store: Path, checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "gen2.zarr"
