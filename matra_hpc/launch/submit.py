@@ -123,6 +123,9 @@ def submit_stage(
             _wait_local_dependency(Path(dep_dir))
         jobs = _submit_local(call, launch, run_path, array, manifest)
     manifest["jobs"] = [_job_entry(job, run_path) for job in jobs]
+    if launch.cluster == "local":
+        for entry in manifest["jobs"]:
+            entry["pid"] = int(entry["job_id"])  # the local controller process
     write_manifest(run_path, manifest)
     return run_path
 
@@ -263,13 +266,23 @@ def _detached_stdio(log: Path) -> Iterator[None]:
 
 
 def _dependency_jobs(run_dir: Path, cluster: str) -> list[str]:
+    """Job ids a new Slurm job must wait for (``afterok``); those already completed are dropped.
+
+    Slurm forgets ended jobs after MinJobAge, and ``afterok`` on a forgotten id is refused, so
+    the states are checked here; a dependency that already failed stops the submission.
+    """
     manifest = read_manifest(run_dir)
     if manifest["launch"]["cluster"] != cluster:
         raise UsageError(f"--after {run_dir}: that run used the {manifest['launch']['cluster']} executor, not {cluster}")
-    ids = sorted({entry["job_id"].split("_")[0] for entry in manifest["jobs"]})
-    if not ids:
+    if not manifest["jobs"]:
         raise UsageError(f"--after {run_dir}: that run has no jobs")
-    return ids
+    if cluster != "slurm":
+        return []
+    statuses = run_status(run_dir)
+    bad = [s for s in statuses if s.done and s.state != "COMPLETED"]
+    if bad:
+        raise RunFailed(f"--after {run_dir}: job {bad[0].job_id} ended {bad[0].state}; not submitting")
+    return sorted({s.job_id.split("_")[0] for s in statuses if not s.done})
 
 
 def _wait_local_dependency(run_dir: Path) -> None:
@@ -342,7 +355,8 @@ def cancel_run(run_dir: Path | str) -> list[str]:
             raise MatraError(f"scancel failed: {out.stderr.strip()}")
     else:
         for entry in pending:
-            entry["cancelled"] = utc_now()
+            # a marker file, not a manifest field: a concurrent status/wait rewrites the manifest
+            _cancel_marker(run_path, entry["job_id"]).write_text(utc_now() + "\n")
             try:
                 if manifest["kind"] == "program":
                     # started in its own session: the group holds the script and its MPI ranks
@@ -352,8 +366,11 @@ def cancel_run(run_dir: Path | str) -> list[str]:
                     os.kill(int(entry["job_id"]), signal.SIGINT)
             except ProcessLookupError:
                 pass
-        write_manifest(run_path, manifest)
     return [e["job_id"] for e in pending]
+
+
+def _cancel_marker(run_path: Path, job_id: str) -> Path:
+    return run_path / "tasks" / f"{job_id}.cancelled"
 
 
 def _job_error(run_path: Path, job_id: str, record: dict[str, Any]) -> str | None:
@@ -400,10 +417,12 @@ def _local_state(run_path: Path, entry: dict[str, Any], kind: str) -> dict[str, 
         alive = _local_alive(int(job_id))
         if exit_file.exists() and not alive:
             code = exit_file.read_text().strip()
-            return {"state": "COMPLETED" if code == "0" else "FAILED"}
+            if code == "0":
+                return {"state": "COMPLETED"}
+            return {"state": "CANCELLED" if _cancel_marker(run_path, job_id).exists() else "FAILED"}
         if alive:
             return {"state": "RUNNING"}
-        return {"state": "CANCELLED" if entry.get("cancelled") else "FAILED"}
+        return {"state": "CANCELLED" if _cancel_marker(run_path, job_id).exists() else "FAILED"}
     result = JobPaths(run_path / "logs", job_id, task_id=0).result_pickle
     alive = _local_alive(int(job_id))
     if result.exists() and not alive:
@@ -412,11 +431,13 @@ def _local_state(run_path: Path, entry: dict[str, Any], kind: str) -> dict[str, 
                 outcome, _ = pickle.load(handle)
         except Exception:
             outcome = "error"
-        return {"state": "COMPLETED" if outcome == "success" else "FAILED"}
+        if outcome == "success":
+            return {"state": "COMPLETED"}
+        return {"state": "CANCELLED" if _cancel_marker(run_path, job_id).exists() else "FAILED"}
     if alive:
         record = read_task_record(run_path, job_id)
         return {"state": "RUNNING" if record else "PENDING"}
-    if entry.get("cancelled"):
+    if _cancel_marker(run_path, job_id).exists():
         return {"state": "CANCELLED"}
     return {"state": "FAILED"}
 

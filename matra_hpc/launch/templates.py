@@ -26,7 +26,7 @@ from matra_hpc.launch.rundir import (
     utc_now,
     write_manifest,
 )
-from matra_hpc.launch.submit import _dependency_jobs
+from matra_hpc.launch.submit import _dependency_jobs, _wait_local_dependency
 
 TEMPLATE_DIR = REPO_ROOT / "templates"
 
@@ -97,6 +97,8 @@ def submit_program(
         raise UsageError(f"working directory {workdir} does not exist")
     slurm = launch.cluster == "slurm"
     dependency_ids = [j for d in after for j in _dependency_jobs(Path(d), launch.cluster)]
+    for dep_dir in after if not slurm else ():
+        _wait_local_dependency(Path(dep_dir))
     run_path = create_run_dir(Path(run_dir) if run_dir else default_run_dir(name))
     log = str((run_path / "logs" / "job.log").resolve())
     script = render_sbatch(
