@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 from functools import reduce
 
+import numpy as np
+
 from matra_hpc.errors import MatraError
 from matra_hpc.tokens._reachability import reach_tables
 from matra_hpc.tokens.vocab import MAX_ARITY, MAX_COUNT, N_SPACEGROUPS, load_vocab
@@ -254,11 +256,17 @@ def _check_feasible(res: ResolvedCondition, max_sites: int) -> None:
     if res.reduced is not None:
         reduced = tuple(sorted(res.reduced.values()))
         top = MAX_COUNT // max(reduced)
-        res.multipliers = tuple(
-            m
-            for m in range(1, top + 1)
-            if any(_group_cost(res, g, tuple(m * r for r in reduced), 0) <= max_sites for g in groups)
-        )
+        tables = reach_tables()
+        plain = np.isin(tables.group_ids, [g for g in groups if g not in res.required])
+        with_required = [g for g in groups if g in res.required]
+
+        def fits(counts: tuple[int, ...]) -> bool:
+            # all groups without required positions at once, then the few with them
+            if np.any(tables.group_costs(counts)[plain] <= max_sites):
+                return True
+            return any(_group_cost(res, g, counts, 0) <= max_sites for g in with_required)
+
+        res.multipliers = tuple(m for m in range(1, top + 1) if fits(tuple(m * r for r in reduced)))
         if not res.multipliers:
             vocab = load_vocab()
             formula = "".join(f"{vocab.element_symbols[z - 1]}{n}" for z, n in sorted(res.reduced.items()))
