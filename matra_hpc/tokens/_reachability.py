@@ -9,7 +9,7 @@ Why the answer is cheap
 -----------------------
 Two fixed positions with the same multiplicity are interchangeable for this question, so the
 unused fixed positions collapse to a vector ``a`` of how many are left per distinct fixed
-multiplicity ("class"). Over all groups there are at most 6 classes and at most 27 such vectors
+multiplicity ("class"). Over all groups there are at most 4 classes and at most 27 such vectors
 per group (1,377 over the 230 groups), indexed in mixed radix (last class fastest).
 
 Per group we precompute (counts ``c`` up to ``max_count``):
