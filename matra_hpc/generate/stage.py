@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -23,7 +24,7 @@ from typing import Any
 
 from matra_hpc import __version__
 from matra_hpc.context import RunContext
-from matra_hpc.errors import CheckpointError, MatraError, UsageError
+from matra_hpc.errors import CheckpointError, MatraError, StoreError, UsageError
 from matra_hpc.generate import store as gstore
 from matra_hpc.generate.checks import StructureCheck
 from matra_hpc.generate.config import GenerateConfig, task_seed
@@ -85,19 +86,23 @@ def _fingerprint(config: GenerateConfig, checkpoint_hash: str, train_fp: str | N
 def _prepare_store(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
     """Rank 0: check the checkpoint against the vocabulary, create or reopen the store."""
     from matra_hpc.generate.duplicates import store_fingerprint
-    from matra_hpc.model.transformer import META_FILE
     from matra_hpc.tokens import load_vocab
 
     vocab = load_vocab()
-    files = checkpoint_files(config.checkpoint)
-    import json
-
-    meta = json.loads(files[0].read_text()) if files[0].name == META_FILE else {}
+    meta = json.loads(checkpoint_files(config.checkpoint)[0].read_text())
     if meta.get("vocab_hash") not in (None, vocab.hash):
         raise CheckpointError(
             f"checkpoint {config.checkpoint} was trained on vocabulary {meta.get('vocab_hash')}, "
             f"this matra-hpc has {vocab.hash}"
         )
+    if config.train_store:
+        from matra_hpc.data.store import open_token_store
+
+        train_vocab = open_token_store(config.train_store).attrs.get("vocab_hash")
+        if train_vocab != vocab.hash:
+            # prototype hashes of another vocabulary version are not comparable
+            raise StoreError(f"training store {config.train_store} has vocabulary {train_vocab}, "
+                             f"this matra-hpc has {vocab.hash}")
     train_fp = store_fingerprint(config.train_store) if config.train_store else None
     ckpt_hash = checkpoint_sha256(config.checkpoint)
     run_id = config.run_id or (Path(ctx.run_dir).name if ctx.run_dir else None) or (

@@ -12,14 +12,14 @@ the seeded generator.
 
 Determinism: one ``torch.Generator`` per call (seeded by the caller), one uniform draw per active
 row per step, in row order, on the CPU; the batch layout depends only on ``n`` and
-``batch_size``. The same seed gives the same sequences on whichever process runs it, with or
-without the KV cache (the two paths differ only by float rounding of the logits).
+``batch_size``. The same seed gives bit-identical sequences in whichever process runs it (same
+device kind and thread count), and the same tokens with or without the KV cache (the two paths
+differ only by float rounding of the logits and values).
 
 Batching: rows are sampled in cohorts of ``batch_size``; finished rows leave the batch (the KV
 cache is compacted to the rows still running once an eighth of the batch has finished), so
-compute follows the live rows. (Refilling
-a freed row with a new sequence would need per-row positions in the model's KV cache, which it
-does not have: every row of a cache sits at the same position.)
+compute follows the live rows. Refilling a freed row with a new sequence would need per-row
+positions in the model's KV cache, which it does not have (every row sits at one position).
 
 Length guard: a row still running after ``max_length`` tokens is cut and returned with
 ``complete=False``; callers count it as an invalid sequence.
