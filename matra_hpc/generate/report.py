@@ -50,7 +50,7 @@ def temperature_row(table, temperature: float, shards_done: int, shards_total: i
                            "requested": requested, "shards_done": shards_done, "shards_total": shards_total}
     row.update(counts)
     for name in FRACTION_COLUMNS:
-        row[f"frac_{name}"] = counts[name] / n if n else float("nan")
+        row[f"frac_{name}"] = counts[name] / n if n else None  # None: nothing sampled yet
     return row
 
 
@@ -122,7 +122,8 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     markers = {"valid": "o", "bond_valid": "s", "spacegroup_consistent": "^", "dup_train": "x",
                "novel_unique": "D"}
     for name, label in labels.items():
-        ax.plot(temps, [100 * r[f"frac_{name}"] for r in rows], marker=markers[name], label=label)
+        percent = [100 * r[f"frac_{name}"] if r[f"frac_{name}"] is not None else np.nan for r in rows]
+        ax.plot(temps, percent, marker=markers[name], label=label)
     ax.set_xlabel("sampling temperature T")
     ax.set_ylabel("% of sampled sequences")
     ax.set_ylim(-2, 102)

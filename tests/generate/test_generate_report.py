@@ -48,3 +48,14 @@ def test_report_cli_writes_json_csv_png_side_by_side(tmp_path: Path, capsys: pyt
 def test_report_of_a_missing_store_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "generate", str(tmp_path / "nope.zarr")]) == 1
     assert "not a Zarr store" in capsys.readouterr().err
+
+
+def test_a_temperature_without_finished_shards_reports_no_fractions(tmp_path: Path) -> None:
+    out = tmp_path / "gen.zarr"
+    gstore.init_store(out, {"schema": gstore.SCHEMA, "run_id": "r1"}, FINGERPRINT)
+    gstore.write_shard(out, 0.7, 0, build_table([(rock_salt(5.6), "h1")], "a"), {"seconds": 2.0})
+    assert main(["report", "generate", str(out)]) == 0
+    text = (tmp_path / "gen.report.json").read_text()
+    assert "NaN" not in text
+    t07, t10 = json.loads(text)["temperatures"]
+    assert t07["rows_per_task_second"] == 0.5 and t10["rows"] == 0 and t10["frac_valid"] is None
