@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from matra_hpc.errors import UsageError
 
@@ -64,7 +63,6 @@ class TrainConfig:
     """Override the model config's w in CE + w * MSE."""
     window_batches: int = 64
     """Global batches per read window (rows shuffled and length-bucketed inside a window)."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)

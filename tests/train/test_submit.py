@@ -49,7 +49,7 @@ def store(tmp_path_factory) -> Path:
 
 def submit_train(executor: str, tmp_path: Path, store: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
     run_dir, out = tmp_path / "run", tmp_path / "model"
-    launch = ["--profile", "localci"] if executor == "slurm" else []
+    launch = ["--profile", "localci"] if executor == "slurm" and "--profile" not in args else []
     command = [sys.executable, "-m", "matra_hpc", "submit", "train", "--model", "tiny", "--data", str(store),
                "--out", str(out), "--global-batch", "32", "--log-every", "1", "--ntasks-per-node", "2",
                *launch, "--run-dir", str(run_dir), "--wait", *args]
@@ -74,18 +74,26 @@ def test_submitted_training_job_runs_two_ranks_and_checkpoints(executor: str, st
 @pytest.mark.slurm
 def test_time_limit_requeues_and_training_resumes(store: Path, tmp_path: Path):
     ensure_slurm()
-    # 1-minute limit, checkpoint signal 30 s before it: the first attempt is stopped part-way;
-    # the run needs 40 s of training in total, so a requeued attempt has to finish it.
+    # 1-minute limit, checkpoint signal 30 s before it (slurmctld checks limits every ~15-30 s):
+    # an attempt trains well under 30 s after its start-up, and the run needs 30 s of training
+    # in total, so it is stopped part-way at least once and a requeued attempt resumes it.
+    profile = tmp_path / "requeue.yaml"
+    profile.write_text(
+        (REPO / "jobs" / "clusters" / "localci.yaml").read_text()
+        + '\ntime: "1"\nsignal_delay_s: 30\nmax_requeues: 8\n'
+    )
     done, run_dir = submit_train("slurm", tmp_path, store, "--epochs", "100000", "--schedule-steps", "2000",
-                                 "--max-minutes", "0.67", "--time", "1", "--signal-delay", "30")
+                                 "--max-minutes", "0.5", "--profile", str(profile))
     assert done.returncode == 0, done.stdout + done.stderr
     [job] = json.loads((run_dir / "manifest.json").read_text())["jobs"]
     assert job["state"] == "COMPLETED" and job["attempts"] >= 2
     out = tmp_path / "model"
     records = read_metrics(out / "metrics.jsonl")
     resumes = [r for r in records if r["kind"] == "event" and r["event"] == "resume"]
-    assert resumes and resumes[0]["step"] > 0  # resumed from a checkpoint, not from scratch
+    assert resumes and resumes[-1]["step"] > 0  # resumed from a checkpoint, not from scratch
     steps = [r["step"] for r in records if r["kind"] == "train"]
     assert steps == list(range(1, len(steps) + 1))  # the curve continues: every step once
     final = find_latest_valid(out)
     assert final.step == steps[-1] and final.meta["world_size"] == 2
+    state_seconds = json.loads((final.path / "meta.json").read_text())["train_config"]["max_minutes"] * 60
+    assert state_seconds == 30

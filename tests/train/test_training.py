@@ -194,3 +194,14 @@ def test_tiny_learns_on_a_store_of_real_encoded_structures(tmp_path):
     assert len(val) == 12 and val[0]["n_rows"] > 0
     # the validation loss (crystals never seen in training) falls well below its first value
     assert min(r["loss"] for r in val) < 0.8 * val[0]["loss"]
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(store, tmp_path):
+    # an improvement must beat the best by min_delta: with a huge one only the first epoch counts
+    out = tmp_path / "run"
+    result = run_training(config(store, out, epochs=50, patience=2, min_delta=1e9), RunContext())
+    assert (result.status, result.epoch) == ("early_stopped", 3)
+    val = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "val"]
+    assert [r["bad_epochs"] for r in val] == [0, 1, 2]
+    again = run_training(config(store, out, epochs=50, patience=2, min_delta=1e9), RunContext())
+    assert (again.status, again.step) == ("early_stopped", result.step)  # a finished run is not redone
