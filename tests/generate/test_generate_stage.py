@@ -164,6 +164,7 @@ def test_training_duplicates_are_flagged(reference_store: Path, checkpoint: Path
         (["--condition", "elements=Xx"], "--condition"),
         (["--condition", "spacegroups=231"], "--condition"),
         (["--condition", "spacegroups=225;wyckoff=225:7z"], "--condition"),
+        (["--condition", "composition=H1He1Li1Be1B1C1N1O1F1"], "--condition"),
         (["--temps", "1.5:0.5:0.1"], "stop must be >= start"),
         (["--shards", "7"], "--shards"),
     ],
