@@ -43,7 +43,7 @@ stop() { running "$1" || return 0; local pid n; pid=$(cat "$1"); kill -TERM "$pi
 
 # 1. packages: install only what is missing (a fresh CI machine has none of them)
 need=()
-for pkg in munge slurmctld slurmd slurm-client slurmdbd mariadb-server; do
+for pkg in procps munge slurmctld slurmd slurm-client slurmdbd mariadb-server; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need+=("$pkg")
 done
 restart=0
