@@ -6,3 +6,23 @@ import os
 
 # Two cores in CI: keep torch/BLAS from oversubscribing when tests run processes side by side.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+_MARKERS = ("slurm", "mpi", "slow")
+_outcomes: dict[str, dict[str, int]] = {m: {} for m in _MARKERS}
+
+
+def pytest_runtest_logreport(report) -> None:  # noqa: ANN001 - pytest hook signature
+    # Count each marked test once, by its call outcome (or setup failure/skip).
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        for marker in _MARKERS:
+            if marker in report.keywords:
+                counts = _outcomes[marker]
+                counts[report.outcome] = counts.get(report.outcome, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook signature
+    # CI must show that the real Slurm, mpirun and whole-data-set tests actually ran.
+    for marker in _MARKERS:
+        counts = _outcomes[marker]
+        text = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "none ran"
+        terminalreporter.write_line(f"marker {marker}: {text}")
