@@ -7,7 +7,10 @@ in proportion to its length. Two figures:
 - ``cold``: a fresh grammar with every cache (masks, reachability frontiers) emptied, so each
   distinct prefix is computed: the worst case, close to sampling, where every step meets new
   prefixes;
-- ``warm``: the same call again (masks cached per prefix key): what a repeated prefix costs.
+- ``warm``: the same call again (masks cached per prefix key): what a repeated prefix costs;
+- ``lockstep``: ``batch`` fresh random walks advanced together step by step from empty caches,
+  as the sampler does, timing only the ``masks`` calls: the steady state over a whole
+  generation (pessimistic: uniform choices repeat prefixes far less than a trained model).
 
 Same-run baseline: one forward step of the paper-size model (``jobs/models/paper.yaml``, random
 weights: speed does not depend on training) at the same batch, one new token per row against a
@@ -89,6 +92,31 @@ def clear_caches(grammar) -> None:
     tables._required.clear()
 
 
+def lockstep_masks(grammar, batch: int, rng: np.random.Generator) -> tuple[float, int, int]:
+    """Seconds spent in ``masks`` while ``batch`` walks advance together; masks and steps."""
+    num = grammar.vocab.num
+    states = grammar.new_states(batch)
+    spent, n_masks, steps = 0.0, 0, 0
+    live = list(range(batch))
+    while live:
+        started = time.perf_counter()
+        masks = grammar.masks([states[r] for r in live])
+        spent += time.perf_counter() - started
+        n_masks += len(live)
+        steps += 1
+        for row, r in enumerate(live):
+            token = int(rng.choice(np.flatnonzero(masks[row])))
+            value = math.nan
+            if token == num:
+                lo, hi = grammar.value_range(states[r])
+                value = float(rng.uniform(lo, hi))
+                while not grammar.value_allowed(states[r], value):
+                    value = float(rng.uniform(lo, hi))
+            grammar.advance(states[r], token, value)
+        live = [r for r in live if not grammar.is_complete(states[r])]
+    return spent, n_masks, steps
+
+
 def model_step_seconds(vocab_size: int, batch: int, cache_len: int, repeats: int) -> tuple[float, int]:
     import torch
 
@@ -146,6 +174,10 @@ def main() -> None:
     warm_s = float(np.median(warm))
     assert np.array_equal(cold_masks, warm_masks)
 
+    grammar = Grammar()
+    clear_caches(grammar)
+    lock_s, lock_masks, lock_steps = lockstep_masks(grammar, args.batch, np.random.default_rng(args.seed + 1))
+
     # the tests' brute-force reference on a few prefixes (composition and site blocks)
     reference_s = None
     try:
@@ -191,6 +223,9 @@ def main() -> None:
                 "cold_masks_per_s": round(args.batch / cold_s, 1),
                 "warm_batch_s": round(warm_s, 4),
                 "warm_masks_per_s": round(args.batch / warm_s, 1),
+                "lockstep_steps": lock_steps,
+                "lockstep_masks_per_s": round(lock_masks / lock_s, 1),
+                "lockstep_mean_step_s": round(lock_s / lock_steps, 4),
                 "baseline": "paper model, one KV-cached forward step at the same batch, 1 thread",
                 "model_params": params,
                 "model_cache_len": args.cache_len,

@@ -318,17 +318,35 @@ class ReachTables:
         self.pair_starts = np.flatnonzero(np.r_[True, self.pair_a[1:] != self.pair_a[:-1]])
         self.min_sites_flat = np.concatenate([self.groups[g].min_sites for g in self.group_ids], axis=1)
         # min_sites of the complement pool: the pool left for a new count once the prefix used b
-        # count_costs, the hot path, works on a padded (group, pool vector, count) int16 block:
-        # a plain contiguous min over the pool axis beats reduceat over ragged groups by ~6x
+        # count_costs, the hot path: groups with the same fixed classes and free multiplicities
+        # have the same tables (230 groups -> 124 kinds), and each kind's pool vectors are padded
+        # to its size bucket so that a plain contiguous min replaces a ragged reduceat (~6x).
         comp_table = np.minimum(self.min_sites_flat[:, np.concatenate(comp)], _INF16).astype(np.int16)
-        sizes = np.array(sizes)
-        width = int(sizes.max())
-        self._pad_slots = np.full((len(sizes), width), -1, dtype=np.int64)
-        for i, (off, size) in enumerate(zip(self.offsets, sizes, strict=True)):
-            self._pad_slots[i, :size] = off + np.arange(size)
-        self._pad_valid = self._pad_slots >= 0
-        self._min_sites_pad = np.full((len(sizes), width, max_count + 1), _INF16, dtype=np.int16)
-        self._min_sites_pad[self._pad_valid] = comp_table.T[self._pad_slots[self._pad_valid]]
+        comp_table = np.concatenate([comp_table, np.full((max_count + 1, 1), _INF16, np.int16)], axis=1)
+        kinds: dict[tuple, int] = {}
+        kind_of_group, kind_first = [], []
+        for i, g in enumerate(self.group_ids):
+            r = self.groups[g]
+            free = tuple(sorted({m for m, nf in zip(r.mults, r.n_free, strict=True) if nf > 0}))
+            kind = kinds.setdefault((r.class_mults, r.class_caps, free), len(kinds))
+            if kind == len(kind_first):
+                kind_first.append(i)
+            kind_of_group.append(kind)
+        self._kind_of_group = np.array(kind_of_group, dtype=np.int64)
+        self._n_kinds = len(kinds)
+        self._buckets = []  # (kinds, slot matrix padded with the INF slot n_slots, table)
+        lower = 0
+        for width in (2, 4, 9, 27):
+            members = [k for k, i in enumerate(kind_first) if lower < sizes[i] <= width]
+            lower = width
+            if not members:
+                continue
+            slots = np.full((len(members), width), self.n_slots, dtype=np.int64)
+            for row, k in enumerate(members):
+                i = kind_first[k]
+                slots[row, : sizes[i]] = self.offsets[i] + np.arange(sizes[i])
+            table = np.ascontiguousarray(comp_table.T[slots])  # (kinds, width, max_count + 1)
+            self._buckets.append((np.array(members), slots, table))
         self._flat: dict[tuple[int, ...], np.ndarray] = {(): np.zeros(self.n_slots, dtype=np.int64)}
         self._required: dict[tuple[int, tuple[int, ...]], RequiredReach] = {}
 
@@ -355,11 +373,14 @@ class ReachTables:
         Row 0 is meaningless; anything >= 10,000 means impossible. Not cached here (236 kB
         each): the grammar caches the resulting masks.
         """
-        frontier = np.minimum(self.flat_frontier(counts), _INF16).astype(np.int16)
-        padded = np.full(self._pad_slots.shape, _INF16, dtype=np.int16)
-        padded[self._pad_valid] = frontier[self._pad_slots[self._pad_valid]]
-        total = padded[:, :, None] + self._min_sites_pad  # <= 2 * _INF16, no overflow
-        return total.min(axis=1).T
+        frontier = np.empty(self.n_slots + 1, dtype=np.int16)
+        frontier[:-1] = np.minimum(self.flat_frontier(counts), _INF16)
+        frontier[-1] = _INF16
+        per_kind = np.empty((self._n_kinds, self.max_count + 1), dtype=np.int16)
+        for members, slots, table in self._buckets:
+            total = frontier[slots][:, :, None] + table  # <= 2 * _INF16, no overflow
+            per_kind[members] = total.min(axis=1)
+        return per_kind[self._kind_of_group].T
 
     def required(self, group: int, required: tuple[int, ...]) -> RequiredReach:
         key = (group, required)

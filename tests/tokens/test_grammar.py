@@ -473,3 +473,16 @@ def test_grammar_tolerance_covers_decode() -> None:
     decode_module = importlib.import_module("matra_hpc.tokens.decode")
     # the shortcut in Grammar._orbit_clear needs a factor 2, plus room for rounding
     assert COINCIDE_TOL >= 2.5 * decode_module._COINCIDE
+
+
+def test_vectorised_count_costs_equal_per_group_frontiers() -> None:
+    tables = reach_tables()
+    rng = np.random.default_rng(8)
+    for _ in range(25):
+        prefix = tuple(sorted(int(x) for x in rng.integers(1, 60, size=int(rng.integers(0, 4)))))
+        costs = tables.count_costs(prefix)
+        for gi in rng.choice(len(tables.group_ids), 12, replace=False):
+            reach = tables.groups[int(tables.group_ids[gi])]
+            for c in rng.integers(1, VOCAB.max_count + 1, size=15):
+                want = min(reach.min_cost(prefix + (int(c),), reach.full), 10_000)
+                assert min(int(costs[c, gi]), 10_000) == want, (prefix, reach.group, c)
