@@ -109,6 +109,8 @@ class _Trainer:
         self.distributed = ctx.world_size > 1
         self.device = torch.device(config.device or ctx.device)
         if self.device.type == "cuda":
+            if self.device.index is None:  # "--device cuda": this process's GPU on the node
+                self.device = torch.device("cuda", ctx.local_rank % max(torch.cuda.device_count(), 1))
             torch.cuda.set_device(self.device)
         self.out = Path(config.out)
         self.is_main = ctx.rank == 0
@@ -186,7 +188,8 @@ class _Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward_model = DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
-            self.forward_model = torch.compile(self.forward_model)
+            # Row lengths vary from batch to batch: one graph with a symbolic length, not one per length.
+            self.forward_model = torch.compile(self.forward_model, dynamic=True)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.autocast = (
             (lambda: torch.autocast(device_type=self.device.type, dtype=torch.bfloat16))
