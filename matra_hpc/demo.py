@@ -59,6 +59,8 @@ def demo_commands(config: DemoConfig) -> list[list[str]]:
             "--checkpoint", train_out, "--temps", config.temps, "--per-temp", str(config.per_temp),
             "--shards", str(config.shards), "--batch-size", str(config.batch_size),
             "--train-store", tokens, "--out", gen,
+            # a fixed run id: a rerun resumes the same store instead of starting another run
+            "--run-id", "demo",
         ],
         ["report", "generate", gen],
     ]
