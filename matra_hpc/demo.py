@@ -24,10 +24,14 @@ log = logging.getLogger(__name__)
 class DemoConfig:
     out: str = "demo-out"
     model: str = "tiny"
-    train_steps: int = 600
-    """Optimizer steps of the tiny model (a few minutes on 2 CPU cores)."""
-    train_minutes: float = 6.0
-    """Wall-clock cap of one training attempt; a rerun continues from the checkpoint."""
+    train_epochs: int = 20
+    """Length of the one-cycle schedule, in epochs of the demo store."""
+    train_lr_max: float = 3e-3
+    """Peak learning rate: the paper's 2e-4 is for the 41M model over many hours."""
+    train_minutes: float = 4.0
+    """Training time over all attempts: a rerun continues a cut run, never trains a finished one."""
+    train_steps: int | None = None
+    """Optional cap on optimizer steps (tests use a handful)."""
     train_procs: int = 2
     """torchrun processes (DDP over gloo on the CPU)."""
     temps: str = "0.7:1.65:0.05"
@@ -51,7 +55,9 @@ def demo_commands(config: DemoConfig) -> list[list[str]]:
             "submit", "train", "--cluster", "local", "--ntasks-per-node", str(config.train_procs),
             "--run-dir", str(out / "runs" / f"{stamp}-train"),
             "--model", config.model, "--data", tokens, "--out", train_out,
-            "--max-steps", str(config.train_steps), "--max-minutes", str(config.train_minutes),
+            "--epochs", str(config.train_epochs), "--lr-max", str(config.train_lr_max),
+            "--max-minutes", str(config.train_minutes),
+            *(["--max-steps", str(config.train_steps)] if config.train_steps else []),
         ],
         [
             "submit", "generate", "--cluster", "local", "--ntasks-per-node", str(config.ranks),

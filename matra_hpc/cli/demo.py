@@ -9,7 +9,9 @@ import json
 def cmd_demo(args: argparse.Namespace) -> int:
     from matra_hpc.demo import DemoConfig, run_demo
 
-    config = DemoConfig(out=args.out, train_steps=args.train_steps, per_temp=args.per_temp, temps=args.temps)
+    config = DemoConfig(
+        out=args.out, train_minutes=args.train_minutes, per_temp=args.per_temp, temps=args.temps
+    )
     print(json.dumps(run_demo(config)))
     return 0
 
@@ -25,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "temperature sweep with mpirun and write the reports. Rerun to resume.",
     )
     parser.add_argument("--out", default=d.out, help="output folder (default %(default)s)")
-    parser.add_argument("--train-steps", type=int, default=d.train_steps, help="training steps")
+    parser.add_argument("--train-minutes", type=float, default=d.train_minutes,
+                        help="training time of the tiny model (default %(default)s)")
     parser.add_argument("--per-temp", type=int, default=d.per_temp, help="structures per temperature")
     parser.add_argument("--temps", default=d.temps, help="temperature sweep start:stop:step or a list")
     parser.set_defaults(func=cmd_demo)
