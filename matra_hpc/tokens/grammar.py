@@ -187,20 +187,19 @@ class Grammar:
         v = self.vocab
         self._table = wyckoff_table()
         self._ops = {g: position_ops(g) for g in self._table}
-        # per group: position token ids, token -> position index, multiplicities, free counts
+        # per group: the token of each position (letter order) and back
         self._pos_tokens = {
             g: np.array([v.wyckoff(g, p.letter) for p in ps]) for g, ps in self._table.items()
         }
         self._pos_of_token = {
             g: {int(t): i for i, t in enumerate(toks)} for g, toks in self._pos_tokens.items()
         }
-        self._group_index = {int(g): i for i, g in enumerate(self._tables.group_ids)}
-        allowed = np.zeros(len(self._tables.group_ids), dtype=bool)
-        plain = np.zeros_like(allowed)  # allowed groups without required positions
+        group_index = {int(g): i for i, g in enumerate(self._tables.group_ids)}
+        # allowed groups without required positions, aligned with the tables' group_ids; the
+        # few with required positions go through the slower exact path one by one
+        self._plain_groups = np.zeros(len(self._tables.group_ids), dtype=bool)
         for g in self.resolved.groups:
-            allowed[self._group_index[g]] = True
-            plain[self._group_index[g]] = g not in self.resolved.required
-        self._plain_groups = plain
+            self._plain_groups[group_index[g]] = g not in self.resolved.required
         self._required_groups = tuple(g for g in self.resolved.groups if g in self.resolved.required)
         self._cache: dict[tuple, np.ndarray] = {}
 
