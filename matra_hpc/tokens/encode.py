@@ -13,7 +13,11 @@ free values are smallest. Alternatives are compared by the discrete list (letter
 then by the free values site by site, then by the lattice parameters. Putting the discrete
 list first makes the choice of Wyckoff letters a property of the prototype alone, which keeps
 ``prototype_hash`` stable for crystals of one prototype with different free values. Values
-are compared on a 1e-6 grid so that float noise never flips a choice.
+within 1e-7 compare equal, so float noise never flips a choice.
+
+The chosen description is rebuilt as an exactly symmetric cell and described again until it
+is stable (usually one extra pass), so that ``encode(decode(encode(x)))`` equals ``encode(x)``
+even when symmetrising reveals more symmetry than the raw input showed.
 """
 
 from __future__ import annotations
@@ -39,8 +43,6 @@ from matra_hpc.tokens.wyckoff import (
 __all__ = ["encode", "describe", "Description", "Site", "EHULL_THRESHOLD", "lattice_values"]
 
 EHULL_THRESHOLD = 0.075  # eV/atom; low means e_above_hull <= threshold
-_GRID = 1e6  # comparison grid of free values (1e-6)
-_LATTICE_GRID = 1e4  # comparison grid of lattice parameters (1e-4 A or degree)
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,9 @@ def _orbits(ds, group: int) -> list[tuple[int, int, np.ndarray]]:
     index_of_letter = {p.letter: p.index for p in table}
     prim_orbit = {}
     for j, p in enumerate(ds.mapping_to_primitive):
-        prim_orbit[int(p)] = (int(ds.equivalent_atoms[j]), ds.wyckoffs[j])
+        # crystallographic_orbits (orbits under the full group with centring) stays
+        # consistent with the standardised cell where equivalent_atoms can split an orbit.
+        prim_orbit[int(p)] = (int(ds.crystallographic_orbits[j]), ds.wyckoffs[j])
     members: dict[int, list[int]] = {}
     letters: dict[int, str] = {}
     for i, p in enumerate(ds.std_mapping_to_primitive):
@@ -183,30 +187,74 @@ def _orbits(ds, group: int) -> list[tuple[int, int, np.ndarray]]:
     return out
 
 
-def _free_values(group: int, letter_index: int, points: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
+_TOL = 1e-7  # values closer than this compare equal (the inputs of the last pass are exact)
+_SNAP = 1e-8  # a free value this close below 1 is the point 0
+
+
+def _compare_values(a, b) -> int:
+    """Lexicographic comparison of two float sequences, equal within ``_TOL``."""
+    for x, y in zip(a, b, strict=True):
+        if abs(x - y) > _TOL * max(1.0, abs(x)):
+            return -1 if x < y else 1
+    return 0
+
+
+def _free_values(group: int, letter_index: int, points: np.ndarray) -> np.ndarray:
     """Smallest free-value tuple among orbit points on the representative expression."""
     ops = position_ops(group)[letter_index]
-    if not ops.free_axes:
-        fit = on_locus(ops.ops[0], points)
-        if not fit.any():
-            raise EncodeError("symmetry_failed", "orbit does not contain its Wyckoff point")
-        return (), np.empty(0)
     fit = on_locus(ops.ops[0], points)
     if not fit.any():
         raise EncodeError("symmetry_failed", "no atom of the orbit lies on its representative expression")
+    if not ops.free_axes:
+        return np.empty(0)
     rows = list(ops.read_rows)
     values = np.mod(np.asarray(ops.read_signs) * (points[fit][:, rows] - ops.ops[0, rows, 3]), 1.0)
-    keys = np.rint(values * _GRID).astype(np.int64) % int(_GRID)
-    values[keys == 0] = 0.0  # 0.9999999.. is the same point as 0
-    best = min(range(len(keys)), key=lambda r: tuple(keys[r]))
-    return tuple(int(k) for k in keys[best]), values[best]
+    values[values > 1.0 - _SNAP] = 0.0
+    best = values[0]
+    for row in values[1:]:
+        if _compare_values(row, best) < 0:
+            best = row
+    return best
 
 
 def describe(
     structure, *, symprec: float = 0.01, angle_tolerance: float = 5.0, max_sites: int = 15
 ) -> Description:
-    """The canonical description of an ordered periodic structure (raises ``EncodeError``)."""
+    """The canonical description of an ordered periodic structure (raises ``EncodeError``).
+
+    Symmetrising can reveal more symmetry than spglib found in the raw input (a free value
+    within tolerance of a special one), so the description is rebuilt into an exact cell and
+    described again until it no longer changes: then decode followed by encode reproduces it.
+    """
     matrix, frac, numbers = _arrays(structure)
+    options = (symprec, angle_tolerance, max_sites)
+    description = _describe_cell(matrix, frac, numbers, *options)
+    for _ in range(_MAX_PASSES):
+        again = _describe_cell(*primitive_cell(description), *options)
+        if _same_description(description, again):
+            return again
+        description = again
+    raise EncodeError("symmetry_failed", "symmetrisation does not settle on one description")
+
+
+_MAX_PASSES = 4
+
+
+def _same_description(a: Description, b: Description, tol: float = 1e-6) -> bool:
+    if a.group != b.group or len(a.sites) != len(b.sites):
+        return False
+    for x, y in zip(a.sites, b.sites, strict=True):
+        if (x.letter_index, x.z) != (y.letter_index, y.z):
+            return False
+        d = np.abs(np.subtract(x.free, y.free))
+        if np.any(np.minimum(d, 1.0 - d) > tol):
+            return False
+    return bool(np.allclose(a.lattice, b.lattice, rtol=tol, atol=0.0))
+
+
+def _describe_cell(
+    matrix, frac, numbers, symprec: float, angle_tolerance: float, max_sites: int
+) -> Description:
     ds = _dataset(matrix, frac, numbers, symprec, angle_tolerance)
     group = int(ds.number)
     orbits = _orbits(ds, group)
@@ -226,6 +274,58 @@ def describe(
     if crystal_system(group) == "monoclinic":
         frames = _monoclinic_frames(group, std_lattice, positions, orbits)
     return _canonical(group, frames)
+
+
+def lattice_matrix(group: int, values: tuple[float, ...]) -> np.ndarray:
+    """Lattice vectors (rows) from the crystal system's parameters, a along x, b in the xy plane."""
+    system = crystal_system(group)
+    alpha = beta = gamma = 90.0
+    if system == "cubic":
+        a = b = c = values[0]
+    elif system == "tetragonal":
+        (a, c), b = values, values[0]
+    elif system in ("trigonal", "hexagonal"):
+        (a, c), b, gamma = values, values[0], 120.0
+    elif system == "orthorhombic":
+        a, b, c = values
+    elif system == "monoclinic":
+        a, b, c, beta = values
+    else:
+        a, b, c, alpha, beta, gamma = values
+    ca, cb, cg = (math.cos(math.radians(x)) for x in (alpha, beta, gamma))
+    sg = math.sin(math.radians(gamma))
+    cz = math.sqrt(max(0.0, 1.0 - cb**2 - ((ca - cb * cg) / sg) ** 2))
+    return np.array([[a, 0.0, 0.0], [b * cg, b * sg, 0.0], [c * cb, c * (ca - cb * cg) / sg, c * cz]])
+
+
+def conventional_cell(description: Description) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lattice, fractional coordinates and atomic numbers of the described conventional cell."""
+    all_ops = position_ops(description.group)
+    coords, numbers = [], []
+    for site in description.sites:
+        ops = all_ops[site.letter_index]
+        seed = np.zeros(3)
+        seed[list(ops.free_axes)] = site.free
+        points = np.mod(ops.ops[:, :, :3] @ seed + ops.ops[:, :, 3], 1.0)
+        coords.append(points)
+        numbers += [site.z] * len(points)
+    return lattice_matrix(description.group, description.lattice), np.concatenate(coords), np.asarray(numbers)
+
+
+def primitive_cell(description: Description) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The described crystal in a primitive cell (fewer atoms for spglib to search)."""
+    matrix, frac, numbers = conventional_cell(description)
+    to_primitive = group_setting(description.group).to_primitive
+    if to_primitive is None:
+        return matrix, frac, numbers
+    prim_frac = np.mod(frac @ np.linalg.inv(to_primitive), 1.0)
+    # Atoms related by a centring translation land on one primitive point: keep the first.
+    diff = prim_frac[:, None, :] - prim_frac[None, :, :]
+    diff -= np.rint(diff)
+    close = np.all(np.abs(diff) < 1e-5, axis=-1)
+    first = np.argmax(close, axis=1)  # index of the first atom each atom coincides with
+    keep = first == np.arange(len(prim_frac))
+    return to_primitive @ matrix, prim_frac[keep], numbers[keep]
 
 
 def _identify_letter(group: int, points: np.ndarray) -> int:
@@ -298,51 +398,53 @@ def _canonical(group: int, frames) -> Description:
     table = wyckoff_table()[group]
     letter_index = {p.letter: p.index for p in table}
     polar = list(setting.polar_axes)
-    best_key = None
+    alternatives = []
+    for metric, positions, orbits in frames:
+        for op, letter_map in zip(setting.normalizer, setting.normalizer_letters, strict=True):
+            mapped = [(letter_index[letter_map[table[li].letter]], z, idx) for li, z, idx in orbits]
+            alternatives.append((sorted((li, z) for li, z, _ in mapped), metric, positions, op, mapped))
+    best_discrete = min(a[0] for a in alternatives)
     best = None
-    for metric, positions, orbits, op, letter_map in (
-        (*frame, op, letter_map)
-        for frame in frames
-        for op, letter_map in zip(setting.normalizer, setting.normalizer_letters, strict=True)
-    ):
-        mapped = [(letter_index[letter_map[table[li].letter]], z, idx) for li, z, idx in orbits]
-        discrete = sorted((li, z) for li, z, _ in mapped)
-        if best_key is not None and discrete > best_key[0]:
+    for discrete, metric, positions, op, mapped in alternatives:
+        if discrete != best_discrete:
             continue
         moved = positions @ op[:, :3].T + op[:, 3]
         inverse = np.linalg.inv(op[:, :3])
         lattice = lattice_values(inverse.T @ metric @ inverse, group)
-        lattice_key = tuple(round(v * _LATTICE_GRID) for v in lattice)
         shifts = [None]
         if polar:
-            first = discrete[0]
-            anchors = np.concatenate([idx for li, z, idx in mapped if (li, z) == first])
+            anchors = np.concatenate([idx for li, z, idx in mapped if (li, z) == discrete[0]])
             shifts = [-moved[a] for a in anchors]
         for shift in shifts:
-            if shift is None:
-                pts = moved
-            else:
+            pts = moved
+            if shift is not None:
                 pts = moved.copy()
                 pts[:, polar] += shift[polar]
             pts = np.mod(pts, 1.0)
-            sites = []
-            for li, z, idx in mapped:
-                key, values = _free_values(group, li, pts[idx])
-                sites.append((li, z, key, values))
-            sites.sort(key=lambda s: (s[0], s[1], s[2]))
-            full_key = (discrete, [s[2] for s in sites], lattice_key)
-            if best_key is None or full_key < best_key:
-                best_key = full_key
-                best = (sites, lattice)
+            sites = [(li, z, _free_values(group, li, pts[idx])) for li, z, idx in mapped]
+            sites.sort(key=functools.cmp_to_key(_compare_sites))
+            candidate = (np.concatenate([s[2] for s in sites]), lattice, sites)
+            if best is None or _compare_candidates(candidate, best) < 0:
+                best = candidate
     assert best is not None
-    sites, lattice = best
+    _, lattice, sites = best
     return Description(
         group=group,
         sites=tuple(
-            Site(li, table[li].letter, z, tuple(float(v) for v in values)) for li, z, _, values in sites
+            Site(li, table[li].letter, z, tuple(float(v) for v in values)) for li, z, values in sites
         ),
         lattice=tuple(lattice),
     )
+
+
+def _compare_sites(a, b) -> int:
+    if (a[0], a[1]) != (b[0], b[1]):
+        return -1 if (a[0], a[1]) < (b[0], b[1]) else 1
+    return _compare_values(a[2], b[2])
+
+
+def _compare_candidates(a, b) -> int:
+    return _compare_values(a[0], b[0]) or _compare_values(a[1], b[1])
 
 
 # ---------------------------------------------------------------- tokens

@@ -80,6 +80,7 @@ class PositionOps:
 class GroupSetting:
     """Per-group data the canonicaliser needs: Hall number, normaliser cosets, polar axes.
 
+    ``to_primitive``: rows of a primitive basis in conventional coordinates (None for P).
     ``normalizer`` (k, 3, 4): coset representatives of the group's normaliser as pyxtal's
     database lists them (identity first); ``normalizer_letters[i]`` maps each letter to its
     image under coset i. ``polar_axes``: coordinate axes along which any translation is in the
@@ -87,6 +88,7 @@ class GroupSetting:
     """
 
     hall_number: int
+    to_primitive: np.ndarray | None
     normalizer: np.ndarray
     normalizer_letters: tuple[dict[str, str], ...]
     polar_axes: tuple[int, ...]
@@ -295,6 +297,22 @@ def _wyckoff_sets() -> dict:
     return json.loads(_pyxtal_database("wyckoff_sets.json").read_text())
 
 
+# Rows: a primitive basis in conventional fractional coordinates, per lattice centring.
+_PRIMITIVE = {
+    "A": np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5], [0.0, -0.5, 0.5]]),
+    "C": np.array([[0.5, 0.5, 0.0], [-0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]),
+    "I": np.array([[-0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.5, 0.5, -0.5]]),
+    "F": np.array([[0.0, 0.5, 0.5], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]]),
+    "R": np.array([[2 / 3, 1 / 3, 1 / 3], [-1 / 3, 1 / 3, 1 / 3], [-1 / 3, -2 / 3, 1 / 3]]),
+}
+
+
+def _centering(group: int) -> str:
+    import spglib
+
+    return spglib.get_spacegroup_type(_hall_numbers()[group - 1]).international_short[0]
+
+
 @functools.cache
 def _hall_numbers() -> tuple[int, ...]:
     """spglib Hall number of pyxtal's setting per group: spglib's default (first) setting,
@@ -323,6 +341,7 @@ def group_setting(group: int) -> GroupSetting:
     )
     return GroupSetting(
         hall_number=_hall_numbers()[group - 1],
+        to_primitive=_PRIMITIVE.get(_centering(group)),
         normalizer=normalizer,
         normalizer_letters=letter_maps,
         polar_axes=polar,
