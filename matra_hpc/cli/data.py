@@ -133,5 +133,7 @@ SUBMIT_STAGES = [
         build_config=build_prepare_config,
         config_cls=DataPrepareConfig,
         run="matra_hpc.data.prepare:run_data_prepare",
+        # two ranks unless a profile or flag says otherwise: the local executor then runs mpirun -n 2
+        default_launch={"tasks_per_node": 2},
     )
 ]

@@ -89,5 +89,7 @@ SUBMIT_STAGES = [
         build_config=build_config,
         config_cls=GenerateConfig,
         run="matra_hpc.generate.stage:run_generate",
+        # two ranks unless a profile or flag says otherwise: the local executor then runs mpirun -n 2
+        default_launch={"tasks_per_node": 2},
     )
 ]

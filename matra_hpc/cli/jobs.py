@@ -126,7 +126,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     stage: SubmittableStage = args.submittable
     overrides = {dest: getattr(args, f"launch_{dest}") for _, dest, _, _ in LAUNCH_FLAGS}
-    launch = resolve_launch_config(args.profile, overrides)
+    launch = resolve_launch_config(args.profile, overrides, stage.default_launch)
     config = stage.build_config(args)
     run_dir = submit_stage(
         stage, config, launch, run_dir=args.run_dir, array=args.array, after=args.after,

@@ -8,8 +8,9 @@ and for ``matra-hpc submit NAME`` (run as a job through ``matra_hpc.launch``).
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 JobKind = Literal["function", "torchrun", "mpi"]
 
@@ -28,3 +29,5 @@ class SubmittableStage:
     config_cls: type
     run: str
     """Dotted ``module:function`` of the stage entry, called as ``fn(config, ctx)``."""
+    default_launch: dict[str, Any] = field(default_factory=dict)
+    """Launch settings of this stage below the profile and the flags, e.g. 2 MPI ranks."""

@@ -163,7 +163,8 @@ def launcher_command(spec: dict[str, Any], errors_dir: Path) -> list[str]:
         # one torchrun per node; it starts the node's processes and joins the rendezvous
         return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *per_node]
     if spec["kind"] == "mpi":
-        ranks = nodes * launch["tasks_per_node"]
+        # one rank per GPU on GPU nodes (each rank drives its device), else tasks_per_node
+        ranks = nodes * (launch["gpus_per_node"] or launch["tasks_per_node"])
         if allocation is not None and launch["mpi_launcher"] == "srun":
             return ["srun", "--mpi=pmix", f"--ntasks={ranks}", "--kill-on-bad-exit=1", *worker]
         mpirun = bindir / "mpirun"

@@ -193,10 +193,12 @@ def load_profile(name_or_path: str) -> dict[str, Any]:
 
 
 def resolve_launch_config(
-    profile: str | None = None, overrides: dict[str, Any] | None = None
+    profile: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    stage_defaults: dict[str, Any] | None = None,
 ) -> LaunchConfig:
-    """Defaults, then the profile, then non-None ``overrides`` (the command-line flags)."""
-    settings: dict[str, Any] = {}
+    """Code defaults, the stage's defaults, the profile, then non-None ``overrides`` (flags)."""
+    settings: dict[str, Any] = dict(stage_defaults or {})
     if profile:
         settings.update(load_profile(profile))
     for key, value in (overrides or {}).items():

@@ -169,7 +169,8 @@ def _slurm_executor(stage: SubmittableStage, launch: LaunchConfig, run_path: Pat
     elif stage.kind == "torchrun":
         tasks_per_node, cpus, use_srun = 1, procs * launch.cpus_per_task, False
     else:
-        tasks_per_node, cpus, use_srun = launch.tasks_per_node, launch.cpus_per_task, False
+        # MPI: one rank per GPU on GPU nodes, else tasks_per_node ranks
+        tasks_per_node, cpus, use_srun = procs, launch.cpus_per_task, False
     setup = list(launch.setup) + ([launch.activate] if launch.activate else [])
     executor.update_parameters(
         job_name=f"matra-{stage.name}",

@@ -100,3 +100,26 @@ def test_bad_input_exits_2_with_one_line_and_submits_nothing(
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("matra-hpc: error:") and message in lines[0]
     assert not (tmp_path / "runs").exists()  # no run directory, so nothing was submitted
+
+
+def test_stage_defaults_sit_below_profile_and_flags(tmp_path: Path) -> None:
+    profile = tmp_path / "p.yaml"
+    profile.write_text("cluster: slurm\npartition: debug\ntasks_per_node: 4\n")
+    assert resolve_launch_config(None, {}, {"tasks_per_node": 2}).tasks_per_node == 2
+    assert resolve_launch_config(str(profile), {}, {"tasks_per_node": 2}).tasks_per_node == 4
+    assert resolve_launch_config(str(profile), {"tasks_per_node": 3}, {"tasks_per_node": 2}).tasks_per_node == 3
+
+
+def test_mpi_stages_default_to_two_ranks_and_one_rank_per_gpu() -> None:
+    from matra_hpc.cli.jobs import submittable_stages
+    from matra_hpc.launch.call import launcher_command
+
+    stages = {s.name: s for s in submittable_stages()}
+    for name in ("generate", "data-prepare"):
+        launch = resolve_launch_config(None, {}, stages[name].default_launch)
+        spec = {"kind": "mpi", "launch": launch.to_dict(), "run_dir": "/tmp/x"}
+        command = launcher_command(spec, Path("/tmp/x"))
+        assert command[1:3] == ["-n", "2"]
+    gpu = resolve_launch_config("example-gpu").to_dict()
+    command = launcher_command({"kind": "mpi", "launch": gpu, "run_dir": "/tmp/x"}, Path("/tmp/x"))
+    assert command[1:3] == ["-n", str(gpu["nodes"] * gpu["gpus_per_node"])]
