@@ -1,11 +1,14 @@
 """Structure -> canonical token sequence.
 
-Steps: validate the input (one rejection reason each, contract section 3); one spglib call on
-plain arrays gives the standardised conventional cell in pyxtal's setting (origin choice 2,
+Steps: validate the input (one rejection reason each, contract section 3); spglib, called on
+plain arrays, gives the standardised conventional cell in pyxtal's setting (origin choice 2,
 ``hall_number`` asked for explicitly where spglib's default differs), its Wyckoff letters and
 orbits; then the canonical description is chosen among every alternative the group's
-normaliser allows: pyxtal's coset representatives, and for polar groups every origin along the
-polar axes that puts an atom of the first site at 0.
+normaliser allows: pyxtal's coset representatives, for polar groups every origin along the
+polar axes that puts an atom of the first site at 0, and for monoclinic groups the most
+reduced cells among the cell choices that keep the standard symbol (a and c, unique axis b).
+Rejections: ``too_many_sites`` also covers more than 8 elements or a count above 512 (the
+vocabulary's limits).
 
 Canonical order, per alternative: sites sorted by (Wyckoff letter order, Z, free values); each
 orbit represented by the point of the orbit on the position's representative expression whose
@@ -15,8 +18,9 @@ list first makes the choice of Wyckoff letters a property of the prototype alone
 ``prototype_hash`` stable for crystals of one prototype with different free values. Values
 within 1e-7 compare equal, so float noise never flips a choice.
 
-The chosen description is rebuilt as an exactly symmetric cell and described again until it
-is stable (usually one extra pass), so that ``encode(decode(encode(x)))`` equals ``encode(x)``
+The chosen description is rebuilt as an exactly symmetric primitive cell and described again
+until it is stable (usually one extra spglib call, so encoding costs about two spglib dataset
+calls), so that ``encode(decode(encode(x)))`` equals ``encode(x)``
 even when symmetrising reveals more symmetry than the raw input showed.
 """
 
@@ -228,6 +232,9 @@ def describe(
     """
     matrix, frac, numbers = _arrays(structure)
     options = (symprec, angle_tolerance, max_sites)
+    # Always at least one pass on the rebuilt primitive cell: spglib can find a higher group
+    # for the same exactly symmetric crystal in another cell (seen in flla, mp-560374), so a
+    # skip for inputs that are already symmetric would break decode -> encode.
     description = _describe_cell(matrix, frac, numbers, *options)
     for _ in range(_MAX_PASSES):
         again = _describe_cell(*primitive_cell(description), *options)
@@ -255,6 +262,7 @@ def _same_description(a: Description, b: Description, tol: float = 1e-6) -> bool
 def _describe_cell(
     matrix, frac, numbers, symprec: float, angle_tolerance: float, max_sites: int
 ) -> Description:
+    """One pass: spglib, orbits, canonical choice."""
     ds = _dataset(matrix, frac, numbers, symprec, angle_tolerance)
     group = int(ds.number)
     orbits = _orbits(ds, group)
