@@ -203,16 +203,25 @@ def _compare_values(a, b) -> int:
     return 0
 
 
+@functools.cache
+def _reader(group: int, letter_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Representative expression (rotation, translation) and how to read free values from it."""
+    ops = position_ops(group)[letter_index]
+    rep = ops.ops[0]
+    rows = np.asarray(ops.read_rows, dtype=int)
+    return rep[:, :3].T.copy(), rep[:, 3].copy(), rows, np.asarray(ops.read_signs) * 1.0
+
+
 def _free_values(group: int, letter_index: int, points: np.ndarray) -> np.ndarray:
     """Smallest free-value tuple among orbit points on the representative expression."""
-    ops = position_ops(group)[letter_index]
-    fit = on_locus(ops.ops[0], points)
+    rotation_t, translation, rows, signs = _reader(group, letter_index)
+    diff = points @ rotation_t + translation - points
+    fit = np.abs(diff - np.rint(diff)).max(axis=1) < 1e-4
     if not fit.any():
         raise EncodeError("symmetry_failed", "no atom of the orbit lies on its representative expression")
-    if not ops.free_axes:
+    if not len(rows):
         return np.empty(0)
-    rows = list(ops.read_rows)
-    values = np.mod(np.asarray(ops.read_signs) * (points[fit][:, rows] - ops.ops[0, rows, 3]), 1.0)
+    values = np.mod(signs * (points[fit][:, rows] - translation[rows]), 1.0)
     values[values > 1.0 - _SNAP] = 0.0
     best = values[0]
     for row in values[1:]:
