@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class DemoConfig:
     out: str = "demo-out"
     model: str = "tiny"
-    train_epochs: int = 20
+    train_epochs: int = 40
     """Length of the one-cycle schedule, in epochs of the demo store."""
     train_lr_max: float = 3e-3
     """Peak learning rate: the paper's 2e-4 is for the 41M model over many hours."""

@@ -170,12 +170,17 @@ def test_loss_of_a_split_batch_adds_up_to_the_whole_and_gradients_stay_finite():
     assert float(whole.ce_sum.detach()) / whole.n_tokens == pytest.approx(math.log(model.config.vocab_size), rel=0.1)
 
 
-def test_relative_continuous_loss_scales_large_targets():
+def test_continuous_loss_scales():
     cfg = ModelConfig(vocab_size=10, n_layer=1, n_head=1, d_model=8, n_gauss=4)
+    assert cfg.cont_loss_scale == "log"
     targets = torch.tensor([[NUM, NUM]])
     target_values = torch.tensor([[0.5, 100.0]])
     cont = torch.tensor([[0.6, 110.0]])
     logits = torch.zeros(1, 2, 10)
+    log = loss_sums(logits, cont, targets, target_values, cfg)
+    expected = (math.log1p(0.6) - math.log1p(0.5)) ** 2 + (math.log1p(110.0) - math.log1p(100.0)) ** 2
+    assert float(log.mse_sum) == pytest.approx(expected, rel=1e-4)
+    cfg.cont_loss_scale = "relative"
     rel = loss_sums(logits, cont, targets, target_values, cfg)
     assert float(rel.mse_sum) == pytest.approx(0.1**2 + 0.1**2, rel=1e-4)
     cfg.cont_loss_scale = "absolute"
@@ -210,3 +215,16 @@ def test_config_files_reject_unknown_keys_and_a_vocab_size(tmp_path):
         load_model_config("no-such-model", 100)
     cfg = ModelConfig.from_dict(load_model_config("tiny", 100).to_dict())
     assert cfg == load_model_config("tiny", 100)
+
+
+def test_log_scale_head_returns_values_in_their_units():
+    # The head learns in symlog space; forward maps back, so the sampler sees Angstrom and degrees.
+    torch.manual_seed(0)
+    model = tiny()
+    assert model.config.cont_loss_scale == "log"
+    with torch.no_grad():
+        model.cont_head.bias.fill_(math.log1p(5.0))
+        model.cont_head.weight.zero_()
+        tokens, values = random_batch(2, 5, model.config.vocab_size)
+        _, cont = model(tokens, values)
+    torch.testing.assert_close(cont, torch.full_like(cont, 5.0))
