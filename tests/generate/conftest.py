@@ -63,19 +63,3 @@ def reference_store(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
-def slurm_is_up() -> bool:
-    try:
-        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and "UP" in out.stdout
-
-
-@pytest.fixture(scope="session")
-def slurm() -> None:
-    """A running local Slurm; started by scripts/slurm-up.sh when down. Never skips: fails."""
-    if slurm_is_up():
-        return
-    out = subprocess.run(["bash", str(REPO / "scripts" / "slurm-up.sh")], capture_output=True, text=True)
-    if out.returncode != 0 or not slurm_is_up():
-        pytest.fail(f"could not start the local Slurm (scripts/slurm-up.sh):\n{out.stdout}\n{out.stderr}")

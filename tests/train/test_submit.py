@@ -18,27 +18,10 @@ EXECUTORS = ["local", pytest.param("slurm", marks=pytest.mark.slurm)]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def slurm_is_up() -> bool:
-    try:
-        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and "UP" in out.stdout
-
-
-def ensure_slurm() -> None:
-    """Start the local Slurm when it is down; never skip."""
-    if slurm_is_up():
-        return
-    out = subprocess.run(["bash", str(REPO / "scripts" / "slurm-up.sh")], capture_output=True, text=True)
-    if out.returncode != 0 or not slurm_is_up():
-        pytest.fail(f"could not start the local Slurm (scripts/slurm-up.sh):\n{out.stdout}\n{out.stderr}")
-
-
 @pytest.fixture(params=EXECUTORS)
 def executor(request: pytest.FixtureRequest) -> str:
     if request.param == "slurm":
-        ensure_slurm()
+        request.getfixturevalue("slurm")  # tests/conftest.py: starts the local Slurm, never skips
     return request.param
 
 
@@ -72,8 +55,7 @@ def test_submitted_training_job_runs_two_ranks_and_checkpoints(executor: str, st
 
 
 @pytest.mark.slurm
-def test_time_limit_requeues_and_training_resumes(store: Path, tmp_path: Path):
-    ensure_slurm()
+def test_time_limit_requeues_and_training_resumes(store: Path, tmp_path: Path, slurm: None):
     # 1-minute limit, checkpoint signal 30 s before it (slurmctld checks limits every ~15-30 s):
     # an attempt trains well under 30 s after its start-up, and the run needs 30 s of training
     # in total, so it is stopped part-way at least once and a requeued attempt resumes it.
