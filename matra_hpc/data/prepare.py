@@ -514,6 +514,10 @@ def build_report(store: str, seconds: float, ctx: RunContext | None = None, work
         "content_hash": summary["content_hash"],
     }
     st.write_json_atomic(Path(store) / "report.json", report)
+    if summary["n_rows"]:
+        from matra_hpc.data.plots import plot_token_store
+
+        report["plot"] = str(plot_token_store(store))
     return report
 
 

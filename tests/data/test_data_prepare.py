@@ -198,6 +198,8 @@ def test_demo_store_over_all_flla(tmp_path: Path, capsys) -> None:
     root = st.open_token_store(out, verify=True)
     assert root.attrs["n_rows"] == report["n_rows"] == summary["n_rows"]
     assert 0.05 < root.attrs["split_counts"]["val"] / report["n_rows"] < 0.15
+    png = out / "report.png"  # e-hull / crystal-system / length pictures beside report.json
+    assert summary["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"data demo: {seconds:.1f} s, encodable fraction {report['encodable_fraction']}")
     # A rerun finds every shard finished and only rebuilds the view.
     start = time.perf_counter()
