@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from matra_hpc.errors import UsageError
+from matra_hpc.model.transformer import symlog
 from matra_hpc.sample.sampler import SamplerSettings, SamplingStats, sample_sequences
 from matra_hpc.tokens import TokenSequence, load_vocab
 from matra_hpc.tokens.conditions import Condition
@@ -48,7 +49,9 @@ def test_values_stay_in_range_coordinates_wrap_lattice_clamps(tiny_model) -> Non
     model = copy.deepcopy(tiny_model)
     with torch.no_grad():
         model.cont_head.weight.zero_()
-        model.cont_head.bias.fill_(1.25)  # coordinates wrap to 0.25; angles clamp up to 30 deg
+        # the head works in symlog space (cont_loss_scale: log): this makes every value 1.25, so
+        # coordinates wrap to 0.25 and angles clamp up to 30 deg
+        model.cont_head.bias.fill_(float(symlog(torch.tensor(1.25))))
     wrapped_exactly = 0
     for seq in _sample(model, grammar, 8, 1.0, seed=5):
         state = grammar.new_states(1)[0]
