@@ -1,9 +1,19 @@
-"""Sampling throughput: structures per second with the KV cache, against recomputing the prefix.
+"""Sampling throughput: structures per second with refill against cohorts, and with the KV cache
+against recomputing the prefix.
 
 For each model config (``tiny``, ``paper``; random weights: speed does not depend on training)
-and batch size, one cohort of ``batch`` sequences is sampled at T = 1 with the grammar mask and
-the KV cache, timed end to end (grammar and sampling included). The baseline is the same run
-without the cache, where every step re-runs the model over the whole prefix:
+and batch size, ``--batches`` x ``batch`` sequences are sampled at T = 1 with the grammar mask and
+the KV cache, timed end to end (grammar and sampling included), twice in the same run:
+
+- ``refill``: a finished sequence's slot takes the next sequence (the default sampler);
+- ``cohort``: ``SamplerSettings(refill=False)``, cohorts of ``batch`` whose finished rows are
+  dropped and not replaced (the previous sampler).
+
+Both report the mean batch occupancy (fraction of the slots holding a running sequence per
+forward step) and structures/s; the two must give the same sequences (``same_tokens``).
+
+With ``--nocache-baseline`` the cohort run is also compared with the sampler without the cache,
+where every step re-runs the model over the whole prefix:
 
 - ``measured``: the no-cache sampler is run in full (same seed, same sequences) when its
   estimate is below ``--max-baseline-s``;
@@ -12,7 +22,8 @@ without the cache, where every step re-runs the model over the whole prefix:
   over the steps; the run's own non-model time is added back.
 
 One JSON line per (config, batch), with the machine, torch threads and git revision.
-Usage: python benchmarks/sample.py [--configs tiny,paper] [--batch-sizes 32,128,256] [--device cuda]
+Usage: python benchmarks/sample.py [--configs tiny,paper] [--batch-sizes 32,128,256] [--batches 3]
+       [--device cuda] [--nocache-baseline]
 """
 
 from __future__ import annotations
@@ -45,12 +56,13 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_sampler(model, grammar, n, device, use_cache, seed=0, record=False):
+def run_sampler(model, grammar, n, device, use_cache, seed=0, record=False, batch=None, refill=True):
     stats = SamplingStats(record_steps=record)
     sync(device)
     started = time.perf_counter()
-    seqs = sample_sequences(model, grammar, n, 1.0, torch.Generator().manual_seed(seed),
-                            SamplerSettings(batch_size=n, use_cache=use_cache), device=device, stats=stats)
+    settings = SamplerSettings(batch_size=batch or n, use_cache=use_cache, refill=refill)
+    seqs = sample_sequences(model, grammar, n, 1.0, torch.Generator().manual_seed(seed), settings, device=device,
+                            stats=stats)
     sync(device)
     return seqs, stats, time.perf_counter() - started
 
@@ -71,13 +83,12 @@ def scaled_baseline(model, stats: SamplingStats, device: str, vocab_size: int, p
     """Estimated forward time of the no-cache sampler over the run's steps."""
     lengths = np.array([p for _, p, _ in stats.steps])
     rows = np.array([r for r, _, _ in stats.steps])
-    picks = np.unique(np.linspace(0, len(lengths) - 1, n_probes).round().astype(int))
-    nocache_forward_seconds(model, min(probe_rows, rows[0]), 4, device, vocab_size)  # warm-up
-    per_row = []
-    for i in picks:
-        r = int(min(probe_rows, rows[i]))
-        per_row.append(nocache_forward_seconds(model, r, int(lengths[i]), device, vocab_size) / r)
-    per_row_at = np.interp(lengths, lengths[picks], per_row)
+    # prefix lengths restart with every cohort: probe evenly over their range
+    probe_lengths = np.unique(np.linspace(lengths.min(), lengths.max(), n_probes).round().astype(int))
+    r = int(min(probe_rows, rows.max()))
+    nocache_forward_seconds(model, r, 4, device, vocab_size)  # warm-up
+    per_row = [nocache_forward_seconds(model, r, int(length), device, vocab_size) / r for length in probe_lengths]
+    per_row_at = np.interp(lengths, probe_lengths, per_row)
     return float((per_row_at * rows).sum())
 
 
@@ -85,6 +96,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="tiny,paper")
     parser.add_argument("--batch-sizes", default="32,128,256")
+    parser.add_argument("--batches", type=int, default=3, help="sequences per run: this many batches")
+    parser.add_argument("--nocache-baseline", action="store_true", help="also time the sampler without the cache")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-baseline-s", type=float, default=60.0)
     parser.add_argument("--probe-rows", type=int, default=16)
@@ -97,32 +110,42 @@ def main() -> None:
         model = MatraTransformer(load_model_config(name, vocab.size)).to(args.device).eval()
         run_sampler(model, grammar, 8, args.device, True, seed=99)  # warm-up (and grammar caches)
         for batch in (int(b) for b in args.batch_sizes.split(",")):
-            seqs, stats, cached_s = run_sampler(model, grammar, batch, args.device, True, record=True)
-            forward_cached = sum(s for _, _, s in stats.steps)
-            other_s = cached_s - forward_cached
-            estimate = other_s + scaled_baseline(model, stats, args.device, vocab.size, args.probe_rows,
-                                                 args.probes)
-            if estimate <= args.max_baseline_s:
-                base_seqs, _, baseline_s = run_sampler(model, grammar, batch, args.device, False)
-                same = [a.tokens for a in base_seqs] == [b.tokens for b in seqs]
-                mode = "measured"
-            else:
-                baseline_s, same, mode = estimate, None, "scaled"
-            print(json.dumps({
+            n = args.batches * batch
+            seqs, stats, refill_s = run_sampler(model, grammar, n, args.device, True, batch=batch)
+            cohort_seqs, cohort_stats, cached_s = run_sampler(model, grammar, n, args.device, True, record=True,
+                                                              batch=batch, refill=False)
+            row = {
                 "benchmark": "sample", "config": name, "params": model.num_params(), "batch": batch,
-                "device": args.device, "torch_threads": torch.get_num_threads(),
+                "structures": n, "device": args.device, "torch_threads": torch.get_num_threads(),
                 "machine": platform.machine(), "cpus": os.cpu_count(), "git": git_revision(),
-                "structures": len(seqs), "complete": sum(s.complete for s in seqs),
+                "complete": sum(s.complete for s in seqs),
                 "mean_tokens": round(float(np.mean([len(s.tokens) for s in seqs])), 1),
-                "steps": stats.forward_calls,
-                "kv_cache_s": round(cached_s, 3), "kv_structures_per_s": round(len(seqs) / cached_s, 2),
-                "kv_forward_s": round(forward_cached, 3), "non_model_s": round(other_s, 3),
-                "baseline_mode": mode, "baseline_s": round(baseline_s, 3),
-                "baseline_estimate_s": round(estimate, 3),
-                "baseline_structures_per_s": round(len(seqs) / baseline_s, 3),
-                "speedup": round(baseline_s / cached_s, 2), "baseline_same_tokens": same,
-            }), flush=True)
-
+                "refill_s": round(refill_s, 3), "refill_structures_per_s": round(n / refill_s, 2),
+                "refill_occupancy": round(stats.mean_occupancy, 3), "refill_steps": stats.forward_calls,
+                "cohort_s": round(cached_s, 3), "cohort_structures_per_s": round(n / cached_s, 2),
+                "cohort_occupancy": round(cohort_stats.mean_occupancy, 3), "cohort_steps": cohort_stats.forward_calls,
+                "refill_speedup": round(cached_s / refill_s, 2),
+                "same_tokens": [a.tokens for a in seqs] == [b.tokens for b in cohort_seqs],
+            }
+            if args.nocache_baseline:
+                forward_cached = sum(s for _, _, s in cohort_stats.steps)
+                other_s = cached_s - forward_cached
+                estimate = other_s + scaled_baseline(model, cohort_stats, args.device, vocab.size, args.probe_rows,
+                                                     args.probes)
+                if estimate <= args.max_baseline_s:
+                    base_seqs, _, baseline_s = run_sampler(model, grammar, n, args.device, False, batch=batch)
+                    same = [a.tokens for a in base_seqs] == [b.tokens for b in cohort_seqs]
+                    mode = "measured"
+                else:
+                    baseline_s, same, mode = estimate, None, "scaled"
+                row.update({
+                    "kv_forward_s": round(forward_cached, 3), "non_model_s": round(other_s, 3),
+                    "baseline_mode": mode, "baseline_s": round(baseline_s, 3),
+                    "baseline_estimate_s": round(estimate, 3),
+                    "baseline_structures_per_s": round(n / baseline_s, 3),
+                    "kv_speedup": round(baseline_s / cached_s, 2), "baseline_same_tokens": same,
+                })
+            print(json.dumps(row), flush=True)
 
 if __name__ == "__main__":
     main()

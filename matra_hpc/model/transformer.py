@@ -21,10 +21,12 @@ Architecture (paper IV.2):
 API the sampler relies on:
 - ``MatraTransformer.forward(tokens[B, T], values[B, T], kv_cache=None) -> (logits[B, T, V],
   cont_pred[B, T])``. Without a cache, positions are ``0..T-1``. With a cache, ``tokens`` are the
-  new positions only (``cache.pos .. cache.pos + T - 1``, the same for every row), the cache
-  stores their keys/values and ``cache.pos`` advances by ``T``.
+  new positions only: row ``b`` holds positions ``cache.lengths[b] .. cache.lengths[b] + T - 1``
+  (each row has its own length, its own positional encoding and attends only to its own valid
+  entries), the cache stores their keys/values and every row's length advances by ``T``.
 - ``MatraTransformer.new_kv_cache(batch_size, max_len, device, dtype) -> KVCache``;
-  ``KVCache.select(rows)`` keeps only some rows (e.g. to drop finished sequences).
+  ``KVCache.select(rows)`` keeps only some rows (e.g. to drop finished sequences);
+  ``KVCache.reset(rows)`` empties rows so a new sequence can start there (``<bos>`` at 0).
 - ``load_model(path) -> (model, metadata)`` reads a checkpoint written by the training stage
   (safetensors weights + JSON metadata; nothing is unpickled).
 
@@ -119,14 +121,15 @@ class ModelConfig:
 class KVCache:
     """Keys and values of the positions already seen, for incremental decoding.
 
-    ``k`` and ``v`` are (n_layer, B, nh, max_len, hs); ``pos`` is the number of positions filled,
-    the same for every row.
+    ``k`` and ``v`` are (n_layer, B, nh, max_len, hs); ``lengths`` (B,) int64, on the CPU, is the
+    number of valid positions of each row. Entries past a row's length are stale (left by an
+    earlier sequence of that row) and masked out of attention.
     """
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, pos: int = 0) -> None:
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
         self.k = k
         self.v = v
-        self.pos = pos
+        self.lengths = torch.zeros(k.shape[1], dtype=torch.long) if lengths is None else lengths.long().cpu()
 
     @property
     def batch_size(self) -> int:
@@ -136,12 +139,47 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
+    @property
+    def pos(self) -> int:
+        """The one length shared by every row (UsageError when rows differ: use ``lengths``)."""
+        if self.batch_size == 0:
+            return 0
+        lo, hi = int(self.lengths.min()), int(self.lengths.max())
+        if lo != hi:
+            raise UsageError(f"KV cache rows have different lengths ({lo}..{hi}); read cache.lengths")
+        return lo
+
+    @pos.setter
+    def pos(self, value: int) -> None:
+        self.lengths.fill_(int(value))
+
+    def uniform(self) -> bool:
+        return self.batch_size == 0 or bool(self.lengths.min() == self.lengths.max())
+
     def select(self, rows: torch.Tensor) -> KVCache:
         """Keep only ``rows`` (a LongTensor of row indices); returns self, changed in place."""
+        self.lengths = self.lengths.index_select(0, rows.cpu())
         rows = rows.to(self.k.device)
         self.k = self.k.index_select(1, rows)
         self.v = self.v.index_select(1, rows)
         return self
+
+    def reset(self, rows: list[int] | torch.Tensor) -> KVCache:
+        """Empty ``rows``: their next input is position 0 of a new sequence; returns self."""
+        self.lengths[torch.as_tensor(rows, dtype=torch.long)] = 0
+        return self
+
+
+@dataclass
+class _CacheStep:
+    """Where one forward call's T new positions go in the cache, computed once for all layers."""
+
+    start: int | None
+    """The shared first position when every row has the same length, else None."""
+    rows: torch.Tensor | None = None  # (B, 1) row index of each new entry
+    positions: torch.Tensor | None = None  # (B, T) cache position of each new entry
+    key_len: int = 0  # keys attended to: max(length) + T
+    mask: torch.Tensor | None = None  # (B, 1, T, key_len), True where a query may look
 
 
 def sinusoidal_encoding(max_len: int, d: int) -> torch.Tensor:
@@ -187,7 +225,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, step: _CacheStep | None = None
     ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
@@ -197,8 +235,8 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-        else:
-            start = cache.pos
+        elif step.start is not None:
+            start = step.start
             cache.k[layer, :, :, start : start + T] = k.to(cache.k.dtype)
             cache.v[layer, :, :, start : start + T] = v.to(cache.v.dtype)
             k_all = cache.k[layer, :, :, : start + T].to(q.dtype)  # (B, nh, start+T, hs)
@@ -211,6 +249,14 @@ class CausalSelfAttention(nn.Module):
                 query_pos = torch.arange(start, start + T, device=x.device)
                 mask = key_pos[None, :] <= query_pos[:, None]  # (T, start+T)
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, dropout_p=dropout_p)
+        else:
+            # Rows at different lengths: scatter each row's new entries at its own positions;
+            # the advanced indices (B, 1) and (B, T) put (B, T) first: (B, T, nh, hs).
+            cache.k[layer][step.rows, :, step.positions] = k.transpose(1, 2).to(cache.k.dtype)
+            cache.v[layer][step.rows, :, step.positions] = v.transpose(1, 2).to(cache.v.dtype)
+            k_all = cache.k[layer, :, :, : step.key_len].to(q.dtype)  # (B, nh, key_len, hs)
+            v_all = cache.v[layer, :, :, : step.key_len].to(q.dtype)
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=step.mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.out(y))
 
@@ -237,8 +283,10 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache, layer)
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, step: _CacheStep | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, layer, step)
         x = x + self.mlp(self.ln2(x))
         return x
 
@@ -285,7 +333,11 @@ class MatraTransformer(nn.Module):
         shape = (c.n_layer, batch_size, c.n_head, max_len, c.d_model // c.n_head)
         return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
-    def embed(self, tokens: torch.Tensor, values: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def embed(
+        self, tokens: torch.Tensor, values: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token or value embedding plus the position's encoding: positions ``start..start+T-1``,
+        or per row, ``positions`` (B, T)."""
         T = tokens.shape[1]
         is_num = tokens == self.config.num_id  # (B, T)
         x_tok = self.tok_emb(tokens)  # (B, T, C)
@@ -293,28 +345,50 @@ class MatraTransformer(nn.Module):
         v = torch.where(is_num, torch.nan_to_num(values.float(), nan=0.0), torch.zeros_like(values, dtype=torch.float32))
         x_num = self.gauss_emb(v).to(x_tok.dtype)  # (B, T, C)
         x = torch.where(is_num[..., None], x_num, x_tok)
-        return self.drop(x + self.pos_enc[start : start + T].to(x.dtype))  # (B, T, C)
+        pos_enc = self.pos_enc[start : start + T] if positions is None else self.pos_enc[positions]
+        return self.drop(x + pos_enc.to(x.dtype))  # (B, T, C)
 
     def forward(
         self, tokens: torch.Tensor, values: torch.Tensor, kv_cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         B, T = tokens.shape
-        start = kv_cache.pos if kv_cache is not None else 0
-        if start + T > self.config.max_len:
-            raise UsageError(f"{start + T} positions exceed the model's max_len {self.config.max_len}")
-        if kv_cache is not None and start + T > kv_cache.max_len:
-            raise UsageError(f"{start + T} positions exceed the KV cache length {kv_cache.max_len}")
-        x = self.embed(tokens, values, start)  # (B, T, C)
+        step = None
+        if kv_cache is None:
+            end = T
+        else:
+            if kv_cache.batch_size != B:
+                raise UsageError(f"KV cache has {kv_cache.batch_size} rows, the input {B}")
+            end = int(kv_cache.lengths.max()) + T if B else T
+        if end > self.config.max_len:
+            raise UsageError(f"{end} positions exceed the model's max_len {self.config.max_len}")
+        if kv_cache is not None and end > kv_cache.max_len:
+            raise UsageError(f"{end} positions exceed the KV cache length {kv_cache.max_len}")
+        if kv_cache is not None:
+            step = self._cache_step(kv_cache, T, end, tokens.device)
+        positions = step.positions if step is not None else None
+        x = self.embed(tokens, values, step.start if step is not None and step.start is not None else 0, positions)
         for layer, block in enumerate(self.blocks):
-            x = block(x, kv_cache, layer)
+            x = block(x, kv_cache, layer, step)
         x = self.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
         cont_pred = self.cont_head(x).squeeze(-1)  # (B, T)
         if self.config.cont_loss_scale == "log":
             cont_pred = symexp(cont_pred)
         if kv_cache is not None:
-            kv_cache.pos += T
+            kv_cache.lengths += T
         return logits, cont_pred
+
+    @staticmethod
+    def _cache_step(cache: KVCache, T: int, key_len: int, device: torch.device) -> _CacheStep:
+        if cache.uniform():
+            return _CacheStep(start=int(cache.lengths[0]) if cache.batch_size else 0)
+        lengths = cache.lengths.to(device)
+        offsets = torch.arange(T, device=device)
+        positions = lengths[:, None] + offsets[None, :]  # (B, T)
+        rows = torch.arange(cache.batch_size, device=device)[:, None]  # (B, 1)
+        # Query at position p of row b sees that row's keys 0..p, never a stale entry past it.
+        mask = torch.arange(key_len, device=device)[None, None, :] <= positions[:, :, None]  # (B, T, key_len)
+        return _CacheStep(start=None, rows=rows, positions=positions, key_len=key_len, mask=mask[:, None])
 
 
 @dataclass

@@ -10,16 +10,25 @@ periodic, so wrapping keeps the site where the model put it); lattice lengths an
 special position or of an earlier atom) is nudged by 1e-3 steps, else redrawn uniformly from
 the seeded generator.
 
-Determinism: one ``torch.Generator`` per call (seeded by the caller), one uniform draw per active
-row per step, in row order, on the CPU; the batch layout depends only on ``n`` and
-``batch_size``. The same seed gives bit-identical sequences in whichever process runs it (same
-device kind and thread count), and the same tokens with or without the KV cache (the two paths
+Determinism: every sequence draws from its own generator (numpy PCG64), seeded from one draw of
+the caller's ``torch.Generator`` and the sequence's index in the call, and consumed only by that
+sequence (one uniform per token, plus its value noise and redraws), on the CPU. A sequence's
+tokens thus depend only on the seed, its index and the model's outputs for its own prefix: not on
+the batch size, the slot it runs in, refill or compaction, or the process that runs the call. The
+same seed gives bit-identical sequences in whichever process runs it (same device kind and thread
+count), and the same tokens with or without the KV cache, with or without refill (the paths
 differ only by float rounding of the logits and values).
 
-Batching: rows are sampled in cohorts of ``batch_size``; finished rows leave the batch (the KV
-cache is compacted to the rows still running once an eighth of the batch has finished), so
-compute follows the live rows. Refilling a freed row with a new sequence would need per-row
-positions in the model's KV cache, which it does not have (every row sits at one position).
+Batching (``SamplerSettings.refill``, default on): ``batch_size`` slots; whenever a sequence
+finishes, its slot takes the next sequence at the next step (free slots in slot order take the
+sequences in index order), so the device keeps a full batch until the last sequences have
+started. The KV cache holds every row at its own length; a new sequence resets its row to
+position 0. Without refill (and always without the cache) sequences run in cohorts of
+``batch_size`` whose finished rows leave the batch and are not replaced. In both paths finished
+rows ride along until an eighth of the batch is finished, then the KV cache is compacted to the
+rows still running (refill: only once no sequence is left to start). ``SamplingStats`` reports
+the mean batch occupancy: the fraction of the ``min(batch_size, n)`` slots that hold a running
+sequence, per forward step.
 
 Length guard: a row still running after ``max_length`` tokens is cut and returned with
 ``complete=False``; callers count it as an invalid sequence.
@@ -48,7 +57,10 @@ class SamplerSettings:
     """Gaussian noise on continuous values, sigma = value_noise * T (0: deterministic, as in the
     paper)."""
     use_cache: bool = True
-    """False recomputes the whole prefix every step (the benchmark's baseline)."""
+    """False recomputes the whole prefix every step (the benchmark's baseline); implies cohorts."""
+    refill: bool = True
+    """A finished sequence's slot takes the next sequence (needs the KV cache); False: cohorts
+    whose finished rows are dropped, never replaced (the benchmark's baseline)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -69,14 +81,24 @@ class SampledSequence:
 
 @dataclass
 class SamplingStats:
-    """What a sampling call cost: forward calls and row-steps (batch rows x positions)."""
+    """What a sampling call cost: forward calls, row-steps (batch rows x positions) and how full
+    the batch was."""
 
     forward_calls: int = 0
     row_steps: int = 0
+    busy_row_steps: int = 0
+    """Rows holding a running sequence, summed over forward steps."""
+    occupancy_sum: float = 0.0
+    """Sum over forward steps of busy rows / ``min(batch_size, n)`` slots."""
     per_cohort_steps: list[int] = field(default_factory=list)
     record_steps: bool = False
-    """Also log (batch rows, input positions, forward seconds) per step (for benchmarks)."""
+    """Also log (batch rows, longest prefix, forward seconds) per step (for benchmarks)."""
     steps: list[tuple[int, int, float]] = field(default_factory=list)
+
+    @property
+    def mean_occupancy(self) -> float:
+        """Mean fraction of the batch's slots busy with a running sequence, per forward step."""
+        return self.occupancy_sum / self.forward_calls if self.forward_calls else 0.0
 
 
 def effective_max_length(model: torch.nn.Module, grammar, settings: SamplerSettings) -> int:
@@ -98,7 +120,7 @@ def sample_sequences(
     device: str | torch.device = "cpu",
     stats: SamplingStats | None = None,
 ) -> list[SampledSequence]:
-    """Sample ``n`` sequences at ``temperature``; row ``i`` is cohort ``i // batch_size``.
+    """Sample ``n`` sequences at ``temperature``, returned in index order.
 
     ``grammar`` carries the condition (stability prefix, elements, composition, groups,
     Wyckoff positions): its mask enforces it at every step.
@@ -111,84 +133,124 @@ def sample_sequences(
         raise UsageError("the sampling generator must live on the CPU (reproducible on any device)")
     model.eval()
     max_length = effective_max_length(model, grammar, settings)
-    out: list[SampledSequence] = []
-    for start in range(0, n, settings.batch_size):
-        rows = min(settings.batch_size, n - start)
-        out.extend(_sample_cohort(model, grammar, rows, temperature, generator, settings, max_length,
-                                  torch.device(device), stats))
-    return out
+    run = _Run(model, grammar, n, temperature, _base_seed(generator), settings, max_length, torch.device(device), stats)
+    if settings.refill and settings.use_cache:
+        _sample_refill(run)
+    else:
+        for start in range(0, n, settings.batch_size):
+            _sample_cohort(run, list(range(start, min(start + settings.batch_size, n))))
+    return [SampledSequence(run.tokens[i], run.values[i], run.complete[i]) for i in range(n)]
 
 
-def _sample_cohort(
-    model: torch.nn.Module,
-    grammar,
-    rows: int,
-    temperature: float,
-    generator: torch.Generator,
-    settings: SamplerSettings,
-    max_length: int,
-    device: torch.device,
-    stats: SamplingStats | None,
-) -> list[SampledSequence]:
-    num_id, bos_id, pad_id = model.config.num_id, model.config.bos_id, model.config.pad_id
-    dtype = next(model.parameters()).dtype
-    states = grammar.new_states(rows)
-    tokens: list[list[int]] = [[] for _ in range(rows)]
-    values: list[list[float]] = [[] for _ in range(rows)]
-    complete = [False] * rows
-    running = [True] * rows
-    slots = list(range(rows))  # cohort row held by each batch slot of the model input
+def _base_seed(generator: torch.Generator) -> int:
+    """One draw from the caller's generator: the entropy every sequence's own generator derives from."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator, dtype=torch.int64))
 
-    cache = model.new_kv_cache(rows, max_length, device, dtype) if settings.use_cache else None
+
+def sequence_rng(base_seed: int, index: int) -> np.random.Generator:
+    """Sequence ``index``'s own generator: its draws depend on nothing but (base seed, index) and
+    its own history, so neither batch composition, slot, refill nor rank can change them."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(base_seed, spawn_key=(index,))))
+
+
+class _Run:
+    """The sequences of one call: their grammar states, generators and what they have so far."""
+
+    def __init__(self, model, grammar, n: int, temperature: float, base_seed: int, settings: SamplerSettings,
+                 max_length: int, device: torch.device, stats: SamplingStats | None) -> None:
+        self.model, self.grammar, self.temperature, self.settings = model, grammar, temperature, settings
+        self.base_seed, self.max_length, self.device, self.stats = base_seed, max_length, device, stats
+        self.dtype = next(model.parameters()).dtype
+        self.tokens: list[list[int]] = [[] for _ in range(n)]
+        self.values: list[list[float]] = [[] for _ in range(n)]
+        self.complete = [False] * n
+        self.states: dict[int, object] = {}  # running sequences only
+        self.rngs: dict[int, np.random.Generator] = {}
+
+    def start(self, index: int) -> None:
+        self.states[index] = self.grammar.new_states(1)[0]
+        self.rngs[index] = sequence_rng(self.base_seed, index)
+
+    def forward(self, step_tokens, step_values, cache, busy: int, capacity: int):
+        started = time.perf_counter()
+        logits, cont = self.model(step_tokens, step_values, kv_cache=cache)
+        last_logits, last_cont = logits[:, -1, :], cont[:, -1]
+        last_cont_host = last_cont.double().cpu().numpy()  # (b,); waits for the device
+        if self.stats is not None:
+            s = self.stats
+            s.forward_calls += 1
+            s.row_steps += step_tokens.shape[0] * step_tokens.shape[1]
+            s.busy_row_steps += busy
+            s.occupancy_sum += busy / capacity
+            if s.record_steps:
+                s.steps.append((step_tokens.shape[0], step_tokens.shape[1] if cache is None else
+                                int(cache.lengths.max()), time.perf_counter() - started))
+        return last_logits, last_cont_host
+
+    def advance(self, seqs: list[int], last_logits: torch.Tensor, last_cont: np.ndarray) -> list[tuple[int, float, bool]]:
+        """Draw the next token (and value) of each sequence from its row of the model's output;
+        returns (token, value, still running) per sequence."""
+        grammar, settings, temperature = self.grammar, self.settings, self.temperature
+        allowed = torch.from_numpy(np.ascontiguousarray(grammar.masks([self.states[i] for i in seqs])))
+        u = torch.tensor([self.rngs[i].random() for i in seqs], dtype=torch.float64)
+        chosen = _draw_tokens(last_logits.float(), allowed.to(last_logits.device), temperature, u)
+        out = []
+        for k, i in enumerate(seqs):
+            state, rng = self.states[i], self.rngs[i]
+            token = int(chosen[k])
+            value = math.nan
+            if token == self.model.config.num_id:
+                lo, hi = grammar.value_range(state)
+                raw = float(last_cont[k])
+                if settings.value_noise > 0:
+                    raw += settings.value_noise * temperature * float(rng.standard_normal())
+                value = _into_range(raw, lo, hi, periodic=_is_coordinate(lo, hi))
+                value = _admissible_value(grammar, state, value, lo, hi, rng)
+            grammar.advance(state, token, value)
+            self.tokens[i].append(token)
+            self.values[i].append(value)
+            running = True
+            if grammar.is_complete(state):
+                self.complete[i], running = True, False
+            elif len(self.tokens[i]) >= self.max_length:
+                running = False  # cut by the length guard, left incomplete
+            if not running:
+                del self.states[i], self.rngs[i]
+            out.append((token, value, running))
+        return out
+
+
+def _sample_cohort(run: _Run, seqs: list[int]) -> None:
+    """The compaction path: one cohort, finished rows dropped from the batch, never replaced."""
+    device, config = run.device, run.model.config
+    rows = len(seqs)
+    capacity = min(run.settings.batch_size, len(run.tokens))
+    for i in seqs:
+        run.start(i)
+    slots = list(seqs)  # sequence held by each batch slot of the model input
+    running = set(seqs)
+    cache = run.model.new_kv_cache(rows, run.max_length, device, run.dtype) if run.settings.use_cache else None
     # Model input of every slot: the next position only (cache) or the whole prefix.
-    step_tokens = torch.full((rows, 1), bos_id, dtype=torch.long, device=device)
+    step_tokens = torch.full((rows, 1), config.bos_id, dtype=torch.long, device=device)
     step_values = torch.full((rows, 1), math.nan, dtype=torch.float32, device=device)
     steps = 0
     while True:
-        live = [j for j, r in enumerate(slots) if running[r]]  # slots still sampling, in row order
+        live = [j for j, i in enumerate(slots) if i in running]  # slots still sampling, in slot order
         if not live:
             break
-        started = time.perf_counter()
-        logits, cont = model(step_tokens, step_values, kv_cache=cache)
-        last_logits, last_cont = logits[:, -1, :], cont[:, -1]
+        last_logits, last_cont = run.forward(step_tokens, step_values, cache, len(live), capacity)
+        steps += 1
         if len(live) < len(slots):
             live_idx = torch.tensor(live, dtype=torch.long, device=device)
-            last_logits, last_cont = last_logits.index_select(0, live_idx), last_cont.index_select(0, live_idx)
-        last_cont = last_cont.double().cpu().numpy()  # (b,); waits for the device
-        if stats is not None:
-            stats.forward_calls += 1
-            stats.row_steps += step_tokens.shape[0] * step_tokens.shape[1]
-            if stats.record_steps:
-                stats.steps.append((step_tokens.shape[0], steps + 1, time.perf_counter() - started))
-        steps += 1
-        live_rows = [slots[j] for j in live]
-        allowed = torch.from_numpy(np.ascontiguousarray(grammar.masks([states[r] for r in live_rows]))).to(device)
-        chosen = _draw_tokens(last_logits.float(), allowed, temperature, generator)
-        noise = None
-        if settings.value_noise > 0:
-            noise = torch.randn(len(live), generator=generator, dtype=torch.float64).numpy()
-
-        next_tokens = np.full(len(slots), pad_id, dtype=np.int64)
+            last_logits, last_cont = last_logits.index_select(0, live_idx), last_cont[live]
+        live_seqs = [slots[j] for j in live]
+        next_tokens = np.full(len(slots), config.pad_id, dtype=np.int64)
         next_values = np.full(len(slots), math.nan)
-        for i, (j, r) in enumerate(zip(live, live_rows, strict=True)):
-            token = int(chosen[i])
-            value = math.nan
-            if token == num_id:
-                lo, hi = grammar.value_range(states[r])
-                raw = float(last_cont[i])
-                if noise is not None:
-                    raw += settings.value_noise * temperature * float(noise[i])
-                value = _into_range(raw, lo, hi, periodic=_is_coordinate(lo, hi))
-                value = _admissible_value(grammar, states[r], value, lo, hi, generator)
-            grammar.advance(states[r], token, value)
-            tokens[r].append(token)
-            values[r].append(value)
+        for j, i, (token, value, still) in zip(live, live_seqs, run.advance(live_seqs, last_logits, last_cont),
+                                               strict=True):
             next_tokens[j], next_values[j] = token, value
-            if grammar.is_complete(states[r]):
-                complete[r], running[r] = True, False
-            elif len(tokens[r]) >= max_length:
-                running[r] = False  # cut by the length guard, left incomplete
-
+            if not still:
+                running.discard(i)
         new_tokens = torch.from_numpy(next_tokens).to(device)[:, None]
         new_values = torch.from_numpy(next_values).to(device=device, dtype=torch.float32)[:, None]
         if cache is not None:
@@ -198,7 +260,7 @@ def _sample_cohort(
             step_values = torch.cat([step_values, new_values], dim=1)
         # Finished rows ride along (their outputs ignored) until an eighth of the batch is
         # finished: compacting the KV cache copies all of it, so not on every finished row.
-        keep = [j for j, r in enumerate(slots) if running[r]]
+        keep = [j for j, i in enumerate(slots) if i in running]
         if keep and len(slots) - len(keep) >= max(1, len(slots) // 8):
             keep_idx = torch.tensor(keep, dtype=torch.long, device=device)
             step_tokens = step_tokens.index_select(0, keep_idx)
@@ -206,22 +268,75 @@ def _sample_cohort(
             if cache is not None:
                 cache.select(keep_idx)
             slots = [slots[j] for j in keep]
-    if stats is not None:
-        stats.per_cohort_steps.append(steps)
-    return [SampledSequence(tokens[r], values[r], complete[r]) for r in range(rows)]
+    if run.stats is not None:
+        run.stats.per_cohort_steps.append(steps)
 
 
-def _draw_tokens(
-    logits: torch.Tensor, allowed: torch.Tensor, temperature: float, generator: torch.Generator
-) -> torch.Tensor:
-    """One token per row from softmax(logits / T) over the allowed tokens (inverse CDF)."""
+def _sample_refill(run: _Run) -> None:
+    """The refill path: a freed slot takes the next sequence at the next step.
+
+    Order of entry: at every step the free slots, in slot order, take the next sequences in index
+    order (sequence 0..B-1 fill slots 0..B-1 at step 0). Only once no sequence is left to start
+    do finished slots get compacted away, as in the cohort path.
+    """
+    device, config = run.device, run.model.config
+    n = len(run.tokens)
+    capacity = min(run.settings.batch_size, n)
+    if capacity == 0:
+        return
+    cache = run.model.new_kv_cache(capacity, run.max_length, device, run.dtype)
+    slots: list[int | None] = [None] * capacity  # sequence in each slot, None when free
+    next_tokens = np.full(capacity, config.pad_id, dtype=np.int64)
+    next_values = np.full(capacity, math.nan)
+    pending = 0
+    steps = 0
+    while True:
+        free = [j for j, i in enumerate(slots) if i is None]
+        for j in free:
+            if pending == n:
+                break
+            slots[j] = pending
+            run.start(pending)
+            next_tokens[j], next_values[j] = config.bos_id, math.nan
+            pending += 1
+        live = [j for j, i in enumerate(slots) if i is not None]
+        if not live:
+            break
+        if free:
+            # New sequences start at position 0; idle slots too, so they never run past the cache.
+            cache.reset(free)
+        step_tokens = torch.from_numpy(next_tokens).to(device)[:, None]
+        step_values = torch.from_numpy(next_values).to(device=device, dtype=torch.float32)[:, None]
+        last_logits, last_cont = run.forward(step_tokens, step_values, cache, len(live), capacity)
+        steps += 1
+        if len(live) < len(slots):
+            live_idx = torch.tensor(live, dtype=torch.long, device=device)
+            last_logits, last_cont = last_logits.index_select(0, live_idx), last_cont[live]
+        live_seqs = [slots[j] for j in live]
+        next_tokens[:], next_values[:] = config.pad_id, math.nan
+        for j, (token, value, still) in zip(live, run.advance(live_seqs, last_logits, last_cont), strict=True):
+            next_tokens[j], next_values[j] = token, value
+            if not still:
+                slots[j] = None
+        if pending == n:
+            keep = [j for j, i in enumerate(slots) if i is not None]
+            if keep and len(slots) - len(keep) >= max(1, len(slots) // 8):
+                cache.select(torch.tensor(keep, dtype=torch.long))
+                slots = [slots[j] for j in keep]
+                next_tokens, next_values = next_tokens[keep], next_values[keep]
+    if run.stats is not None:
+        run.stats.per_cohort_steps.append(steps)
+
+
+def _draw_tokens(logits: torch.Tensor, allowed: torch.Tensor, temperature: float, u: torch.Tensor) -> torch.Tensor:
+    """One token per row from softmax(logits / T) over the allowed tokens, by inverse CDF at the
+    row's uniform draw ``u`` (float64, on the CPU)."""
     if not bool(allowed.any(dim=1).all()):
         raise RuntimeError("the grammar allows no token for a running sequence")
     scaled = (logits.double() / temperature).masked_fill(~allowed, -math.inf)
     probs = torch.softmax(scaled, dim=1)  # (b, V); exactly 0 where not allowed
     cdf = torch.cumsum(probs, dim=1)
-    u = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64).to(logits.device)
-    target = (u * cdf[:, -1])[:, None]
+    target = (u.to(logits.device) * cdf[:, -1])[:, None]
     # First index whose cdf exceeds the target: never a disallowed token, whose probability is 0.
     chosen = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
     ok = allowed.gather(1, chosen[:, None]).squeeze(1)
@@ -239,7 +354,7 @@ MAX_NUDGES = 8
 MAX_REDRAWS = 64
 
 
-def _admissible_value(grammar, state, value: float, lo: float, hi: float, generator: torch.Generator) -> float:
+def _admissible_value(grammar, state, value: float, lo: float, hi: float, rng: np.random.Generator) -> float:
     """The model's value if the grammar allows it, else the nearest allowed nudge, else a redraw.
 
     Nudging keeps the model's choice to within a few thousandths (the bond check then judges the
@@ -254,7 +369,7 @@ def _admissible_value(grammar, state, value: float, lo: float, hi: float, genera
             if grammar.value_allowed(state, candidate):
                 return candidate
     for _ in range(MAX_REDRAWS):
-        u = float(torch.rand(1, generator=generator, dtype=torch.float64))
+        u = float(rng.random())
         candidate = _into_range(lo + (hi - lo) * u, lo, hi, periodic=periodic)
         if grammar.value_allowed(state, candidate):
             return candidate

@@ -84,6 +84,60 @@ def test_kv_cache_select_keeps_the_chosen_rows():
     torch.testing.assert_close(torch.cat(rest, 1), full_logits[keep, 6:], atol=1e-5, rtol=1e-4)
 
 
+def test_rows_at_their_own_lengths_with_resets_equal_full_forwards():
+    """Refilled rows: each row restarts at position 0 at its own step and must see only its own
+    sequence (stale entries of the row's previous sequence masked out), with its own positions."""
+    model = tiny()
+    vocab_size = model.config.vocab_size
+    # (row, step at which a sequence starts there, its length); rows restart mid-run
+    plan = [(0, 0, 9), (0, 9, 6), (1, 0, 4), (1, 4, 11), (2, 2, 5), (2, 7, 8)]
+    seqs = {(r, s): random_batch(1, n, vocab_size, seed=10 * r + s) for r, s, n in plan}
+    cache = model.new_kv_cache(3, 16, "cpu", torch.float32)
+    got: dict[tuple[int, int], list[torch.Tensor]] = {key: [] for key in seqs}
+    with torch.no_grad():
+        for step in range(16):
+            tokens = torch.zeros(3, 1, dtype=torch.long)
+            values = torch.full((3, 1), float("nan"))
+            where: dict[int, tuple[tuple[int, int], int]] = {}
+            for r, s, n in plan:
+                if s <= step < s + n:
+                    where[r] = ((r, s), step - s)
+            restart = [r for r, (key, t) in where.items() if t == 0]
+            idle = [r for r in range(3) if r not in where]
+            cache.reset(restart + idle)  # idle rows restart too, so they never run past the cache
+            for r, (key, t) in where.items():
+                tokens[r, 0] = seqs[key][0][0, t]
+                values[r, 0] = seqs[key][1][0, t]
+            if step == 2:
+                assert not cache.uniform()
+                with pytest.raises(UsageError):
+                    _ = cache.pos
+            logits, cont = model(tokens, values, kv_cache=cache)
+            for r, (key, _t) in where.items():
+                got[key].append(torch.cat([logits[r, 0], cont[r, 0:1]]))
+    for key, (tokens, values) in seqs.items():
+        full_logits, full_cont = model(tokens, values)
+        want = torch.cat([full_logits[0], full_cont[0][:, None]], dim=1)
+        torch.testing.assert_close(torch.stack(got[key]), want, atol=1e-5, rtol=1e-4)
+
+
+def test_kv_cache_prefill_at_different_row_lengths():
+    model = tiny()
+    tokens, values = random_batch(2, 10, model.config.vocab_size, seed=3)
+    with torch.no_grad():
+        full_logits, _ = model(tokens, values)
+        cache = model.new_kv_cache(2, 10, "cpu", torch.float32)
+        model(tokens[:, :3], values[:, :3], kv_cache=cache)
+        # row 1 restarts the same sequence from 0: prefill 4 positions in both rows at once
+        cache.reset([1])
+        both = torch.stack([tokens[0, 3:7], tokens[1, 0:4]])
+        both_values = torch.stack([values[0, 3:7], values[1, 0:4]])
+        logits, _ = model(both, both_values, kv_cache=cache)
+    assert cache.lengths.tolist() == [7, 4]
+    torch.testing.assert_close(logits[0], full_logits[0, 3:7], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits[1], full_logits[1, 0:4], atol=1e-5, rtol=1e-4)
+
+
 def test_positions_beyond_the_cache_or_max_len_are_refused():
     model = tiny()
     tokens, values = random_batch(1, 5, model.config.vocab_size)

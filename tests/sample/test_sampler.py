@@ -150,3 +150,101 @@ def test_bad_arguments_fail_before_sampling(tiny_model) -> None:
         SamplerSettings(batch_size=0)
     with pytest.raises(UsageError):
         SamplerSettings(value_noise=-1.0)
+
+
+# ---------------------------------------------------------------- refill: finished rows replaced
+
+
+def _exact(seqs) -> list[tuple]:
+    # repr keeps NaN comparable and every bit of the floats
+    return [(s.tokens, repr(s.values), s.complete) for s in seqs]
+
+
+def test_refill_output_is_bit_identical_across_runs(tiny_model) -> None:
+    grammar = Grammar()
+    a = _sample(tiny_model, grammar, 14, 1.2, seed=21, batch_size=4)
+    b = _sample(tiny_model, grammar, 14, 1.2, seed=21, batch_size=4)
+    assert _exact(a) == _exact(b)
+    assert all(s.complete for s in a)
+
+
+def test_refill_gives_the_sequences_of_the_cohort_and_no_cache_samplers(tiny_model) -> None:
+    """A sequence's draws come from its own generator: batch size, refill and the cache do not
+    change it (up to float rounding of the values)."""
+    grammar = Grammar()
+    refill_stats, cohort_stats = SamplingStats(), SamplingStats()
+    refill = sample_sequences(tiny_model, grammar, 14, 1.2, torch.Generator().manual_seed(21),
+                              SamplerSettings(batch_size=4), stats=refill_stats)
+    cohort = sample_sequences(tiny_model, grammar, 14, 1.2, torch.Generator().manual_seed(21),
+                              SamplerSettings(batch_size=4, refill=False), stats=cohort_stats)
+    no_cache = _sample(tiny_model, grammar, 14, 1.2, seed=21, batch_size=5, use_cache=False)
+    # refill really happened: one run of steps, fewer forward calls than four cohorts
+    assert len(refill_stats.per_cohort_steps) == 1 and len(cohort_stats.per_cohort_steps) == 4
+    assert refill_stats.forward_calls < cohort_stats.forward_calls
+    for other in (cohort, no_cache):
+        for a, b in zip(refill, other, strict=True):
+            assert a.tokens == b.tokens
+            assert a.values == pytest.approx(b.values, abs=1e-4, nan_ok=True)
+
+
+def test_refilled_sequences_replay_exactly_on_a_full_forward(tiny_model) -> None:
+    """KV cache with refill vs recompute: each sequence, replayed alone with a no-cache forward of
+    its whole prefix and its own generator, draws the same token at every step and the same value
+    at every <num>."""
+    from matra_hpc.sample.sampler import (
+        _admissible_value,
+        _base_seed,
+        _draw_tokens,
+        _into_range,
+        _is_coordinate,
+        sequence_rng,
+    )
+
+    grammar = Grammar()
+    model = tiny_model
+    temperature = 1.3
+    seqs = _sample(model, grammar, 10, temperature, seed=17, batch_size=3)
+    base = _base_seed(torch.Generator().manual_seed(17))
+    replayed_values = 0
+    for index, seq in enumerate(seqs):
+        rng = sequence_rng(base, index)
+        state = grammar.new_states(1)[0]
+        tokens = torch.tensor([[model.config.bos_id] + seq.tokens[:-1]])
+        values = torch.tensor([[math.nan] + seq.values[:-1]], dtype=torch.float32)
+        with torch.no_grad():
+            logits, cont = model(tokens, values)
+        for t, (token, value) in enumerate(zip(seq.tokens, seq.values, strict=True)):
+            allowed = torch.from_numpy(grammar.masks([state]))
+            u = torch.tensor([rng.random()], dtype=torch.float64)
+            assert int(_draw_tokens(logits[0, t : t + 1].float(), allowed, temperature, u)[0]) == token
+            if token == model.config.num_id:
+                lo, hi = grammar.value_range(state)
+                raw = _into_range(float(cont[0, t]), lo, hi, periodic=_is_coordinate(lo, hi))
+                assert _admissible_value(grammar, state, raw, lo, hi, rng) == pytest.approx(value, abs=1e-4)
+                replayed_values += 1
+            grammar.advance(state, token, value)
+        assert grammar.is_complete(state) == seq.complete
+    assert replayed_values > 0
+
+
+def test_refill_keeps_the_batch_busier_than_cohorts(tiny_model) -> None:
+    grammar = Grammar()
+    occupancy = {}
+    for refill in (True, False):
+        stats = SamplingStats()
+        sample_sequences(tiny_model, grammar, 32, 1.0, torch.Generator().manual_seed(2),
+                         SamplerSettings(batch_size=8, refill=refill), stats=stats)
+        assert 0.0 < stats.mean_occupancy <= 1.0
+        occupancy[refill] = stats.mean_occupancy
+    assert occupancy[True] > occupancy[False]
+
+
+def test_refill_with_the_length_guard_cuts_and_refills(hostile_model) -> None:
+    stats = SamplingStats()
+    seqs = sample_sequences(hostile_model, Grammar(), 12, 1.3, torch.Generator().manual_seed(4),
+                            SamplerSettings(batch_size=4, max_length=20), stats=stats)
+    cut = [s for s in seqs if not s.complete]
+    assert cut and all(len(s.tokens) == 20 for s in cut)
+    for seq in seqs:
+        if seq.complete:
+            assert Grammar().accepts(TokenSequence(tokens=seq.tokens, values=seq.values))
