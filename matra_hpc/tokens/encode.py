@@ -196,7 +196,10 @@ _SNAP = 1e-8  # a free value this close below 1 is the point 0
 
 
 def _compare_values(a, b) -> int:
-    """Lexicographic comparison of two float sequences, equal within ``_TOL``."""
+    """Lexicographic comparison of two float sequences, equal within ``_TOL``.
+
+    Callers pass Python float lists: element access on numpy arrays costs more than the
+    comparison itself."""
     for x, y in zip(a, b, strict=True):
         if abs(x - y) > _TOL * max(1.0, abs(x)):
             return -1 if x < y else 1
@@ -204,27 +207,31 @@ def _compare_values(a, b) -> int:
 
 
 @functools.cache
-def _reader(group: int, letter_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _reader(
+    group: int, letter_index: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Representative expression (rotation, translation) and how to read free values from it."""
     ops = position_ops(group)[letter_index]
     rep = ops.ops[0]
     rows = np.asarray(ops.read_rows, dtype=int)
-    return rep[:, :3].T.copy(), rep[:, 3].copy(), rows, np.asarray(ops.read_signs) * 1.0
+    translation = rep[:, 3].copy()
+    return rep[:, :3].T.copy(), translation, rows, np.asarray(ops.read_signs) * 1.0, translation[rows]
 
 
-def _free_values(group: int, letter_index: int, points: np.ndarray) -> np.ndarray:
+def _free_values(group: int, letter_index: int, points: np.ndarray) -> list[float]:
     """Smallest free-value tuple among orbit points on the representative expression."""
-    rotation_t, translation, rows, signs = _reader(group, letter_index)
+    rotation_t, translation, rows, signs, read_translation = _reader(group, letter_index)
     diff = points @ rotation_t + translation - points
     fit = np.abs(diff - np.rint(diff)).max(axis=1) < 1e-4
     if not fit.any():
         raise EncodeError("symmetry_failed", "no atom of the orbit lies on its representative expression")
     if not len(rows):
-        return np.empty(0)
-    values = np.mod(signs * (points[fit][:, rows] - translation[rows]), 1.0)
+        return []
+    values = np.mod(signs * (points[fit][:, rows] - read_translation), 1.0)
     values[values > 1.0 - _SNAP] = 0.0
-    best = values[0]
-    for row in values[1:]:
+    rows_as_lists = values.tolist()
+    best = rows_as_lists[0]
+    for row in rows_as_lists[1:]:
         if _compare_values(row, best) < 0:
             best = row
     return best
@@ -257,15 +264,18 @@ _MAX_PASSES = 4
 
 
 def _same_description(a: Description, b: Description, tol: float = 1e-6) -> bool:
+    # Plain float arithmetic: the same IEEE operations as numpy's, without its per-call cost.
     if a.group != b.group or len(a.sites) != len(b.sites):
         return False
     for x, y in zip(a.sites, b.sites, strict=True):
         if (x.letter_index, x.z) != (y.letter_index, y.z):
             return False
-        d = np.abs(np.subtract(x.free, y.free))
-        if np.any(np.minimum(d, 1.0 - d) > tol):
-            return False
-    return bool(np.allclose(a.lattice, b.lattice, rtol=tol, atol=0.0))
+        for u, v in zip(x.free, y.free, strict=True):
+            d = abs(u - v)
+            if min(d, 1.0 - d) > tol:
+                return False
+    # np.allclose(rtol=tol, atol=0): |a - b| <= tol * |b|, False for NaN.
+    return all(abs(u - v) <= tol * abs(v) for u, v in zip(a.lattice, b.lattice, strict=True))
 
 
 def _describe_cell(
@@ -421,12 +431,13 @@ def _canonical(group: int, frames) -> Description:
             mapped = [(letter_index[letter_map[table[li].letter]], z, idx) for li, z, idx in orbits]
             alternatives.append((sorted((li, z) for li, z, _ in mapped), metric, positions, op, mapped))
     best_discrete = min(a[0] for a in alternatives)
+    inverses = _normalizer_inverses(group)
     best = None
     for discrete, metric, positions, op, mapped in alternatives:
         if discrete != best_discrete:
             continue
         moved = positions @ op[:, :3].T + op[:, 3]
-        inverse = np.linalg.inv(op[:, :3])
+        inverse = inverses[_op_key(op)]
         lattice = lattice_values(inverse.T @ metric @ inverse, group)
         shifts = [None]
         if polar:
@@ -440,18 +451,26 @@ def _canonical(group: int, frames) -> Description:
             pts = np.mod(pts, 1.0)
             sites = [(li, z, _free_values(group, li, pts[idx])) for li, z, idx in mapped]
             sites.sort(key=functools.cmp_to_key(_compare_sites))
-            candidate = (np.concatenate([s[2] for s in sites]), lattice, sites)
+            candidate = ([v for s in sites for v in s[2]], lattice, sites)
             if best is None or _compare_candidates(candidate, best) < 0:
                 best = candidate
     assert best is not None
     _, lattice, sites = best
     return Description(
         group=group,
-        sites=tuple(
-            Site(li, table[li].letter, z, tuple(float(v) for v in values)) for li, z, values in sites
-        ),
+        sites=tuple(Site(li, table[li].letter, z, tuple(values)) for li, z, values in sites),
         lattice=tuple(lattice),
     )
+
+
+def _op_key(op: np.ndarray) -> bytes:
+    return op[:, :3].tobytes()
+
+
+@functools.cache
+def _normalizer_inverses(group: int) -> dict[bytes, np.ndarray]:
+    """Inverse rotation part of each normaliser coset representative, by its bytes."""
+    return {_op_key(op): np.linalg.inv(op[:, :3]) for op in group_setting(group).normalizer}
 
 
 def _compare_sites(a, b) -> int:
