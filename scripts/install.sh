@@ -7,6 +7,14 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
+if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+  echo "[install] matra-hpc needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1
+fi
+# Debian's python3 ships venv/ensurepip in a separate package.
+if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "[install] apt-get install python3-venv"
+  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[install] creating .venv"
   "$PY" -m venv .venv
