@@ -9,4 +9,4 @@ if [ -f scripts/slurm-up.sh ]; then
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 .venv/bin/python -m ruff check matra_hpc tests benchmarks
-.venv/bin/python -m pytest tests "$@"
+.venv/bin/python -m pytest tests --durations=10 "$@"
