@@ -171,10 +171,15 @@ class _Run:
         self.states[index] = self.grammar.new_states(1)[0]
         self.rngs[index] = sequence_rng(self.base_seed, index)
 
-    def forward(self, step_tokens, step_values, cache, busy: int, capacity: int):
+    def forward(self, step_tokens, step_values, cache, live: list[int], capacity: int):
+        """One model step over every slot; returns the last position's outputs of the live slots."""
         started = time.perf_counter()
+        busy = len(live)
         logits, cont = self.model(step_tokens, step_values, kv_cache=cache)
         last_logits, last_cont = logits[:, -1, :], cont[:, -1]
+        if busy < step_tokens.shape[0]:  # idle slots ran too (fixed batch layout): drop their outputs
+            live_idx = torch.tensor(live, dtype=torch.long, device=last_logits.device)
+            last_logits, last_cont = last_logits.index_select(0, live_idx), last_cont.index_select(0, live_idx)
         last_cont_host = last_cont.double().cpu().numpy()  # (b,); waits for the device
         if self.stats is not None:
             s = self.stats
@@ -238,11 +243,8 @@ def _sample_cohort(run: _Run, seqs: list[int]) -> None:
         live = [j for j, i in enumerate(slots) if i in running]  # slots still sampling, in slot order
         if not live:
             break
-        last_logits, last_cont = run.forward(step_tokens, step_values, cache, len(live), capacity)
+        last_logits, last_cont = run.forward(step_tokens, step_values, cache, live, capacity)
         steps += 1
-        if len(live) < len(slots):
-            live_idx = torch.tensor(live, dtype=torch.long, device=device)
-            last_logits, last_cont = last_logits.index_select(0, live_idx), last_cont[live]
         live_seqs = [slots[j] for j in live]
         next_tokens = np.full(len(slots), config.pad_id, dtype=np.int64)
         next_values = np.full(len(slots), math.nan)
@@ -307,11 +309,8 @@ def _sample_refill(run: _Run) -> None:
             cache.reset(free)
         step_tokens = torch.from_numpy(next_tokens).to(device)[:, None]
         step_values = torch.from_numpy(next_values).to(device=device, dtype=torch.float32)[:, None]
-        last_logits, last_cont = run.forward(step_tokens, step_values, cache, len(live), capacity)
+        last_logits, last_cont = run.forward(step_tokens, step_values, cache, live, capacity)
         steps += 1
-        if len(live) < len(slots):
-            live_idx = torch.tensor(live, dtype=torch.long, device=device)
-            last_logits, last_cont = last_logits.index_select(0, live_idx), last_cont[live]
         live_seqs = [slots[j] for j in live]
         next_tokens[:], next_values[:] = config.pad_id, math.nan
         for j, (token, value, still) in zip(live, run.advance(live_seqs, last_logits, last_cont), strict=True):
