@@ -37,15 +37,17 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from matra_hpc.errors import CheckpointError, UsageError
+from matra_hpc.model.slots import ANGLE, COORD, LENGTH, N_KINDS, NONE, VALUE_KINDS, sequence_slot_kinds
 
 # Ids pinned by docs/contracts.md section A.
 PAD_ID = 0
@@ -55,6 +57,9 @@ NUM_ID = 3
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
+CHECKPOINT_FORMAT = "matra-hpc/checkpoint/2"
+"""``meta.json["format"]``. Version 2 (typed value slots and the mixture head) is the first to
+record it; checkpoints without it, or with another, are refused (docs/contracts.md)."""
 
 
 @dataclass
@@ -88,6 +93,27 @@ class ModelConfig:
     10 A length is 100x weaker than for a coordinate, and the head was seen not to learn
     lengths at all); ``absolute``: plain MSE in the values' own units, where angle errors of
     degrees would swamp coordinate errors of hundredths."""
+    slot_kinds: bool = False
+    """Typed value slots: a learned embedding of the kind of the *next* slot (none, coordinate,
+    length, angle; ``model/slots.py``) is added to every position's input, so the model knows
+    what it predicts (the paper's model does not: False)."""
+    value_head: str = "regression"
+    """``regression`` (paper): one number per position, trained with the MSE of
+    ``cont_loss_scale`` and taken as is by the sampler. ``mixture``: per kind, a mixture of
+    ``n_mix`` components in a normalised space (coordinates: von Mises over the period;
+    lengths: Gaussians over log length; angles: Gaussians over degrees), trained by negative
+    log-likelihood and *sampled* at the temperature (see ``ValueMixture``)."""
+    n_mix: int = 8
+    """Components per kind of the mixture head."""
+    length_log_loc: float = 1.9
+    length_log_scale: float = 0.5
+    """Lengths enter the mixture head as (ln(a / 1 A) - loc) / scale (demo set: 1.93, 0.47)."""
+    angle_loc: float = 90.0
+    angle_scale: float = 20.0
+    """Angles enter the mixture head as (degrees - loc) / scale."""
+    value_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Weights of the value loss of coordinates, lengths and angles (the loss is the weighted
+    mean over the values of a batch)."""
     pad_id: int = PAD_ID
     bos_id: int = BOS_ID
     num_id: int = NUM_ID
@@ -96,6 +122,13 @@ class ModelConfig:
         # JSON and YAML give lists; keep tuples so configs compare equal after a round trip.
         self.gauss_lin_range = tuple(float(x) for x in self.gauss_lin_range)
         self.gauss_log_range = tuple(float(x) for x in self.gauss_log_range)
+        self.value_loss_weights = tuple(float(x) for x in self.value_loss_weights)
+        if self.value_head not in ("regression", "mixture"):
+            raise UsageError(f"value_head must be regression or mixture, not {self.value_head!r}")
+        if self.n_mix < 1 or len(self.value_loss_weights) != 3 or min(self.value_loss_weights) < 0:
+            raise UsageError("n_mix must be >= 1 and value_loss_weights three numbers >= 0")
+        if self.length_log_scale <= 0 or self.angle_scale <= 0:
+            raise UsageError("length_log_scale and angle_scale must be positive")
         if self.d_model % self.n_head:
             raise UsageError(f"d_model={self.d_model} is not a multiple of n_head={self.n_head}")
         if self.cont_loss_scale not in ("log", "relative", "absolute"):
@@ -107,6 +140,7 @@ class ModelConfig:
         out = asdict(self)
         out["gauss_lin_range"] = list(self.gauss_lin_range)
         out["gauss_log_range"] = list(self.gauss_log_range)
+        out["value_loss_weights"] = list(self.value_loss_weights)
         return out
 
     @classmethod
@@ -302,8 +336,13 @@ class MatraTransformer(nn.Module):
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.d_model)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size)
-        self.cont_head = nn.Linear(config.d_model, 1)
+        self.kind_emb = nn.Embedding(N_KINDS, config.d_model) if config.slot_kinds else None
+        self.mixture = ValueMixture(config) if config.value_head == "mixture" else None
+        self.cont_head = nn.Linear(config.d_model, 1 if self.mixture is None else self.mixture.n_params)
         self.apply(self._init_weights)
+        if self.mixture is not None:
+            with torch.no_grad():
+                self.cont_head.bias.copy_(self.mixture.initial_bias())
         # Scaled init of the projections that feed the residual stream (GPT-2), so the stream's
         # variance does not grow with depth.
         for name, p in self.named_parameters():
@@ -334,10 +373,15 @@ class MatraTransformer(nn.Module):
         return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
     def embed(
-        self, tokens: torch.Tensor, values: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        values: torch.Tensor,
+        start: int = 0,
+        positions: torch.Tensor | None = None,
+        kinds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token or value embedding plus the position's encoding: positions ``start..start+T-1``,
-        or per row, ``positions`` (B, T)."""
+        or per row, ``positions`` (B, T); plus the next slot's kind embedding (``slot_kinds``)."""
         T = tokens.shape[1]
         is_num = tokens == self.config.num_id  # (B, T)
         x_tok = self.tok_emb(tokens)  # (B, T, C)
@@ -346,12 +390,31 @@ class MatraTransformer(nn.Module):
         x_num = self.gauss_emb(v).to(x_tok.dtype)  # (B, T, C)
         x = torch.where(is_num[..., None], x_num, x_tok)
         pos_enc = self.pos_enc[start : start + T] if positions is None else self.pos_enc[positions]
-        return self.drop(x + pos_enc.to(x.dtype))  # (B, T, C)
+        x = x + pos_enc.to(x.dtype)
+        if self.kind_emb is not None:
+            x = x + self.kind_emb(kinds.to(device=tokens.device, dtype=torch.long)).to(x.dtype)
+        return self.drop(x)  # (B, T, C)
 
     def forward(
-        self, tokens: torch.Tensor, values: torch.Tensor, kv_cache: KVCache | None = None
+        self,
+        tokens: torch.Tensor,
+        values: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        kinds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits[B, T, V], cont[B, T])`` for the regression head, ``cont[B, T, P]`` (the
+        mixture's parameters, see ``ValueMixture``) for the mixture head.
+
+        ``kinds`` (B, T): the kind of the slot that *follows* each input position
+        (``model/slots.py``); only read when ``config.slot_kinds``. When None it is derived from
+        the tokens, which is exact only if the last position is not followed by a value (true of
+        training batches, whose last target is ``<end>`` or padding); the sampler passes it.
+        """
         B, T = tokens.shape
+        if self.kind_emb is not None and kinds is None:
+            if kv_cache is not None:
+                raise UsageError("slot_kinds models need the kinds of the next slots when decoding with a cache")
+            kinds = input_slot_kinds(tokens)
         step = None
         if kv_cache is None:
             end = T
@@ -366,14 +429,18 @@ class MatraTransformer(nn.Module):
         if kv_cache is not None:
             step = self._cache_step(kv_cache, T, end, tokens.device)
         positions = step.positions if step is not None else None
-        x = self.embed(tokens, values, step.start if step is not None and step.start is not None else 0, positions)
+        x = self.embed(tokens, values, step.start if step is not None and step.start is not None else 0, positions,
+                       kinds)
         for layer, block in enumerate(self.blocks):
             x = block(x, kv_cache, layer, step)
         x = self.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
-        cont_pred = self.cont_head(x).squeeze(-1)  # (B, T)
-        if self.config.cont_loss_scale == "log":
-            cont_pred = symexp(cont_pred)
+        if self.mixture is not None:
+            cont_pred = self.cont_head(x).float()  # (B, T, P): float32 even under autocast
+        else:
+            cont_pred = self.cont_head(x).squeeze(-1)  # (B, T)
+            if self.config.cont_loss_scale == "log":
+                cont_pred = symexp(cont_pred)
         if kv_cache is not None:
             kv_cache.lengths += T
         return logits, cont_pred
@@ -398,7 +465,12 @@ class LossParts:
     ce_sum: torch.Tensor
     n_tokens: int
     mse_sum: torch.Tensor
+    """Weighted sum of the value loss (squared error of the regression head, negative
+    log-likelihood of the mixture head) over the ``<num>`` targets."""
     n_values: int
+    kind_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    """Unweighted value loss summed per kind (coordinate, length, angle), for the metrics."""
+    kind_counts: list[int] = field(default_factory=lambda: [0, 0, 0])
 
 
 def symlog(v: torch.Tensor) -> torch.Tensor:
@@ -411,18 +483,148 @@ def symexp(h: torch.Tensor) -> torch.Tensor:
     return torch.sign(h) * torch.expm1(h.abs().clamp(max=12.0))
 
 
+def input_slot_kinds(tokens: torch.Tensor) -> torch.Tensor:
+    """Next-slot kinds of model inputs ``<bos> + seq[:-1]`` (B, T): the kinds of ``seq[0..T-2]``,
+    then NONE for the last position (whose target is not a value in a training batch)."""
+    targets = tokens[:, 1:].detach().cpu().numpy()
+    kinds = np.zeros(tuple(tokens.shape), dtype=np.int64)
+    kinds[:, :-1] = sequence_slot_kinds(targets)
+    return torch.from_numpy(kinds).to(tokens.device)
+
+
+def target_slot_kinds(target_tokens: torch.Tensor) -> torch.Tensor:
+    """Kinds of the targets (B, T): the model input ``kinds`` of a training batch."""
+    kinds = sequence_slot_kinds(target_tokens.detach().cpu().numpy()).astype(np.int64)
+    return torch.from_numpy(kinds).to(target_tokens.device)
+
+
+class ValueMixture:
+    """The mixture head: per kind, ``n_mix`` weighted components in a normalised space.
+
+    Parameters per position: for each kind (coordinate, length, angle) ``n_mix`` logits, then
+    ``n_mix`` locations, then ``n_mix`` log-scales (``n_params = 9 * n_mix``); the slot's kind
+    selects its block. Spaces: a coordinate x is the angle 2 pi x, each component a von Mises
+    of mean 2 pi loc and concentration exp(log-scale): periodic, so 0.98 and 0.02 are close and
+    several candidate positions stay apart instead of being averaged. A length a is
+    z = (ln a - length_log_loc) / length_log_scale and an angle z = (deg - angle_loc) /
+    angle_scale, each component a Gaussian of mean loc and standard deviation exp(log-scale).
+
+    Sampling at temperature T tempers every part alike: component weights ``w^(1/T)``,
+    von Mises concentration ``kappa / T``, Gaussian deviation ``sigma * sqrt(T)`` (each the
+    component density raised to 1/T). The point value (metrics) is the location of the
+    heaviest component.
+    """
+
+    LOG_KAPPA = (-3.0, 10.0)
+    LOG_SIGMA = (-7.0, 3.0)
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.k = config.n_mix
+        self.n_params = 9 * self.k
+        self.length_loc, self.length_scale = config.length_log_loc, config.length_log_scale
+        self.angle_loc, self.angle_scale = config.angle_loc, config.angle_scale
+
+    def initial_bias(self) -> torch.Tensor:
+        """Components spread over each kind's range at the start, so they do not all chase the
+        same mode: coordinates at k / n_mix with kappa 8, lengths and angles over -1.5..1.5."""
+        k = self.k
+        bias = torch.zeros(3, 3, k)
+        bias[0, 1] = torch.arange(k) / k
+        bias[0, 2] = math.log(8.0)
+        spread = torch.linspace(-1.5, 1.5, k) if k > 1 else torch.zeros(1)
+        bias[1:, 1] = spread
+        bias[1:, 2] = math.log(0.5)
+        return bias.reshape(-1)
+
+    def select(self, params: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """(..., 9K) parameters and (...) kinds -> (..., 3, K): the block of each slot's kind."""
+        blocks = params.reshape(*params.shape[:-1], 3, 3, self.k)
+        index = (kinds.long() - 1).clamp(min=0, max=2)
+        index = index[..., None, None, None].expand(*kinds.shape, 1, 3, self.k)
+        return blocks.gather(-3, index).squeeze(-3)
+
+    def normalise(self, values: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """Values in the head's space: coordinates as they are, lengths and angles as z."""
+        safe_len = torch.where(kinds == LENGTH, values, torch.ones_like(values)).clamp(min=1e-6)
+        z_len = (torch.log(safe_len) - self.length_loc) / self.length_scale
+        z_ang = (values - self.angle_loc) / self.angle_scale
+        return torch.where(kinds == LENGTH, z_len, torch.where(kinds == ANGLE, z_ang, values))
+
+    def nll(self, params: torch.Tensor, values: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of each value (0 where the kind is NONE), float32.
+
+        Coordinates: log density over x in [0, 1) is kappa (cos(2 pi (x - loc)) - 1) -
+        ln(i0e(kappa)), with i0e the exponentially scaled Bessel function (no overflow).
+        Lengths and angles: Gaussian log density in z.
+        """
+        block = self.select(params.float(), kinds)
+        log_w = torch.log_softmax(block[..., 0, :], dim=-1)
+        loc, log_scale = block[..., 1, :], block[..., 2, :]
+        v = torch.nan_to_num(values.float(), nan=0.0)
+        z = self.normalise(v, kinds)[..., None]
+        log_kappa = log_scale.clamp(*self.LOG_KAPPA)
+        kappa = log_kappa.exp()
+        lp_coord = kappa * (torch.cos(2 * math.pi * (z - loc)) - 1.0) - torch.log(torch.special.i0e(kappa))
+        log_sigma = log_scale.clamp(*self.LOG_SIGMA)
+        lp_gauss = -0.5 * ((z - loc) * torch.exp(-log_sigma)) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
+        lp = torch.where((kinds == COORD)[..., None], lp_coord, lp_gauss)
+        nll = -torch.logsumexp(log_w + lp, dim=-1)
+        return torch.where(kinds > NONE, nll, torch.zeros_like(nll))
+
+    def point(self, params: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """The location of the heaviest component, in the values' units (NaN where NONE)."""
+        block = self.select(params.float(), kinds)
+        top = block[..., 0, :].argmax(dim=-1, keepdim=True)
+        loc = block[..., 1, :].gather(-1, top).squeeze(-1)
+        out = torch.where(kinds == COORD, torch.remainder(loc, 1.0),
+                          torch.where(kinds == LENGTH, torch.exp(loc * self.length_scale + self.length_loc),
+                                      loc * self.angle_scale + self.angle_loc))
+        return torch.where(kinds > NONE, out, torch.full_like(out, math.nan))
+
+    def sample(self, params: np.ndarray, kind: int, temperature: float, rng: np.random.Generator) -> float:
+        """One value of ``kind`` from a position's parameters (P,) at ``temperature``: one uniform
+        picks the component, then one von Mises or normal draw, all from ``rng``."""
+        k = self.k
+        block = np.asarray(params, dtype=np.float64).reshape(3, 3, k)[kind - 1]
+        logits = block[0] / temperature
+        w = np.exp(logits - logits.max())
+        cdf = np.cumsum(w)
+        c = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), k - 1)
+        loc = float(block[1, c])
+        if kind == COORD:
+            kappa = math.exp(min(max(float(block[2, c]), self.LOG_KAPPA[0]), self.LOG_KAPPA[1])) / temperature
+            theta = float(rng.vonmises(2 * math.pi * loc, kappa))
+            return (theta / (2 * math.pi)) % 1.0
+        sigma = math.exp(min(max(float(block[2, c]), self.LOG_SIGMA[0]), self.LOG_SIGMA[1])) * math.sqrt(temperature)
+        z = loc + sigma * float(rng.standard_normal())
+        if kind == LENGTH:
+            return math.exp(min(z * self.length_scale + self.length_loc, 700.0))
+        return z * self.angle_scale + self.angle_loc
+
+
+def point_values(model: MatraTransformer, cont: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    """The model's single value per slot (B, T), in the values' units: the regression output,
+    or the heaviest mixture component's location."""
+    if model.mixture is None:
+        return cont.float()
+    return model.mixture.point(cont, kinds.to(cont.device))
+
+
 def loss_sums(
     logits: torch.Tensor,
     cont_pred: torch.Tensor,
     target_tokens: torch.Tensor,
     target_values: torch.Tensor,
     config: ModelConfig,
+    kinds: torch.Tensor | None = None,
 ) -> LossParts:
-    """Summed CE over non-pad targets and summed squared error where the target is ``<num>``.
+    """Summed CE over non-pad targets and summed value loss where the target is ``<num>``.
 
-    ``target_tokens``/``target_values`` are the inputs shifted left by one (B, T); the caller
-    divides by the global counts, which keeps a batch split over ranks or micro-batches exactly
-    equal to the whole batch.
+    ``target_tokens``/``target_values`` are the inputs shifted left by one (B, T); ``kinds``
+    the targets' slot kinds (derived from ``target_tokens`` when None). The caller divides by
+    the global counts, which keeps a batch split over ranks or micro-batches exactly equal to
+    the whole batch. The value loss of a ``<num>`` target is weighted by its kind's
+    ``value_loss_weights``.
     """
     valid = target_tokens != config.pad_id  # (B, T)
     ce = F.cross_entropy(
@@ -430,20 +632,47 @@ def loss_sums(
     ).view_as(target_tokens)
     ce_sum = (ce * valid).sum()
     is_num = target_tokens == config.num_id
+    if kinds is None:
+        kinds = target_slot_kinds(target_tokens)
+    kinds = torch.where(is_num, kinds.to(target_tokens.device).long(), 0)
     target = torch.nan_to_num(target_values.float(), nan=0.0)
-    if config.cont_loss_scale == "log":
-        err = torch.where(is_num, symlog(cont_pred.float()) - symlog(target), 0.0)
+    if config.value_head == "mixture":
+        # only the <num> targets: a third of the positions, and no NaN from the others
+        per_value = torch.zeros_like(target)
+        per_value[is_num] = ValueMixture(config).nll(cont_pred[is_num], target[is_num], kinds[is_num])
     else:
-        err = torch.where(is_num, cont_pred.float() - target, 0.0)
-    if config.cont_loss_scale == "relative":
-        err = err / target.abs().clamp(min=1.0)
-    mse_sum = (err**2).sum()
-    return LossParts(ce_sum, int(valid.sum()), mse_sum, int(is_num.sum()))
+        if config.cont_loss_scale == "log":
+            err = torch.where(is_num, symlog(cont_pred.float()) - symlog(target), 0.0)
+        else:
+            err = torch.where(is_num, cont_pred.float() - target, 0.0)
+        if config.cont_loss_scale == "relative":
+            err = err / target.abs().clamp(min=1.0)
+        per_value = err**2
+    # a <num> the layout cannot place (no space group before it) keeps weight 1: the regression
+    # head needs no kind; the mixture head gives it no loss
+    weights = torch.tensor((1.0, *config.value_loss_weights), device=per_value.device)[kinds]
+    weights = torch.where(is_num, weights, 0.0)
+    mse_sum = (per_value * weights).sum()
+    detached = per_value.detach()
+    kind_sums = [float(detached[kinds == k].sum()) for k in VALUE_KINDS]
+    kind_counts = [int((kinds == k).sum()) for k in VALUE_KINDS]
+    return LossParts(ce_sum, int(valid.sum()), mse_sum, int(is_num.sum()), kind_sums, kind_counts)
 
 
 def combine_loss(parts: LossParts, n_tokens: int, n_values: int, config: ModelConfig) -> torch.Tensor:
-    """CE per token + w * MSE per value, normalised by the (global) counts given."""
+    """CE per token + w * value loss per value, normalised by the (global) counts given."""
     return parts.ce_sum / max(n_tokens, 1) + config.cont_loss_weight * parts.mse_sum / max(n_values, 1)
+
+
+def check_checkpoint_format(meta: dict[str, Any], path: str | Path) -> None:
+    """CheckpointError unless ``meta`` is of this version's checkpoint format."""
+    found = meta.get("format")
+    if found != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} is of format {found or '1 (no format recorded)'}, this matra-hpc reads "
+            f"{CHECKPOINT_FORMAT} (value heads changed: typed value slots and the mixture head); "
+            "train a new model with this version"
+        )
 
 
 def load_model(
@@ -467,6 +696,7 @@ def load_model(
         path = find_model_dir(path)
     try:
         meta = json.loads((path / META_FILE).read_text())
+        check_checkpoint_format(meta, path)
         config = ModelConfig.from_dict(meta["model_config"])
         state = load_file(str(path / WEIGHTS_FILE), device=str(device))
     except (OSError, ValueError, KeyError) as exc:

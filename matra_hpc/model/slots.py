@@ -1,0 +1,103 @@
+"""The kind of every continuous slot of a token sequence: free coordinate, lattice length, angle.
+
+A ``<num>`` token carries one of three kinds of value (docs/contracts.md section A): a free
+coordinate of a Wyckoff site (fractional, periodic, in [0, 1)), a lattice length (Angstrom) or a
+lattice angle (degrees). Which one is fixed by the layout: the ``n_free`` values after a Wyckoff
+token and its element are coordinates; the values after the last site are the lattice parameters
+of the space group's crystal system, in the order of ``lattice_parameter_names``.
+
+The model takes the kind of the *next* slot as an input (typed value slots, ``ModelConfig.
+slot_kinds``) and normalises each kind's values its own way. Training reads the kinds of whole
+sequences with :func:`sequence_slot_kinds` (vectorised over a padded batch); the sampler asks
+the grammar for the kind of the slot a prefix expects next (:func:`grammar_slot_kind`). A test
+checks that the two agree on every value of the demo store.
+
+Kinds are small integers: ``NONE`` (the token is not ``<num>``), ``COORD``, ``LENGTH``, ``ANGLE``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+NONE, COORD, LENGTH, ANGLE = 0, 1, 2, 3
+N_KINDS = 4
+KIND_NAMES = ("none", "coordinate", "length", "angle")
+VALUE_KINDS = (COORD, LENGTH, ANGLE)
+_MAX_LATTICE = 6
+
+
+@functools.cache
+def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Per token id: free parameters of a Wyckoff token, whether it is a space group token,
+    and per space-group token the kinds of its lattice values (padded with NONE)."""
+    from matra_hpc.tokens import load_vocab, wyckoff_table
+    from matra_hpc.tokens.wyckoff import lattice_parameter_names
+
+    vocab = load_vocab()
+    n_free = np.zeros(vocab.size, dtype=np.int64)
+    is_wyckoff = np.zeros(vocab.size, dtype=bool)
+    for group, positions in wyckoff_table().items():
+        for p in positions:
+            token = vocab.wyckoff(group, p.letter)
+            n_free[token] = p.n_free  # a shared-orbit token has the same free axes in every group
+            is_wyckoff[token] = True
+    lattice = np.zeros((vocab.size, _MAX_LATTICE), dtype=np.int8)
+    for g in range(1, 231):
+        names = lattice_parameter_names(g)
+        kinds = [LENGTH if n in ("a", "b", "c") else ANGLE for n in names]
+        lattice[vocab.spacegroup(g), : len(kinds)] = kinds
+    return n_free, is_wyckoff, lattice, vocab.num
+
+
+def sequence_slot_kinds(tokens: np.ndarray) -> np.ndarray:
+    """Kind of each position's value for whole sequences (B, T) or one sequence (T,).
+
+    ``tokens`` are sequence tokens (no ``<bos>``; padding after ``<end>`` is fine). Positions
+    whose token is not ``<num>`` get ``NONE``. Cut sequences give the kinds their prefix implies.
+    """
+    n_free, is_wyckoff, lattice, num_id = _tables()
+    tok = np.asarray(tokens, dtype=np.int64)
+    flat = tok.ndim == 1
+    tok = np.atleast_2d(tok)
+    B, T = tok.shape
+    idx = np.broadcast_to(np.arange(T), (B, T))
+    tok_c = np.clip(tok, 0, len(n_free) - 1)
+    is_num = tok == num_id
+    # position of the latest Wyckoff token at or before each position (-1: none yet)
+    w_pos = np.maximum.accumulate(np.where(is_wyckoff[tok_c], idx, -1), axis=1)
+    w_tok = np.take_along_axis(tok_c, np.maximum(w_pos, 0), axis=1)
+    offset = idx - w_pos
+    # W El <num>*n_free: the values at offsets 2 .. n_free + 1 after the Wyckoff token
+    coord = is_num & (w_pos >= 0) & (offset >= 2) & (offset <= n_free[w_tok] + 1)
+    lat = is_num & ~coord
+    lat_index = np.cumsum(lat, axis=1) - 1
+    sg_row = lattice[tok_c].any(axis=2)  # (B, T): positions holding a space group token
+    sg_tok = np.take_along_axis(tok_c, np.argmax(sg_row, axis=1)[:, None], axis=1)[:, 0]  # (B,)
+    lat_kinds = lattice[sg_tok]  # (B, 6)
+    kinds = np.where(coord, COORD, NONE).astype(np.int8)
+    li = np.clip(lat_index, 0, _MAX_LATTICE - 1)
+    kinds = np.where(lat & (lat_index < _MAX_LATTICE), np.take_along_axis(lat_kinds, li, axis=1), kinds)
+    kinds = kinds.astype(np.int8)
+    return kinds[0] if flat else kinds
+
+
+def grammar_slot_kind(grammar, state) -> int:
+    """Kind of the next slot of a prefix, from the grammar: ``NONE`` unless a value comes next."""
+    kind = grammar.value_kind(state)
+    return NONE if kind is None else KIND_NAMES.index(kind)
+
+
+def value_abs_errors(pred, target, kinds) -> dict[int, np.ndarray]:
+    """Absolute error of each value per kind, in the values' units: coordinates as the periodic
+    distance (0.98 vs 0.02 is 0.04), lengths in A, angles in degrees. Accepts tensors or arrays."""
+    p, t, k = (np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x) for x in (pred, target, kinds))
+    out = {}
+    for kind in VALUE_KINDS:
+        m = k == kind
+        d = np.abs(p[m].astype(np.float64) - t[m].astype(np.float64))
+        if kind == COORD:
+            d = np.minimum(d % 1.0, 1.0 - d % 1.0)
+        out[kind] = d
+    return out

@@ -1,0 +1,128 @@
+"""Typed value slots and the mixture head: kinds agree with the grammar, densities are densities,
+sampling follows the tempered mixture, point values and errors are in the values' units."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from matra_hpc.model import ModelConfig
+from matra_hpc.model.slots import (
+    ANGLE,
+    COORD,
+    LENGTH,
+    NONE,
+    grammar_slot_kind,
+    sequence_slot_kinds,
+    value_abs_errors,
+)
+from matra_hpc.model.transformer import ValueMixture
+from matra_hpc.tokens import encode
+from matra_hpc.tokens.grammar import Grammar
+
+
+@pytest.fixture(scope="module")
+def demo_sequences():
+    from matra_hpc.data.demo import iter_flla
+
+    out = []
+    for rec in iter_flla(limit=40):
+        try:
+            out.append(encode(rec.structure))
+        except Exception:  # disordered or otherwise not encodable: not what this test is about
+            continue
+    assert len(out) >= 20
+    return out
+
+
+def test_sequence_kinds_agree_with_the_grammar_at_every_position(demo_sequences):
+    grammar = Grammar()
+    seen = set()
+    batch = np.zeros((len(demo_sequences), max(len(s.tokens) for s in demo_sequences)), dtype=np.int64)
+    for i, seq in enumerate(demo_sequences):
+        batch[i, : len(seq.tokens)] = seq.tokens
+        kinds = sequence_slot_kinds(np.asarray(seq.tokens))
+        state = grammar.new_states(1)[0]
+        for t, (token, value) in enumerate(zip(seq.tokens, seq.values, strict=True)):
+            assert grammar_slot_kind(grammar, state) == kinds[t], (i, t)
+            assert (kinds[t] == NONE) == (token != grammar.vocab.num)
+            seen.add(int(kinds[t]))
+            grammar.advance(state, token, value)
+        # a padded batch gives each row's kinds
+        np.testing.assert_array_equal(sequence_slot_kinds(batch)[i, : len(seq.tokens)], kinds)
+    assert seen == {NONE, COORD, LENGTH, ANGLE}
+
+
+def _mixture(k: int = 3) -> ValueMixture:
+    return ValueMixture(ModelConfig(vocab_size=10, n_layer=1, n_head=1, d_model=8, n_gauss=4, n_mix=k))
+
+
+def _params(mix: ValueMixture, kind: int, logits, locs, log_scales) -> torch.Tensor:
+    p = torch.zeros(3, 3, mix.k)
+    p[kind - 1, 0], p[kind - 1, 1], p[kind - 1, 2] = (torch.tensor(x, dtype=torch.float32)
+                                                      for x in (logits, locs, log_scales))
+    return p.reshape(-1)
+
+
+def test_mixture_densities_integrate_to_one_and_coordinates_are_periodic():
+    mix = _mixture()
+    # coordinates: three von Mises components over x in [0, 1)
+    p = _params(mix, COORD, [0.0, 1.0, -1.0], [0.1, 0.55, 0.9], [math.log(30.0), math.log(5.0), 0.0])
+    x = torch.linspace(0, 1, 20001)[:-1]
+    nll = mix.nll(p.expand(len(x), -1), x, torch.full(x.shape, COORD))
+    assert float(torch.exp(-nll).mean()) == pytest.approx(1.0, abs=1e-3)
+    near = mix.nll(p[None].expand(2, -1), torch.tensor([0.999, 0.001]), torch.full((2,), COORD))
+    torch.testing.assert_close(near[0], near[1], atol=1e-3, rtol=0)  # 0.999 and 0.001 are neighbours
+    # lengths: Gaussians over z = (ln a - loc) / scale, a density over z
+    p = _params(mix, LENGTH, [0.0, 0.5, 0.0], [-1.0, 0.0, 1.2], [math.log(0.3), math.log(0.2), 0.0])
+    z = torch.linspace(-8, 8, 40001)
+    a = torch.exp(z * mix.length_scale + mix.length_loc)
+    dens = torch.exp(-mix.nll(p.expand(len(z), -1), a, torch.full(z.shape, LENGTH)))
+    assert float(torch.trapezoid(dens, z)) == pytest.approx(1.0, abs=1e-3)
+    # NONE slots cost nothing
+    assert float(mix.nll(p[None], torch.tensor([5.0]), torch.tensor([NONE]))[0]) == 0.0
+
+
+def test_sampling_follows_the_tempered_mixture():
+    mix = _mixture(2)
+    rng = np.random.default_rng(0)
+    # angles: 75% near 90 deg (sd 2), 25% near 110 deg (sd 4)
+    p = _params(mix, ANGLE, [math.log(3.0), 0.0], [0.0, 1.0], [math.log(0.1), math.log(0.2)]).numpy()
+    draws = np.array([mix.sample(p, ANGLE, 1.0, rng) for _ in range(4000)])
+    high = draws > 100
+    assert high.mean() == pytest.approx(0.25, abs=0.03)
+    assert draws[~high].mean() == pytest.approx(90.0, abs=0.2)
+    assert draws[~high].std() == pytest.approx(2.0, rel=0.08)
+    assert draws[high].std() == pytest.approx(4.0, rel=0.1)
+    # a low temperature sharpens the weights (0.75^4 : 0.25^4) and the spread (sd * sqrt(T))
+    cold = np.array([mix.sample(p, ANGLE, 0.25, rng) for _ in range(2000)])
+    assert (cold > 100).mean() < 0.03
+    assert cold[cold < 100].std() == pytest.approx(1.0, rel=0.1)
+    # coordinates wrap: a component at 0.98 gives values on both sides of 0
+    p = _params(mix, COORD, [0.0, -30.0], [0.98, 0.5], [math.log(400.0), 0.0]).numpy()
+    coords = np.array([mix.sample(p, COORD, 1.0, rng) for _ in range(2000)])
+    assert ((coords >= 0) & (coords < 1)).all()
+    assert (coords < 0.05).mean() > 0.1 and (coords > 0.93).mean() > 0.5
+    # lengths are positive and centred on the component's length
+    p = _params(mix, LENGTH, [0.0, -30.0], [0.5, 0.0], [math.log(0.01), 0.0]).numpy()
+    lengths = np.array([mix.sample(p, LENGTH, 1.0, rng) for _ in range(500)])
+    assert np.median(lengths) == pytest.approx(math.exp(0.5 * mix.length_scale + mix.length_loc), rel=0.01)
+
+
+def test_point_value_is_the_heaviest_component_in_the_values_units():
+    mix = _mixture(2)
+    p = torch.stack([
+        _params(mix, COORD, [0.0, 2.0], [0.3, 1.25], [0.0, 0.0]),
+        _params(mix, LENGTH, [1.0, 0.0], [0.4, -1.0], [0.0, 0.0]),
+        _params(mix, ANGLE, [0.0, 1.0], [0.0, 0.5], [0.0, 0.0]),
+    ])
+    point = mix.point(p, torch.tensor([COORD, LENGTH, ANGLE]))
+    expected = [0.25, math.exp(0.4 * mix.length_scale + mix.length_loc), mix.angle_loc + 0.5 * mix.angle_scale]
+    assert point.tolist() == pytest.approx(expected, rel=1e-5)
+    errors = value_abs_errors(np.array([0.98, 5.0, 95.0]), np.array([0.02, 4.0, 90.0]),
+                              np.array([COORD, LENGTH, ANGLE]))
+    assert errors[COORD].tolist() == pytest.approx([0.04])  # periodic distance
+    assert errors[LENGTH].tolist() == [1.0] and errors[ANGLE].tolist() == [5.0]
