@@ -43,14 +43,7 @@ from matra_hpc.data.dataset import (
 )
 from matra_hpc.errors import CheckpointError, UsageError
 from matra_hpc.model import MatraTransformer, ModelConfig, combine_loss, load_model_config, loss_sums
-from matra_hpc.model.slots import KIND_NAMES, VALUE_KINDS, value_abs_errors
-from matra_hpc.model.transformer import (
-    CHECKPOINT_FORMAT,
-    check_checkpoint_format,
-    point_values,
-    target_slot_kinds,
-)
-from matra_hpc.train.checkpoint import (
+from matra_hpc.model.checkpoint import (
     BEST_DIR,
     find_latest_valid,
     load_train_state,
@@ -58,6 +51,8 @@ from matra_hpc.train.checkpoint import (
     save_checkpoint,
     save_model_dir,
 )
+from matra_hpc.model.slots import KIND_NAMES, VALUE_KINDS, value_abs_errors
+from matra_hpc.model.transformer import point_values, target_slot_kinds
 from matra_hpc.train.config import TrainConfig
 from matra_hpc.train.metrics import PLOT_FILE, MetricsLog, plot_loss_curve
 
@@ -139,16 +134,6 @@ class _Trainer:
         dist.all_reduce(t)
         return t.tolist()
 
-    def _any(self, flag: bool) -> bool:
-        return self._all_sum([1.0 if flag else 0.0])[0] > 0
-
-    def _broadcast(self, obj: Any) -> Any:
-        if not self.distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def _barrier(self) -> None:
         if self.distributed:
             dist.barrier()
@@ -171,7 +156,7 @@ class _Trainer:
         self.steps_per_epoch = self.train_ds.n_batches(cfg.global_batch)
         self.schedule_steps = cfg.schedule_steps or cfg.max_steps or cfg.epochs * self.steps_per_epoch
         store_info = describe_store(self.store) if self.is_main else None
-        self.store_info = self._broadcast(store_info)
+        self.store_info = self.ctx.broadcast(store_info)
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model = MatraTransformer(model_cfg).to(self.device)
@@ -217,16 +202,15 @@ class _Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         self._barrier()
         found = find_latest_valid(self.out) if self.is_main else None
-        name = self._broadcast(found.path.name if found is not None else None)
+        name = self.ctx.broadcast(found.path.name if found is not None else None)
         if name is None:
             return
         if found is None or found.path.name != name:
-            from matra_hpc.train.checkpoint import CHECKPOINTS_DIR, Checkpoint, check_dir
+            from matra_hpc.model.checkpoint import CHECKPOINTS_DIR, Checkpoint, check_dir
 
             path = self.out / CHECKPOINTS_DIR / name
             found = Checkpoint(path, check_dir(path))
         meta = found.meta
-        check_checkpoint_format(meta, found.path)
         if meta.get("vocab_hash") != self.store.vocab_hash:
             raise CheckpointError(
                 f"checkpoint {found.path} was trained with vocabulary {meta.get('vocab_hash')}, but {self.config.data} "
@@ -267,7 +251,6 @@ class _Trainer:
     # -- checkpoints ---------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
         return {
-            "format": CHECKPOINT_FORMAT,
             "model_config": self.model_cfg.to_dict(),
             "vocab_hash": self.store.vocab_hash,
             "vocab": self.store.attrs.get("vocab"),

@@ -16,9 +16,9 @@ from matra_hpc.model import (
     load_model_config,
     loss_sums,
 )
-from matra_hpc.model.transformer import CHECKPOINT_FORMAT, GaussianEmbedding, sinusoidal_encoding
+from matra_hpc.model.checkpoint import CHECKPOINT_FORMAT, save_model_dir
+from matra_hpc.model.transformer import GaussianEmbedding, sinusoidal_encoding
 from matra_hpc.tokens import load_vocab
-from matra_hpc.train.checkpoint import save_model_dir
 
 NUM = 3
 
@@ -256,19 +256,22 @@ def test_continuous_loss_scales():
 
 def test_load_model_round_trip_without_pickle(tmp_path):
     model = tiny()
-    meta = {"format": CHECKPOINT_FORMAT, "model_config": model.config.to_dict(), "vocab_hash": "x", "step": 3}
-    save_model_dir(tmp_path / "best", model, meta)
+    save_model_dir(tmp_path / "best", model, {"model_config": model.config.to_dict(), "vocab_hash": "x", "step": 3})
     loaded, meta = load_model(tmp_path)  # a training output dir: its best/ is used
     assert meta["step"] == 3 and meta["vocab_hash"] == "x"
     assert loaded.config == model.config
     tokens, values, kinds = random_batch(2, 9, model.config.vocab_size)
     with torch.no_grad():
         torch.testing.assert_close(loaded(tokens, values, kinds=kinds), model(tokens, values, kinds=kinds))
-    # a checkpoint of the format before typed slots (no "format" in its metadata) is refused
-    old = {k: v for k, v in meta.items() if k != "format"}
-    save_model_dir(tmp_path / "old", tiny("tiny-paper"), {**old, "model_config": tiny("tiny-paper").config.to_dict()})
-    with pytest.raises(CheckpointError, match="format"):
-        load_model(tmp_path / "old")
+    assert meta["format"] == CHECKPOINT_FORMAT == "matra-hpc/checkpoint/2"
+    # a checkpoint of format 1 (before typed value slots) is refused with the reason, also when
+    # it is found through a training output directory
+    paper = tiny("tiny-paper")
+    save_model_dir(tmp_path / "old" / "best", paper, {"format": "matra-hpc/checkpoint/1", "step": 1,
+                                                      "model_config": paper.config.to_dict()})
+    for path in (tmp_path / "old" / "best", tmp_path / "old"):
+        with pytest.raises(CheckpointError, match="format 'matra-hpc/checkpoint/1'.*train a new model"):
+            load_model(path)
     (tmp_path / "best" / "model.safetensors").write_bytes(b"junk")
     with pytest.raises(CheckpointError):
         load_model(tmp_path)
