@@ -101,3 +101,22 @@ def value_abs_errors(pred, target, kinds) -> dict[int, np.ndarray]:
             d = np.minimum(d % 1.0, 1.0 - d % 1.0)
         out[kind] = d
     return out
+
+
+@functools.cache
+def _count_values() -> np.ndarray:
+    from matra_hpc.tokens import load_vocab
+
+    vocab = load_vocab()
+    values = np.zeros(vocab.size, dtype=np.int64)
+    lo, hi = vocab.count_range
+    values[lo:hi] = np.arange(1, hi - lo + 1)
+    return values
+
+
+def sequence_cell_atoms(tokens: np.ndarray) -> np.ndarray:
+    """Atoms in the conventional cell, the sum of the composition block's counts, per row of
+    (B, T) tokens (or one int for (T,)); a prefix gives the counts it has so far."""
+    values = _count_values()
+    tok = np.clip(np.asarray(tokens, dtype=np.int64), 0, len(values) - 1)
+    return values[tok].sum(axis=-1)

@@ -45,7 +45,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from matra_hpc.errors import UsageError
-from matra_hpc.model.slots import ANGLE, COORD, LENGTH, N_KINDS, NONE, VALUE_KINDS, sequence_slot_kinds
+from matra_hpc.model.slots import (
+    ANGLE,
+    COORD,
+    LENGTH,
+    N_KINDS,
+    NONE,
+    VALUE_KINDS,
+    sequence_cell_atoms,
+    sequence_slot_kinds,
+)
 
 # Ids pinned by docs/contracts.md section A.
 PAD_ID = 0
@@ -99,7 +108,11 @@ class ModelConfig:
     """Components per kind of the mixture head."""
     length_log_loc: float = 1.9
     length_log_scale: float = 0.5
-    """Lengths enter the mixture head as (ln(a / 1 A) - loc) / scale (demo set: 1.93, 0.47)."""
+    """Lengths enter the mixture head as z = (ln(a / 1 A) - loc) / scale (demo set: 1.93, 0.47)."""
+    length_per_atom: bool = False
+    """Lengths are first divided by the cube root of the atoms in the cell (the sum of the
+    composition's counts, known before any length): z = (ln(a / N^(1/3)) - loc) / scale, so the
+    head need not learn how the cell grows with N (demo set: loc 1.03, scale 0.42)."""
     angle_loc: float = 90.0
     angle_scale: float = 20.0
     """Angles enter the mixture head as (degrees - loc) / scale."""
@@ -514,6 +527,7 @@ class ValueMixture:
         self.k = config.n_mix
         self.n_params = 9 * self.k
         self.length_loc, self.length_scale = config.length_log_loc, config.length_log_scale
+        self.per_atom = config.length_per_atom
         self.angle_loc, self.angle_scale = config.angle_loc, config.angle_scale
 
     def initial_bias(self) -> torch.Tensor:
@@ -535,14 +549,24 @@ class ValueMixture:
         index = index[..., None, None, None].expand(*kinds.shape, 1, 3, self.k)
         return blocks.gather(-3, index).squeeze(-3)
 
-    def normalise(self, values: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    def length_offset(self, atoms):
+        """ln(N) / 3 (``length_per_atom``) else 0, for N atoms in the cell (tensor, array or int)."""
+        if not self.per_atom or atoms is None:
+            return 0.0
+        if isinstance(atoms, torch.Tensor):
+            return torch.log(atoms.float().clamp(min=1.0)) / 3.0
+        return np.log(np.maximum(atoms, 1)) / 3.0
+
+    def normalise(self, values: torch.Tensor, kinds: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Values in the head's space: coordinates as they are, lengths and angles as z."""
         safe_len = torch.where(kinds == LENGTH, values, torch.ones_like(values)).clamp(min=1e-6)
-        z_len = (torch.log(safe_len) - self.length_loc) / self.length_scale
+        z_len = (torch.log(safe_len) - self.length_offset(atoms) - self.length_loc) / self.length_scale
         z_ang = (values - self.angle_loc) / self.angle_scale
         return torch.where(kinds == LENGTH, z_len, torch.where(kinds == ANGLE, z_ang, values))
 
-    def nll(self, params: torch.Tensor, values: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    def nll(
+        self, params: torch.Tensor, values: torch.Tensor, kinds: torch.Tensor, atoms: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Negative log-likelihood of each value (0 where the kind is NONE), float32.
 
         Coordinates: log density over x in [0, 1) is kappa (cos(2 pi (x - loc)) - 1) -
@@ -553,7 +577,7 @@ class ValueMixture:
         log_w = torch.log_softmax(block[..., 0, :], dim=-1)
         loc, log_scale = block[..., 1, :], block[..., 2, :]
         v = torch.nan_to_num(values.float(), nan=0.0)
-        z = self.normalise(v, kinds)[..., None]
+        z = self.normalise(v, kinds, atoms)[..., None]
         log_kappa = log_scale.clamp(*self.LOG_KAPPA)
         kappa = log_kappa.exp()
         lp_coord = kappa * (torch.cos(2 * math.pi * (z - loc)) - 1.0) - torch.log(torch.special.i0e(kappa))
@@ -563,19 +587,23 @@ class ValueMixture:
         nll = -torch.logsumexp(log_w + lp, dim=-1)
         return torch.where(kinds > NONE, nll, torch.zeros_like(nll))
 
-    def point(self, params: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    def point(self, params: torch.Tensor, kinds: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
         """The location of the heaviest component, in the values' units (NaN where NONE)."""
         block = self.select(params.float(), kinds)
         top = block[..., 0, :].argmax(dim=-1, keepdim=True)
         loc = block[..., 1, :].gather(-1, top).squeeze(-1)
         out = torch.where(kinds == COORD, torch.remainder(loc, 1.0),
-                          torch.where(kinds == LENGTH, torch.exp(loc * self.length_scale + self.length_loc),
+                          torch.where(kinds == LENGTH,
+                                      torch.exp(loc * self.length_scale + self.length_loc + self.length_offset(atoms)),
                                       loc * self.angle_scale + self.angle_loc))
         return torch.where(kinds > NONE, out, torch.full_like(out, math.nan))
 
-    def sample(self, params: np.ndarray, kind: int, temperature: float, rng: np.random.Generator) -> float:
-        """One value of ``kind`` from a position's parameters (P,) at ``temperature``: one uniform
-        picks the component, then one von Mises or normal draw, all from ``rng``."""
+    def sample(
+        self, params: np.ndarray, kind: int, temperature: float, rng: np.random.Generator, atoms: int = 1
+    ) -> float:
+        """One value of ``kind`` from a position's parameters (P,) at ``temperature`` (``atoms``:
+        in the cell, for lengths): one uniform picks the component, then one von Mises or normal
+        draw, all from ``rng``."""
         k = self.k
         block = np.asarray(params, dtype=np.float64).reshape(3, 3, k)[kind - 1]
         logits = block[0] / temperature
@@ -590,16 +618,24 @@ class ValueMixture:
         sigma = math.exp(min(max(float(block[2, c]), self.LOG_SIGMA[0]), self.LOG_SIGMA[1])) * math.sqrt(temperature)
         z = loc + sigma * float(rng.standard_normal())
         if kind == LENGTH:
-            return math.exp(min(z * self.length_scale + self.length_loc, 700.0))
+            return math.exp(min(z * self.length_scale + self.length_loc + float(self.length_offset(atoms)), 700.0))
         return z * self.angle_scale + self.angle_loc
 
 
-def point_values(model: MatraTransformer, cont: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+def point_values(
+    model: MatraTransformer, cont: torch.Tensor, kinds: torch.Tensor, atoms: torch.Tensor
+) -> torch.Tensor:
     """The model's single value per slot (B, T), in the values' units: the regression output,
-    or the heaviest mixture component's location."""
+    or the heaviest mixture component's location. ``atoms`` (B,): atoms in each row's cell."""
     if model.mixture is None:
         return cont.float()
-    return model.mixture.point(cont, kinds.to(cont.device))
+    return model.mixture.point(cont, kinds.to(cont.device), atoms.to(cont.device)[:, None].expand(kinds.shape))
+
+
+def target_cell_atoms(target_tokens: torch.Tensor) -> torch.Tensor:
+    """Atoms in each row's conventional cell (B,), from the composition block of the targets."""
+    atoms = sequence_cell_atoms(target_tokens.detach().cpu().numpy())
+    return torch.from_numpy(np.asarray(atoms, dtype=np.int64)).to(target_tokens.device)
 
 
 def loss_sums(
@@ -609,11 +645,13 @@ def loss_sums(
     target_values: torch.Tensor,
     config: ModelConfig,
     kinds: torch.Tensor | None = None,
+    atoms: torch.Tensor | None = None,
 ) -> LossParts:
     """Summed CE over non-pad targets and summed value loss where the target is ``<num>``.
 
     ``target_tokens``/``target_values`` are the inputs shifted left by one (B, T); ``kinds``
-    the targets' slot kinds (derived from ``target_tokens`` when None). The caller divides by
+    the targets' slot kinds and ``atoms`` (B,) the atoms in each row's cell (both derived from
+    ``target_tokens`` when None). The caller divides by
     the global counts, which keeps a batch split over ranks or micro-batches exactly equal to
     the whole batch. The value loss of a ``<num>`` target is weighted by its kind's
     ``value_loss_weights``.
@@ -630,8 +668,12 @@ def loss_sums(
     target = torch.nan_to_num(target_values.float(), nan=0.0)
     if config.value_head == "mixture":
         # only the <num> targets: a third of the positions, and no NaN from the others
+        if atoms is None:
+            atoms = target_cell_atoms(target_tokens)
+        row_atoms = atoms.to(target.device)[:, None].expand(target.shape)
         per_value = torch.zeros_like(target)
-        per_value[is_num] = ValueMixture(config).nll(cont_pred[is_num], target[is_num], kinds[is_num])
+        per_value[is_num] = ValueMixture(config).nll(cont_pred[is_num], target[is_num], kinds[is_num],
+                                                     row_atoms[is_num])
     else:
         if config.cont_loss_scale == "log":
             err = torch.where(is_num, symlog(cont_pred.float()) - symlog(target), 0.0)

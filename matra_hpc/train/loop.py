@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -52,7 +53,7 @@ from matra_hpc.model.checkpoint import (
     save_model_dir,
 )
 from matra_hpc.model.slots import KIND_NAMES, VALUE_KINDS, value_abs_errors
-from matra_hpc.model.transformer import point_values, target_slot_kinds
+from matra_hpc.model.transformer import point_values, target_cell_atoms, target_slot_kinds
 from matra_hpc.train.config import TrainConfig
 from matra_hpc.train.metrics import PLOT_FILE, MetricsLog, plot_loss_curve
 
@@ -78,6 +79,33 @@ def one_cycle_lr(step: int, total: int, config: TrainConfig) -> float:
         return start + (config.lr_max - start) * step / warm
     frac = min((step - warm) / max(total - warm, 1), 1.0)
     return config.lr_max + (end - config.lr_max) * frac
+
+
+def _kind_means(ds: TokenStoreDataset, max_rows: int = 50_000) -> list[float]:
+    """The per-kind mean predictor: the constant with the smallest mean error over the first
+    ``max_rows`` training rows (coordinates: the periodic median on a 1/200 grid; lengths and
+    angles: the median)."""
+    from matra_hpc.model.slots import COORD, sequence_slot_kinds
+
+    n = min(len(ds), max_rows)
+    if n == 0:
+        return [0.0] * len(VALUE_KINDS)
+    tokens, values, _ = ds.store.read_span(int(ds.rows[0]), int(ds.rows[n - 1]) + 1)
+    lo = int(ds.store.offsets[ds.rows[0]])
+    kinds = np.zeros(len(tokens), dtype=np.int8)  # val rows in between stay NONE
+    for row in ds.rows[:n]:
+        a, b = int(ds.store.offsets[row]) - lo, int(ds.store.offsets[row + 1]) - lo
+        kinds[a:b] = sequence_slot_kinds(tokens[a:b])
+    means = []
+    for kind in VALUE_KINDS:
+        v = values[kinds == kind]
+        if kind == COORD and len(v):
+            grid = np.linspace(0.0, 1.0, 201)[:-1]
+            d = np.abs(v[None, :20_000] - grid[:, None]) % 1.0
+            means.append(float(grid[np.argmin(np.minimum(d, 1.0 - d).mean(axis=1))]))
+        else:
+            means.append(float(np.median(v)) if len(v) else 0.0)
+    return means
 
 
 class _StopFlag:
@@ -157,6 +185,9 @@ class _Trainer:
         self.schedule_steps = cfg.schedule_steps or cfg.max_steps or cfg.epochs * self.steps_per_epoch
         store_info = describe_store(self.store) if self.is_main else None
         self.store_info = self.ctx.broadcast(store_info)
+        # the per-kind mean predictor the validation errors are compared with
+        self.kind_means = self.ctx.broadcast(_kind_means(self.train_ds) if self.is_main else None)
+        self.last_val: dict[str, float] | None = None
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model = MatraTransformer(model_cfg).to(self.device)
@@ -259,6 +290,7 @@ class _Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "best_val_loss": self.best_val,
+            "val": self.last_val,
             "train_config": asdict(self.config),
             "world_size": self.ctx.world_size,
             "created_by": {"package": __version__},
@@ -316,13 +348,13 @@ class _Trainer:
         for i, mb in enumerate(micro):
             mb = mb.to(self.device)
             # the kind of each target is the model's "next slot" input at that position
-            kinds = target_slot_kinds(mb.target_tokens)
+            kinds, atoms = target_slot_kinds(mb.target_tokens), target_cell_atoms(mb.target_tokens)
             sync = i == len(micro) - 1 or not self.distributed
             ctx = contextlib.nullcontext() if sync else self.forward_model.no_sync()
             with ctx:
                 with self.autocast():
                     logits, cont = self.forward_model(mb.tokens, mb.values, kinds=kinds)
-                parts = loss_sums(logits, cont, mb.target_tokens, mb.target_values, self.model_cfg, kinds)
+                parts = loss_sums(logits, cont, mb.target_tokens, mb.target_values, self.model_cfg, kinds, atoms)
                 # Sum / global count, times world size to undo DDP's average over ranks.
                 loss = combine_loss(parts, shard.n_tokens, shard.n_values, self.model_cfg) * self.ctx.world_size * scale
                 loss.backward()
@@ -341,15 +373,17 @@ class _Trainer:
         the model's point value (coordinates: periodic distance; lengths: A; angles: degrees)."""
         self.forward_model.eval()
         n_kinds = len(VALUE_KINDS)
-        sums = [0.0] * (4 + 3 * n_kinds)  # ce, value loss, tokens, values | per kind: loss, |err|, count
+        sums = [0.0] * (4 + 4 * n_kinds)  # ce, value loss, tokens, values | per kind: loss, |err|, count | base
         for shard in self.val_ds.iter_eval_batches(self.config.val_batch, self.ctx.rank, self.ctx.world_size):
             for mb in shard.micro_batches:
                 mb = mb.to(self.device)
-                kinds = target_slot_kinds(mb.target_tokens)
+                kinds, atoms = target_slot_kinds(mb.target_tokens), target_cell_atoms(mb.target_tokens)
                 with self.autocast():
                     logits, cont = self.model(mb.tokens, mb.values, kinds=kinds)
-                parts = loss_sums(logits, cont, mb.target_tokens, mb.target_values, self.model_cfg, kinds)
-                errors = value_abs_errors(point_values(self.model, cont, kinds), mb.target_values, kinds)
+                parts = loss_sums(logits, cont, mb.target_tokens, mb.target_values, self.model_cfg, kinds, atoms)
+                errors = value_abs_errors(point_values(self.model, cont, kinds, atoms), mb.target_values, kinds)
+                constant = torch.tensor([0.0, *self.kind_means])[kinds.cpu()]
+                base = value_abs_errors(constant, mb.target_values, kinds)
                 sums[0] += float(parts.ce_sum)
                 sums[1] += float(parts.mse_sum)
                 sums[2] += parts.n_tokens
@@ -358,6 +392,7 @@ class _Trainer:
                     sums[4 + 3 * j] += parts.kind_sums[j]
                     sums[5 + 3 * j] += float(errors[kind].sum())
                     sums[6 + 3 * j] += parts.kind_counts[j]
+                    sums[4 + 3 * n_kinds + j] += float(base[kind].sum())
         sums = self._all_sum(sums)
         ce_mean = sums[0] / max(sums[2], 1)
         mse_mean = sums[1] / max(sums[3], 1)
@@ -368,6 +403,8 @@ class _Trainer:
             if count:
                 out[f"vloss_{KIND_NAMES[kind]}"] = sums[4 + 3 * j] / count
                 out[f"mae_{KIND_NAMES[kind]}"] = sums[5 + 3 * j] / count
+                out[f"base_mae_{KIND_NAMES[kind]}"] = sums[4 + 3 * n_kinds + j] / count
+        self.last_val = out
         return out
 
     def _decide(self, stop: _StopFlag) -> tuple[str | None, bool]:

@@ -74,8 +74,14 @@ def test_mixture_densities_integrate_to_one_and_coordinates_are_periodic():
     x = torch.linspace(0, 1, 20001)[:-1]
     nll = mix.nll(p.expand(len(x), -1), x, torch.full(x.shape, COORD))
     assert float(torch.exp(-nll).mean()) == pytest.approx(1.0, abs=1e-3)
-    near = mix.nll(p[None].expand(2, -1), torch.tensor([0.999, 0.001]), torch.full((2,), COORD))
-    torch.testing.assert_close(near[0], near[1], atol=1e-3, rtol=0)  # 0.999 and 0.001 are neighbours
+    # periodic: a component at 0 is as likely at 0.999 as at 0.001, and loc + 1 is the same loc
+    p0 = _params(mix, COORD, [0.0, -30.0, -30.0], [0.0, 0.5, 0.5], [math.log(50.0), 0.0, 0.0])
+    near = mix.nll(p0[None].expand(3, -1), torch.tensor([0.999, 0.001, 0.5]), torch.full((3,), COORD))
+    torch.testing.assert_close(near[0], near[1], atol=1e-4, rtol=0)
+    assert float(near[2]) > float(near[0]) + 10
+    shifted = _params(mix, COORD, [0.0, -30.0, -30.0], [1.0, 1.5, -0.5], [math.log(50.0), 0.0, 0.0])
+    torch.testing.assert_close(mix.nll(shifted[None], torch.tensor([0.02]), torch.tensor([COORD])),
+                               mix.nll(p0[None], torch.tensor([0.02]), torch.tensor([COORD])), atol=1e-4, rtol=0)
     # lengths: Gaussians over z = (ln a - loc) / scale, a density over z
     p = _params(mix, LENGTH, [0.0, 0.5, 0.0], [-1.0, 0.0, 1.2], [math.log(0.3), math.log(0.2), 0.0])
     z = torch.linspace(-8, 8, 40001)
@@ -102,7 +108,7 @@ def test_sampling_follows_the_tempered_mixture():
     assert (cold > 100).mean() < 0.03
     assert cold[cold < 100].std() == pytest.approx(1.0, rel=0.1)
     # coordinates wrap: a component at 0.98 gives values on both sides of 0
-    p = _params(mix, COORD, [0.0, -30.0], [0.98, 0.5], [math.log(400.0), 0.0]).numpy()
+    p = _params(mix, COORD, [0.0, -30.0], [0.98, 0.5], [math.log(50.0), 0.0]).numpy()
     coords = np.array([mix.sample(p, COORD, 1.0, rng) for _ in range(2000)])
     assert ((coords >= 0) & (coords < 1)).all()
     assert (coords < 0.05).mean() > 0.1 and (coords > 0.93).mean() > 0.5

@@ -192,7 +192,7 @@ def test_refilled_sequences_replay_exactly_on_a_full_forward(tiny_model, tiny_pa
     """KV cache with refill vs recompute: each sequence, replayed alone with a no-cache forward of
     its whole prefix (and the kinds of its slots) and its own generator, draws the same token at
     every step and the same value at every <num>."""
-    from matra_hpc.model.slots import sequence_slot_kinds
+    from matra_hpc.model.slots import sequence_cell_atoms, sequence_slot_kinds
     from matra_hpc.sample.sampler import (
         _admissible_value,
         _base_seed,
@@ -226,7 +226,8 @@ def test_refilled_sequences_replay_exactly_on_a_full_forward(tiny_model, tiny_pa
                 periodic = _is_coordinate(lo, hi)
                 if head == "mixture":
                     raw = _mixture_value(model.mixture, cont[0, t].double().numpy(), int(kinds[0, t]),
-                                         temperature, rng, grammar, state, lo, hi, periodic)
+                                         temperature, rng, grammar, state, lo, hi, periodic,
+                                         int(sequence_cell_atoms(seq.tokens[:t])))
                 else:
                     raw = _into_range(float(cont[0, t]), lo, hi, periodic=periodic)
                 assert _admissible_value(grammar, state, raw, lo, hi, rng) == pytest.approx(value, abs=1e-4)
