@@ -12,9 +12,9 @@ import argparse
 import json
 import os
 
-from matra_hpc.cli.stages import SubmittableStage
 from matra_hpc.errors import UsageError
 from matra_hpc.evaluate.baseline import BaselineConfig
+from matra_hpc.launch.stages import SubmittableStage
 
 
 def _absolute(path: str | None) -> str | None:

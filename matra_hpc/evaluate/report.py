@@ -321,7 +321,7 @@ class Section:
 def write_report_all(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Draw the figures and write report.{json,md,html} into out_dir; returns the paths."""
     from matra_hpc.generate.report import plot_report
-    from matra_hpc.generate.store import write_json_atomic
+    from matra_hpc.util import write_json_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,13 +19,12 @@ from typing import Any
 from matra_hpc.context import RunContext
 from matra_hpc.errors import UsageError
 from matra_hpc.evaluate import stats
-from matra_hpc.evaluate.ranks import on_rank0
 
 log = logging.getLogger(__name__)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from matra_hpc.generate.store import write_json_atomic
+    from matra_hpc.util import write_json_atomic
 
     write_json_atomic(path, data)
 
@@ -103,7 +102,7 @@ def run_recovery(config: RecoveryConfig, ctx: RunContext) -> dict[str, Any]:
     if screened is None and config.screen is not None:
         screened = str(out / "screened.zarr")
         _screen(generated, screened, config.screen, ctx)
-    return on_rank0(ctx, _analyse_recovery, config, system, held_out, generated, screened)
+    return ctx.on_rank0(_analyse_recovery, config, system, held_out, generated, screened)
 
 
 def _analyse_recovery(config: RecoveryConfig, system: str, held_out: list, generated: str,
@@ -187,7 +186,7 @@ def run_conditioning(config: ConditioningConfig, ctx: RunContext) -> dict[str, A
                       config.batch_size, condition, config.train_store, f"cond-{label}", ctx)
             screened[label] = str(out / f"screened-{label}.zarr")
             _screen(generated, screened[label], config.screen, ctx)
-    return on_rank0(ctx, _analyse_conditioning, config, screened)
+    return ctx.on_rank0(_analyse_conditioning, config, screened)
 
 
 def conditioning_table(reports: dict[str, dict[str, Any]], thresholds=THRESHOLDS) -> list[dict[str, Any]]:

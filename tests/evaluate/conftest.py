@@ -12,8 +12,8 @@ import torch
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny architecture with random weights, biased towards small cells (fast checks)."""
     from matra_hpc.model import MatraTransformer, load_model_config
+    from matra_hpc.model.checkpoint import save_model_dir
     from matra_hpc.tokens import load_vocab
-    from matra_hpc.train.checkpoint import save_model_dir
 
     vocab = load_vocab()
     torch.manual_seed(0)
