@@ -6,11 +6,8 @@ import argparse
 import importlib
 import sys
 
-from matra_hpc.cli.stages import SubmittableStage
 from matra_hpc.errors import UsageError
-
-# Stage CLI modules that may declare SUBMIT_STAGES (a module without one is skipped).
-STAGE_MODULES = ["data", "train", "generate", "index", "evaluate"]
+from matra_hpc.launch.stages import SubmittableStage
 
 LAUNCH_FLAGS = [
     # (flag, launch setting, type, help)
@@ -81,8 +78,13 @@ def smoke_stages() -> list[SubmittableStage]:
 
 
 def submittable_stages() -> list[SubmittableStage]:
+    """Every command module's ``SUBMIT_STAGES`` (a module without one has none), then smoke."""
+    from matra_hpc.cli import GROUP_MODULES
+
     stages: list[SubmittableStage] = []
-    for name in STAGE_MODULES:
+    for name in GROUP_MODULES:
+        if name == "jobs":
+            continue
         module = importlib.import_module(f"matra_hpc.cli.{name}")
         stages += list(getattr(module, "SUBMIT_STAGES", []))
     return stages + smoke_stages()

@@ -16,11 +16,11 @@ from typing import Any, Literal
 import yaml
 
 from matra_hpc.errors import UsageError
+from matra_hpc.util import REPO_ROOT
 
 Cluster = Literal["local", "slurm"]
 MpiLauncher = Literal["mpirun", "srun"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE_DIR = REPO_ROOT / "jobs" / "clusters"
 
 
