@@ -61,8 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.set_defaults(func=cmd_dft_report)
 
 
-def register_submit(stage_parsers: argparse._SubParsersAction, add_launch_flags: Any) -> None:
-    """`submit vasp`: added to `matra-hpc submit` beside the function stages."""
+def register_submit(stage_parsers: argparse._SubParsersAction, add_launch_flags: Any, launch_overrides: Any,
+                    print_statuses: Any) -> None:
+    """`submit vasp`: added to `matra-hpc submit` beside the function stages (helpers passed in by jobs)."""
     parser = stage_parsers.add_parser(
         "vasp", help="run a VASP tree as Slurm job arrays under custodian",
         description="Submit the tree's candidates as job arrays (many per array task), each run under custodian: "
@@ -75,7 +76,7 @@ def register_submit(stage_parsers: argparse._SubParsersAction, add_launch_flags:
     parser.add_argument("--polling-s", type=float, default=10.0, help="custodian's polling interval (s)")
     parser.add_argument("--no-static", action="store_true", help="stop after the double relaxation")
     add_launch_flags(parser)
-    parser.set_defaults(func=cmd_submit_vasp)
+    parser.set_defaults(func=cmd_submit_vasp, launch_overrides=launch_overrides, print_statuses=print_statuses)
 
 
 def _profile_vasp(profile: str | None) -> dict[str, Any]:
@@ -142,7 +143,6 @@ class _JobStates:
 
 
 def cmd_submit_vasp(args: argparse.Namespace) -> int:
-    from matra_hpc.cli.jobs import LAUNCH_FLAGS
     from matra_hpc.dft.layout import read_tree_manifest
     from matra_hpc.dft.status import append_events, tree_states, writer_name
     from matra_hpc.dft.submit import (
@@ -157,8 +157,9 @@ def cmd_submit_vasp(args: argparse.Namespace) -> int:
     from matra_hpc.launch.arrays import DEFAULT_MAX_ARRAY_SIZE, max_array_size, submit_arrays
     from matra_hpc.launch.rundir import create_run_dir, default_run_dir
 
-    overrides = {dest: getattr(args, f"launch_{dest}") for _, dest, _, _ in LAUNCH_FLAGS}
-    launch = resolve_launch_config(args.profile, overrides)
+    if args.array is not None or args.after:
+        raise UsageError("submit vasp packs candidates itself (--per-task) and takes no --array or --after")
+    launch = resolve_launch_config(args.profile, args.launch_overrides(args))
     run_config = run_config_from_profile(launch.vasp, max_errors=args.max_errors, polling_s=args.polling_s,
                                          static=not args.no_static)
     tree = Path(args.tree)
@@ -193,10 +194,7 @@ def cmd_submit_vasp(args: argparse.Namespace) -> int:
     print(f"{len(entries)} candidate(s) in {len(tasks)} array task(s), {len(scripts)} array job(s)")
     wait = args.wait if args.wait is not None else not slurm
     if wait:
-        statuses = wait_run(run_path)
-        from matra_hpc.cli.jobs import _print_statuses
-
-        _print_statuses(statuses)
+        args.print_statuses(wait_run(run_path))
         return print_tree_status(tree)
     return 0
 

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
+from matra_hpc import util
 from matra_hpc.errors import UsageError
 
 TREE_SCHEMA = "matra-hpc/vasp-tree/1"
@@ -91,14 +90,8 @@ def folder_layout(n_candidates: int, block_size: int = 1000) -> dict[str, int]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write aside, flush, rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """The shared atomic JSON write, with the tree's fixed formatting (sorted keys: stable bytes)."""
+    util.write_json_atomic(path, data, indent=1, sort_keys=True)
 
 
 def read_json(path: Path) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -37,18 +36,9 @@ from matra_hpc.dft.layout import (
 )
 from matra_hpc.dft.select import Choice, load_structures, select_candidates
 from matra_hpc.dft.status import append_events, writer_name
+from matra_hpc.util import git_revision
 
 log = logging.getLogger(__name__)
-_REPO = Path(__file__).resolve().parents[2]
-
-
-def git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(_REPO), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
 
 
 def _source(store: str) -> dict[str, Any]:

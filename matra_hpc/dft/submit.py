@@ -24,10 +24,10 @@ from matra_hpc.dft.config import VaspRunConfig
 from matra_hpc.dft.layout import write_json_atomic
 from matra_hpc.dft.runner import TASKS_FILE
 from matra_hpc.errors import UsageError
+from matra_hpc.util import REPO_ROOT
 
 TEMPLATE = "sbatch/vasp_array.sh.j2"
-_REPO = Path(__file__).resolve().parents[2]
-TEMPLATE_DIR = _REPO / "templates"
+TEMPLATE_DIR = REPO_ROOT / "templates"
 
 
 def run_config_from_profile(vasp: Mapping[str, Any], **overrides: Any) -> VaspRunConfig:
@@ -102,5 +102,5 @@ def render_array_script(
     environment.filters["quote"] = lambda value: shlex.quote(str(value))
     return environment.get_template(TEMPLATE).render(
         launch=launch, tasks_file=tasks_file, offset=offset, count=count, log_dir=log_dir, job_name=job_name,
-        python=python, slurm=slurm, time=launch["time"], code_dir=str(_REPO),
+        python=python, slurm=slurm, time=launch["time"], code_dir=str(REPO_ROOT),
     )

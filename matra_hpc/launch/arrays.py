@@ -18,7 +18,7 @@ from typing import Any
 
 from matra_hpc.errors import MatraError
 from matra_hpc.launch.config import LaunchConfig
-from matra_hpc.launch.rundir import SCHEMA, git_revision, utc_now, write_manifest
+from matra_hpc.launch.rundir import new_manifest, utc_now, write_manifest
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default when the configuration cannot be read
 
@@ -68,18 +68,8 @@ def submit_arrays(
         proc = subprocess.Popen(["bash", str(wrapper)], start_new_session=True)
         entries.append({"job_id": str(proc.pid), "state": "SUBMITTED", "submitted": utc_now(), "stdout": log,
                         "stderr": log})
-    manifest = {
-        "schema": SCHEMA,
-        "stage": stage,
-        "kind": "program",
-        "command_line": shlex.join(command_line) if command_line is not None else None,
-        "config": config,
-        "launch": launch.to_dict(),
-        "outputs": {},
-        "git_revision": git_revision(),
-        "after": [],
-        "submitted": utc_now(),
-        "jobs": entries,
-    }
+    manifest = new_manifest(stage=stage, kind="program", config=config, launch=launch.to_dict(), outputs={},
+                            after=[], command_line=command_line)
+    manifest["jobs"] = entries
     write_manifest(run_path, manifest)
     return entries
