@@ -12,8 +12,8 @@ import argparse
 import json
 import os
 
-from matra_hpc.cli.stages import SubmittableStage
 from matra_hpc.evaluate.baseline import BaselineConfig
+from matra_hpc.launch.stages import SubmittableStage
 
 
 def _absolute(path: str | None) -> str | None:

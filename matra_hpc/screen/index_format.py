@@ -25,9 +25,10 @@ import shutil
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from matra_hpc.util import write_json_atomic
 
 SCHEMA = "matra-hpc/novelty-index/1"
 INDEX_FILE = "index.json"
@@ -108,15 +109,6 @@ def part_dir(root: Path, unit: str) -> Path:
 
 def part_done(root: Path, unit: str) -> bool:
     return (part_dir(root, unit) / MANIFEST).is_file()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_npy_atomic(path: Path, data: np.ndarray) -> None:

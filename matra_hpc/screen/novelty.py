@@ -74,7 +74,7 @@ def structure_keys(structure, prototype_hash: str | None = None) -> tuple[int | 
 
 def _created_by() -> dict[str, Any]:
     from matra_hpc import __version__
-    from matra_hpc.data.prepare import git_revision
+    from matra_hpc.util import git_revision
 
     return {"package": __version__, "git": git_revision()}
 
