@@ -22,12 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="index folder to write (e.g. ref.index); rerun to resume")
     parser.add_argument("--rows-per-unit", type=int, default=IndexBuildConfig.rows_per_unit,
                         help="store rows per work unit (default %(default)s)")
+    parser.add_argument("--partition-entries", type=int, default=IndexBuildConfig.partition_entries,
+                        help="entries per table partition, roughly (default %(default)s)")
 
 
 def build_config(args: argparse.Namespace) -> IndexBuildConfig:
     # Absolute paths: a job may start in another working directory than the submitting shell.
     config = IndexBuildConfig(sources=tuple(os.path.abspath(s) for s in args.sources),
-                              out=os.path.abspath(args.out), rows_per_unit=args.rows_per_unit)
+                              out=os.path.abspath(args.out), rows_per_unit=args.rows_per_unit,
+                              partition_entries=args.partition_entries)
     config.validate()
     return config
 
