@@ -11,8 +11,8 @@ import argparse
 import json
 import time
 
-from matra_hpc.cli.stages import SubmittableStage
 from matra_hpc.data.prepare import DataPrepareConfig
+from matra_hpc.launch.stages import SubmittableStage
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,6 @@ import hashlib
 import logging
 import math
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -47,6 +46,7 @@ from matra_hpc.data.readers import (
     read_units,
 )
 from matra_hpc.errors import MatraError, StoreError, UsageError
+from matra_hpc.util import file_sha256, git_revision, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +107,6 @@ def split_of(prototype_hash: str, val_frac: float, seed: int) -> str:
     return "val" if int.from_bytes(digest[:8], "big") / 2.0**64 < val_frac else "train"
 
 
-def git_revision() -> str | None:
-    """Commit of the package's checkout (None when installed without git)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def file_sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def source_record(spec: SourceSpec) -> dict[str, Any]:
@@ -359,16 +343,6 @@ def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str 
     zarr.open_group(str(out / "shards"), mode="w")
 
 
-def _bcast_error(ctx: RunContext, error: Exception | None) -> None:
-    """Rank 0's setup error, raised on every rank, so no rank waits on a barrier forever."""
-    if ctx.comm is not None and ctx.world_size > 1:
-        message = ctx.comm.bcast(str(error) if error else None, root=0)
-        if message and error is None:
-            raise StoreError(message)
-    if error is not None:
-        raise error
-
-
 def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, Any]:
     """Build (or finish) the token store ``config.out``; returns the report (rank 0; others get it too)."""
     config.validate()
@@ -380,13 +354,7 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
         if spec.summary:
             load_summary(spec.summary)  # a bad table is a usage error now, not a worker crash later
     t0 = time.perf_counter()
-    error: Exception | None = None
-    if ctx.rank == 0:
-        try:
-            init_store(config, specs, ctx.run_dir)
-        except Exception as exc:  # raised on every rank below
-            error = exc
-    _bcast_error(ctx, error)
+    ctx.on_rank0(init_store, config, specs, ctx.run_dir)
 
     cfg = asdict(config)
     shard_ids: list[str] = []
@@ -431,17 +399,11 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
         seen = ctx.comm.gather(shard_ids, root=0)
         if ctx.rank == 0:
             shard_ids = sorted({sid for part in seen for sid in part})
-    report: dict[str, Any] | None = None
-    error = None
-    if ctx.rank == 0:
-        try:
-            st.write_json_atomic(Path(config.out) / "shards" / st.PLAN, {"shards": shard_ids})
-            report = build_report(config.out, time.perf_counter() - t0, ctx, config.workers)
-        except Exception as exc:
-            error = exc
-    _bcast_error(ctx, error)
-    if ctx.comm is not None and ctx.world_size > 1:
-        report = ctx.comm.bcast(report, root=0)
+    def plan_and_report() -> dict[str, Any]:
+        write_json_atomic(Path(config.out) / "shards" / st.PLAN, {"shards": shard_ids})
+        return build_report(config.out, time.perf_counter() - t0, ctx, config.workers)
+
+    report = ctx.on_rank0(plan_and_report)
     assert report is not None
     return report
 
@@ -454,7 +416,7 @@ def _finish_without_comm(config: DataPrepareConfig, ctx: RunContext, shard_ids: 
     sure only one of several tasks finishing together builds the view.
     """
     out = Path(config.out)
-    st.write_json_atomic(out / "shards" / st.rank_plan_name(ctx.rank, ctx.world_size), {"shards": shard_ids})
+    write_json_atomic(out / "shards" / st.rank_plan_name(ctx.rank, ctx.world_size), {"shards": shard_ids})
     plan = st.read_plan(out)
     unfinished = [s for s in plan if not st.shard_done(out, s)] if plan is not None else None
     partial = {"store": str(out), "status": "shards written; other tasks still running",
@@ -513,7 +475,7 @@ def build_report(store: str, seconds: float, ctx: RunContext | None = None, work
         "workers_per_rank": workers,
         "content_hash": summary["content_hash"],
     }
-    st.write_json_atomic(Path(store) / "report.json", report)
+    write_json_atomic(Path(store) / "report.json", report)
     if summary["n_rows"]:
         from matra_hpc.data.plots import plot_token_store
 

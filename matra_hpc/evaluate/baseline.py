@@ -1,0 +1,308 @@
+"""The PyXtal baseline of paper Fig. 4: random symmetric crystals with charge-balanced compositions.
+
+Output: a generated store (``matra-hpc/generated/1``, contract section G) with one group
+``T0.00`` and ids ``<run_id>:pyxtal:s<shard>:<i>``; root attr ``baseline`` says what made it.
+Screening and the reports therefore treat it exactly like a model run.
+
+How one row is drawn (deterministic per (seed, shard)):
+1. a space group uniformly in 2..230;
+2. 2-3 elements (``min_elements``..``max_elements``) uniformly from those with ICSD oxidation
+   states in smact (noble gases and Pm have none; Z <= 83), one oxidation state each, and a
+   charge-neutral formula unit from ``smact.neutral_ratios`` (counts <= ``max_count``);
+3. a multiple of the formula unit with at most ``max_atoms`` atoms in the conventional cell that
+   PyXtal can place on the group's Wyckoff positions (``pyxtal.from_random``, its default
+   distance tolerances), with at most ``max_sites`` Wyckoff sites as in the training filters;
+4. the crystal goes through ``encode`` and the generated-row checks (``check_sequence``), so the
+   row holds the same canonical tokens, flags and prototype hash a sampled row would.
+A group is redrawn only after ``attempts_per_group`` failed compositions, so the groups stay
+close to uniform; every attempt and failure is counted in the shard manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+import warnings
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from matra_hpc import __version__
+from matra_hpc.context import RunContext
+from matra_hpc.errors import StoreError, UsageError
+from matra_hpc.util import git_revision
+
+log = logging.getLogger(__name__)
+
+BASELINE_TEMPERATURE = 0.0
+"""The baseline's one group is ``T0.00``: no sampling temperature applies to it."""
+METHOD = "pyxtal"
+
+
+@dataclass
+class BaselineConfig:
+    """A PyXtal baseline run; every field takes part in the resume fingerprint but ``run_id``."""
+
+    out: str
+    n: int = 1000
+    """Structures to write (valid, encodable ones: failed draws are redrawn and counted)."""
+    shards: int = 1
+    seed: int = 0
+    min_elements: int = 2
+    max_elements: int = 3
+    max_count: int = 6
+    """Largest count of one element in the charge-neutral formula unit."""
+    max_atoms: int = 40
+    """Atoms in the conventional cell."""
+    max_sites: int = 15
+    """Wyckoff sites, as the training filter (``--max-wyckoff``)."""
+    attempts_per_group: int = 20
+    min_distance: float = 0.7
+    """Angstrom, the bond check of the generated rows."""
+    train_store: str | None = None
+    """Token store whose structures flag ``dup_train`` (as ``generate --train-store``)."""
+    run_id: str | None = None
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise UsageError(f"--n must be >= 1, got {self.n}")
+        if not 1 <= self.shards <= self.n:
+            raise UsageError(f"--shards must be between 1 and --n ({self.n}), got {self.shards}")
+        if not 2 <= self.min_elements <= self.max_elements <= 8:
+            raise UsageError(f"elements per crystal must satisfy 2 <= min <= max <= 8, got "
+                             f"{self.min_elements}..{self.max_elements}")
+        if self.max_count < 1 or self.max_atoms < self.min_elements or self.max_sites < 1:
+            raise UsageError("--max-count, --max-atoms and --max-sites must be positive "
+                             "(and --max-atoms at least the number of elements)")
+        if self.attempts_per_group < 1:
+            raise UsageError(f"--attempts-per-group must be >= 1, got {self.attempts_per_group}")
+        if self.train_store is not None and not (Path(self.train_store) / "zarr.json").is_file():
+            raise UsageError(f"training store {self.train_store} is not a Zarr store")
+
+    def shard_rows(self, shard: int) -> int:
+        base, extra = divmod(self.n, self.shards)
+        return base + (1 if shard < extra else 0)
+
+    def fingerprint(self, train_fp: str | None) -> dict[str, Any]:
+        fp = {k: v for k, v in asdict(self).items() if k not in ("out", "run_id", "train_store", "n", "shards")}
+        # the generated-store reader and `report generate` read these three keys
+        return {"temperatures": [BASELINE_TEMPERATURE], "shards": self.shards, "per_temp": self.n,
+                "condition": None, "baseline": METHOD, "train_store": train_fp, **fp}
+
+
+@lru_cache(maxsize=1)
+def element_pool() -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(symbol, ICSD oxidation states) of every element up to Bi that smact gives states for."""
+    import smact
+
+    pool = []
+    for symbol in smact.ordered_elements(1, 83):
+        states = tuple(int(s) for s in (smact.Element(symbol).oxidation_states_icsd24 or ()) if s != 0)
+        if states:
+            pool.append((symbol, states))
+    return tuple(pool)
+
+
+def charge_balanced_formula(rng: np.random.Generator, n_elements: int, max_count: int,
+                            tries: int = 50) -> tuple[list[str], list[int], list[int]] | None:
+    """(elements, oxidation states, counts of the reduced formula unit), charge neutral, or None."""
+    import smact
+
+    pool = element_pool()
+    for _ in range(tries):
+        picks = rng.choice(len(pool), size=n_elements, replace=False)
+        symbols = [pool[i][0] for i in picks]
+        states = [int(rng.choice(pool[i][1])) for i in picks]
+        if not (any(s > 0 for s in states) and any(s < 0 for s in states)):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ratios = smact.neutral_ratios(states, threshold=max_count)
+        ratios = sorted({_reduced(r) for r in ratios if all(c > 0 for c in r)})
+        if ratios:
+            counts = list(ratios[int(rng.integers(len(ratios)))])
+            return symbols, states, counts
+    return None
+
+
+def _reduced(counts) -> tuple[int, ...]:
+    g = math.gcd(*[int(c) for c in counts])
+    return tuple(int(c) // g for c in counts)
+
+
+def is_charge_balanced(symbols: list[str], counts: list[int]) -> bool:
+    """Whether some choice of ICSD oxidation states (one per element) sums to zero charge."""
+    import itertools
+
+    states = dict(element_pool())
+    if any(s not in states for s in symbols):
+        return False
+    return any(sum(q * c for q, c in zip(choice, counts, strict=True)) == 0
+               for choice in itertools.product(*[states[s] for s in symbols]))
+
+
+@dataclass
+class Draw:
+    structure: Any
+    spacegroup: int
+    elements: list[str]
+    oxidation_states: list[int]
+    counts: list[int]
+
+
+def draw_crystal(rng: np.random.Generator, config: BaselineConfig, stats: dict[str, int]) -> Draw:
+    """One random symmetric, charge-balanced crystal; loops until one is found (counts failures)."""
+    from pyxtal import pyxtal
+
+    while True:
+        group = int(rng.integers(2, 231))
+        stats["groups_drawn"] = stats.get("groups_drawn", 0) + 1
+        for _ in range(config.attempts_per_group):
+            stats["attempts"] = stats.get("attempts", 0) + 1
+            k = int(rng.integers(config.min_elements, config.max_elements + 1))
+            formula = charge_balanced_formula(rng, k, config.max_count)
+            if formula is None:
+                _count(stats, "no_neutral_formula")
+                continue
+            symbols, states, unit = formula
+            multiples = [z for z in range(1, config.max_atoms + 1) if z * sum(unit) <= config.max_atoms]
+            if not multiples:
+                _count(stats, "too_many_atoms")
+                continue
+            z = int(rng.choice(multiples))
+            crystal = pyxtal()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    # the seed must go to from_random itself: the constructor's is not passed on
+                    crystal.from_random(3, group, symbols, [z * c for c in unit],
+                                        random_state=int(rng.integers(2**31 - 1)))
+            except Exception:  # PyXtal raises on compositions the group's positions cannot hold
+                _count(stats, "pyxtal_incompatible")
+                continue
+            if not crystal.valid:
+                _count(stats, "pyxtal_no_placement")
+                continue
+            if len(crystal.atom_sites) > config.max_sites:
+                _count(stats, "too_many_sites")
+                continue
+            return Draw(crystal.to_pymatgen(), group, symbols, states, [z * c for c in unit])
+
+
+def _count(stats: dict[str, int], key: str) -> None:
+    stats[key] = stats.get(key, 0) + 1
+
+
+def baseline_shard(config: BaselineConfig, run_id: str, shard: int, train_index=None):
+    """The rows of one shard as a ``GeneratedTable``, plus the shard's draw statistics."""
+    from matra_hpc.generate.checks import check_sequence
+    from matra_hpc.generate.table import TableBuilder
+    from matra_hpc.tokens import encode
+
+    rng = np.random.default_rng([config.seed, shard, 0x9A7A])
+    stats: dict[str, int] = {}
+    groups: list[int] = []
+    builder = TableBuilder()
+    while len(builder.rows) < config.shard_rows(shard):
+        draw = draw_crystal(rng, config, stats)
+        try:
+            seq = encode(draw.structure)
+        except Exception as exc:  # e.g. spglib finds a description over the site limit
+            _count(stats, f"encode_{getattr(exc, 'reason', type(exc).__name__)}")
+            continue
+        check = check_sequence(seq.tokens, seq.values, True, min_distance=config.min_distance)
+        if not check.decodes:
+            _count(stats, "decode_failed")
+            continue
+        dup_train = bool(train_index is not None and check.prototype_hash
+                         and train_index.is_known(check.prototype_hash, check.structure))
+        index = len(builder.rows)
+        builder.add(f"{run_id}:{METHOD}:s{shard}:{index}", seq.tokens, seq.values, check, dup_train)
+        groups.append(draw.spacegroup)
+    return builder.build(), {"draws": stats, "drawn_spacegroups": groups}
+
+
+def _prepare(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]:
+    from matra_hpc.generate import store as gstore
+    from matra_hpc.tokens import load_vocab
+
+    vocab = load_vocab()
+    train_fp = None
+    if config.train_store:
+        from matra_hpc.generate.duplicates import store_fingerprint
+
+        train_fp = store_fingerprint(config.train_store)
+    run_id = config.run_id or (Path(ctx.run_dir).name if ctx.run_dir else None) or (
+        "pyxtal-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    import pyxtal
+    import smact
+
+    attrs = {
+        "schema": gstore.SCHEMA,
+        "created_by": {"package": __version__, "git": git_revision()},
+        "config": asdict(config),
+        "vocab": vocab.to_json(),
+        "vocab_hash": vocab.hash,
+        "run_id": run_id,
+        "run_dir": ctx.run_dir,
+        "checkpoint": None,
+        "baseline": {"method": METHOD, "pyxtal": pyxtal.__version__, "smact": smact.__version__,
+                     "charge_balanced": True, "oxidation_states": "smact ICSD24",
+                     "spacegroups": "uniform 2..230", "elements": [config.min_elements, config.max_elements]},
+        "train_store": ({"path": str(Path(config.train_store).resolve()), "fingerprint": train_fp}
+                        if config.train_store else None),
+        "temperatures": [BASELINE_TEMPERATURE],
+        "shards": config.shards,
+        "per_temp": config.n,
+    }
+    root = gstore.init_store(Path(config.out), attrs, config.fingerprint(train_fp))
+    if root.get("baseline", {}).get("method") != METHOD:
+        raise StoreError(f"{config.out} is a generated store of a model run, not a {METHOD} baseline")
+    return {"run_id": root["run_id"], "attempt": uuid.uuid4().hex}
+
+
+def run_baseline(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]:
+    """Write every missing shard of the baseline store; rank 0 consolidates (also under mpirun)."""
+    from matra_hpc.generate import store as gstore
+
+    config.validate()
+    if ctx.world_size > 1 and ctx.comm is None:
+        raise UsageError("a baseline with several ranks needs an MPI communicator (run it under mpirun)")
+    out = Path(config.out)
+    prep = ctx.on_rank0(_prepare, config, ctx)
+    train_index = None
+    if config.train_store:
+        from matra_hpc.generate.duplicates import TrainingIndex
+
+        train_index = TrainingIndex(config.train_store)
+    claims = gstore.TaskClaims(out, prep["attempt"])
+    done, skipped = [], 0
+    for shard in range(config.shards):
+        if gstore.shard_done(out, BASELINE_TEMPERATURE, shard):
+            skipped += 1
+            continue
+        if not claims.claim(shard):
+            continue
+        started = time.time()
+        table, stats = baseline_shard(config, prep["run_id"], shard, train_index)
+        manifest = {"run_id": prep["run_id"], "temperature": BASELINE_TEMPERATURE, "shard": shard,
+                    "seed": config.seed, "rank": ctx.rank, "seconds": round(time.time() - started, 3), **stats}
+        gstore.write_shard(out, BASELINE_TEMPERATURE, shard, table, manifest)
+        log.info("rank %d: baseline shard %d: %d rows in %.1fs", ctx.rank, shard, len(table), manifest["seconds"])
+        done.append(shard)
+    if ctx.comm is not None and ctx.world_size > 1:
+        ctx.comm.Barrier()
+
+    def finish() -> dict[str, Any]:
+        result = gstore.consolidate(out)
+        gstore.clear_claims(out)
+        return {"rows": sum(result.rows.values()), "complete": result.complete}
+
+    summary = ctx.on_rank0(finish)
+    return {"run_id": prep["run_id"], "store": str(out), "rank": ctx.rank, "shards_done_here": done,
+            "shards_skipped": skipped, **(summary or {})}
