@@ -153,6 +153,12 @@ def test_array_tasks_partitions_and_resume_give_the_same_index(token_store, inde
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     # A rerun of a finished build returns it without touching it.
     assert build_index([token_store], out, rows_per_unit=2)["parts_built_here"] == 0
+    # The merging task died after its claim: a rerun of the array merges again.
+    (out / fmt.INDEX_FILE).unlink()
+    assert (out / ".finalize-claim").exists()
+    again = build_index([token_store], out, ctx=RunContext(rank=0, world_size=2), rows_per_unit=2)
+    assert again["finalized"] is True and again["parts_built_here"] == 0
+    assert NoveltyIndex.open(out).entry_id(0) == serial.entry_id(0)
 
     # Many partitions (tiny target size): same answers as one partition.
     many = tmp_path / "many.index"
