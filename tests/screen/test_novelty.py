@@ -7,7 +7,11 @@ the data stage, so the index reads exactly what a user's store holds.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,7 +134,7 @@ def _tables(path) -> dict[str, np.ndarray]:
     return out
 
 
-def test_array_tasks_partitions_and_resume_give_the_same_index(token_store, index_path, tmp_path, monkeypatch) -> None:
+def test_array_tasks_partitions_and_resume_give_the_same_index(token_store, index_path, tmp_path) -> None:
     # Units of 2 rows; the second task of two finishes last and merges.
     out = tmp_path / "array.index"
     first = build_index([token_store], out, ctx=RunContext(rank=0, world_size=2), rows_per_unit=2)
@@ -145,20 +149,46 @@ def test_array_tasks_partitions_and_resume_give_the_same_index(token_store, inde
     serial = NoveltyIndex.open(index_path)
     index = NoveltyIndex.open(out)
     assert [index.entry_id(e) for e in range(len(index))] == [serial.entry_id(e) for e in range(len(serial))]
-    a, b = _tables(out), _tables(fmt.Path(index_path))
+    a, b = _tables(out), _tables(Path(index_path))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     # A rerun of a finished build returns it without touching it.
     assert build_index([token_store], out, rows_per_unit=2)["parts_built_here"] == 0
+    # The merging task died after its claim: a rerun of the array merges again.
+    (out / fmt.INDEX_FILE).unlink()
+    assert (out / ".finalize-claim").exists()
+    again = build_index([token_store], out, ctx=RunContext(rank=0, world_size=2), rows_per_unit=2)
+    assert again["finalized"] is True and again["parts_built_here"] == 0
+    assert NoveltyIndex.open(out).entry_id(0) == serial.entry_id(0)
 
     # Many partitions (tiny target size): same answers as one partition.
-    monkeypatch.setattr(fmt, "PARTITION_TARGET", 1)
     many = tmp_path / "many.index"
-    summary = build_index([token_store], many, rows_per_unit=4)
+    summary = build_index([token_store], many, rows_per_unit=4, partition_entries=1)
     assert summary["partitions"] > 1
     index = NoveltyIndex.open(many)
-    keys = np.concatenate([np.load(fmt.table_paths(fmt.Path(index_path), "proto", 0)[0]), [np.uint64(12345)]])
+    keys = np.concatenate([np.load(fmt.table_paths(Path(index_path), "proto", 0)[0]), [np.uint64(12345)]])
     assert index.count_keys(keys).tolist() == serial.count_keys(keys).tolist() == [1] * (len(keys) - 1) + [0]
     assert index.find(lowered(known_crystals()["zno"])) == _id_of(index, "zno")
+
+
+@pytest.mark.mpi
+def test_two_mpi_ranks_share_units_and_merge(token_store, index_path, tmp_path) -> None:
+    out = tmp_path / "mpi.index"
+    mpirun = Path(sys.executable).parent / "mpirun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(mpirun), "-n", "2", sys.executable, "-m", "matra_hpc", "index", "build", token_store,
+                           "--out", str(out), "--rows-per-unit", "2", "--partition-entries", "2"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["partitions"] == 4 and summary["n_parts"] == 3
+    ranks = {fmt.read_manifest(out, p["unit"])["rank"] for p in json.loads((out / fmt.INDEX_FILE).read_text())["parts"]}
+    assert ranks == {0, 1}
+    index, serial = NoveltyIndex.open(out), NoveltyIndex.open(index_path)
+    assert [index.entry_id(e) for e in range(len(index))] == [serial.entry_id(e) for e in range(len(serial))]
+    probe = np.concatenate([np.load(fmt.table_paths(Path(index_path), t, 0)[0]) for t in fmt.TABLES])
+    for table in fmt.TABLES:
+        assert index.count_keys(probe, table).tolist() == serial.count_keys(probe, table).tolist()
+    assert index.find(lowered(known_crystals()["rutile"])) == _id_of(index, "rutile")
 
 
 def test_folder_and_generated_sources(tmp_path) -> None:
