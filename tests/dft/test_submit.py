@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from matra_hpc.dft.submit import array_chunks, pack_tasks, pick_candidates, render_array_script, run_config_from_profile
+from matra_hpc.dft.submit import (
+    array_chunks,
+    pack_tasks,
+    pick_candidates,
+    render_array_script,
+    run_config_from_profile,
+)
 from matra_hpc.errors import UsageError
 from matra_hpc.launch import resolve_launch_config
 
