@@ -221,6 +221,7 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
     (root / "parts").mkdir(exist_ok=True)
 
     built = 0
+    all_done_at_start = all(fmt.part_done(root, u.name) for u in units)
     for unit in units[ctx.rank::max(1, ctx.world_size)]:
         if fmt.part_done(root, unit.name):
             continue
@@ -241,16 +242,19 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
 
     if ctx.world_size > 1:
         # Independent array tasks: the last one to finish its units merges. Whoever wrote last
-        # sees every part; if two see them at once, the O_EXCL claim picks one.
+        # sees every part; if two see them at once, the O_EXCL claim picks one. A task that found
+        # every part already there (a rerun after the merging task died) merges too: merges write
+        # identical files atomically, so a second one only costs time.
+        not_done = {"out": str(root), "finalized": False, "parts_built_here": built,
+                    "seconds": round(time.perf_counter() - start, 2)}
         if not all(fmt.part_done(root, u.name) for u in units):
-            return {"out": str(root), "finalized": False, "parts_built_here": built,
-                    "seconds": round(time.perf_counter() - start, 2)}
-        try:
-            fd = os.open(root / ".finalize-claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.close(fd)
-        except FileExistsError:
-            return {"out": str(root), "finalized": False, "parts_built_here": built,
-                    "seconds": round(time.perf_counter() - start, 2)}
+            return not_done
+        if not all_done_at_start:
+            try:
+                fd = os.open(root / ".finalize-claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.close(fd)
+            except FileExistsError:
+                return not_done
     index = _finalize(root, units, described, plan)
     fmt.write_json_atomic(root / fmt.INDEX_FILE, index)
     return _summary(index, root, time.perf_counter() - start, built)

@@ -6,6 +6,7 @@ the data stage, so the index reads exactly what a user's store holds.
 
 from __future__ import annotations
 
+import bz2
 import json
 import os
 import subprocess
@@ -24,6 +25,7 @@ from matra_hpc.screen.index_sources import structure_hash
 from matra_hpc.screen.novelty import NoveltyIndex, RunUniqueness, build_index
 
 warnings.filterwarnings("ignore", message=".*(fractional coordinates|electronegativity).*")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pymatgen's CIF parser on the broken file
 
 
 def known_crystals() -> dict[str, Structure]:
@@ -153,6 +155,12 @@ def test_array_tasks_partitions_and_resume_give_the_same_index(token_store, inde
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     # A rerun of a finished build returns it without touching it.
     assert build_index([token_store], out, rows_per_unit=2)["parts_built_here"] == 0
+    # The merging task died after its claim: a rerun of the array merges again.
+    (out / fmt.INDEX_FILE).unlink()
+    assert (out / ".finalize-claim").exists()
+    again = build_index([token_store], out, ctx=RunContext(rank=0, world_size=2), rows_per_unit=2)
+    assert again["finalized"] is True and again["parts_built_here"] == 0
+    assert NoveltyIndex.open(out).entry_id(0) == serial.entry_id(0)
 
     # Many partitions (tiny target size): same answers as one partition.
     many = tmp_path / "many.index"
@@ -210,14 +218,28 @@ def test_folder_and_generated_sources(tmp_path) -> None:
     write_shard(gen, 0.7, 0, builder.build(), {})
     consolidate(gen)
 
+    # A raw Alexandria file, read by the data stage's reader without its filters: a 2x2x2 supercell
+    # of CsCl has 16 atoms, still one Wyckoff orbit per element, and a big P1 cell is kept by formula.
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
+
+    alex = tmp_path / "alex"
+    alex.mkdir()
+    p1 = lowered(crystals["srtio3"] * (2, 2, 2))
+    entries = [ComputedStructureEntry(s, -1.0 * len(s), data={"mat_id": mid}).as_dict()
+               for s, mid in ((crystals["cscl"] * (2, 2, 2), "agm001"), (p1, "agm002"))]
+    with bz2.open(alex / "alexandria_000.json.bz2", "wt") as fh:
+        json.dump({"entries": entries}, fh)
+
     out = tmp_path / "mixed.index"
-    summary = build_index([str(folder), str(gen)], out)
-    assert summary["n_entries"] == 3
+    summary = build_index([str(folder), str(gen), f"alexandria={alex}"], out)
+    assert summary["n_entries"] == 5 and summary["n_hashed"] == 4  # the P1 cell has no prototype hash
     assert summary["skipped"] == {"parse_error": 1, "not_decoded": 1}
     index = NoveltyIndex.open(out)
     assert index.find(shifted_supercell_shuffled(crystals["zno"])) == "cifs/sub/zno.cif"
     assert index.find(lowered(crystals["rutile"])) == "run:T0.70:s0:0"
-    assert index.find(crystals["cscl"]) is None
+    assert index.find(crystals["cscl"]) == "alex:agm001"
+    assert index.find(p1) == "alex:agm002"
+    assert index.find(crystals["fes2"]) is None
 
 
 def test_refusals(token_store, index_path, tmp_path) -> None:
