@@ -15,6 +15,11 @@ def test_demo_commands_follow_the_pipeline(tmp_path: Path) -> None:
     assert [c[:2] for c in commands] == [
         ["data", "demo"], ["submit", "train"], ["submit", "generate"], ["report", "generate"],
     ]
+    # a fixed number of optimizer steps, not minutes: the figures do not depend on machine load
+    train = commands[1]
+    assert train[train.index("--max-steps") + 1] == str(DemoConfig().train_steps)
+    assert "--max-minutes" not in train
+    assert DemoConfig().per_temp >= 64
 
 
 @pytest.mark.slow
@@ -32,6 +37,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert report["complete"] is True
     assert (out / "generated.report.png").stat().st_size > 0
     assert (out / "generated.report.csv").read_text().count("\n") >= 3
+    assert (out / "generated.report.plausibility.png").stat().st_size > 0
+    assert report["plausibility"]["generated"]["volume_per_atom"]["n"] > 0
 
     # A rerun resumes: the token store is reused and the finished shards are kept as they are.
     tokens_attrs = (out / "tokens.zarr" / "zarr.json").read_text()

@@ -18,6 +18,7 @@ Kinds are small integers: ``NONE`` (the token is not ``<num>``), ``COORD``, ``LE
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -120,3 +121,91 @@ def sequence_cell_atoms(tokens: np.ndarray) -> np.ndarray:
     values = _count_values()
     tok = np.clip(np.asarray(tokens, dtype=np.int64), 0, len(values) - 1)
     return values[tok].sum(axis=-1)
+
+
+# Closeness of the earlier free values of two sites (fractional): the width of the weight that
+# makes a site's last free value repel an earlier site's only when the sites agree on the others.
+AXIS_WIDTH = 0.02
+
+
+def _site_axes(vocab, n_free: np.ndarray, tokens, values):
+    """Walk a sequence: yields (position, W token, axis, n_free of the site, values so far of the
+    site, earlier sites [(W token, values)]) at every coordinate position."""
+    sites: list[tuple[int, list[float]]] = []
+    current: tuple[int, list[float]] | None = None
+    expect = 0  # coordinates still due for the current site
+    pending_w = -1
+    for t, token in enumerate(tokens):
+        token = int(token)
+        if token == vocab.num and expect > 0 and current is not None:
+            yield t, current[0], len(current[1]), n_free[current[0]], current[1], sites
+            current[1].append(float(values[t]))
+            expect -= 1
+            if expect == 0:
+                sites.append(current)
+                current = None
+        elif 0 <= token < len(n_free) and n_free[token] >= 0 and vocab.wyckoff_range[0] <= token:
+            pending_w = token
+        elif pending_w >= 0:  # the site's element: its values follow
+            if n_free[pending_w] > 0:
+                current, expect = (pending_w, []), int(n_free[pending_w])
+            else:
+                sites.append((pending_w, []))
+            pending_w = -1
+
+
+def repulsion_context(tokens, values) -> tuple[list[float], list[float]]:
+    """For the next value of a prefix, when it is the *last* free value of a site: the same-axis
+    values of the earlier sites on the same Wyckoff token, and their weights (the product over
+    the site's other axes of exp(-d^2 / (2 AXIS_WIDTH^2)), d the periodic difference). Empty
+    otherwise. Two sites with equal free values are the same atoms; the model's coordinate head
+    learns how strongly to keep away from them (``ModelConfig.coord_repulsion``)."""
+    out = _repulsion_positions(np.asarray(tokens), np.asarray(values, dtype=np.float64), len(tokens))
+    return out.get(len(tokens), ([], []))
+
+
+def _repulsion_positions(tokens: np.ndarray, values: np.ndarray, upto: int) -> dict[int, tuple[list, list]]:
+    from matra_hpc.tokens import load_vocab
+
+    vocab = load_vocab()
+    n_free, is_w, _, _ = _tables()
+    table = np.where(is_w, n_free, -1)
+    toks = list(tokens[:upto]) + [vocab.num]  # a value at ``upto`` (the next slot) too
+    vals = list(values[:upto]) + [np.nan]
+    out: dict[int, tuple[list, list]] = {}
+    for t, w, axis, nf, site_vals, earlier in _site_axes(vocab, table, toks, vals):
+        if axis != nf - 1:
+            continue
+        reps, weights = [], []
+        for w2, v2 in earlier:
+            if w2 != w:
+                continue
+            weight = 1.0
+            for i in range(axis):
+                d = abs(site_vals[i] - v2[i]) % 1.0
+                d = min(d, 1.0 - d)
+                weight *= math.exp(-0.5 * (d / AXIS_WIDTH) ** 2)
+            if weight > 1e-3:
+                reps.append(v2[axis])
+                weights.append(weight)
+        if reps:
+            out[t] = (reps, weights)
+    return out
+
+
+def sequence_repulsion(tokens: np.ndarray, values: np.ndarray, max_reps: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """``repulsion_context`` at every position of whole sequences (B, T): values and weights
+    (B, T, R), weight 0 where there is nothing to repel (padding)."""
+    tok = np.atleast_2d(np.asarray(tokens))
+    val = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    B, T = tok.shape
+    per_row = [_repulsion_positions(tok[b], val[b], T) for b in range(B)]
+    R = min(max_reps, max((len(r[0]) for row in per_row for r in row.values()), default=0))
+    reps = np.zeros((B, T, max(R, 1)))
+    weights = np.zeros((B, T, max(R, 1)))
+    for b, row in enumerate(per_row):
+        for t, (r, w) in row.items():
+            if t < T:
+                k = min(len(r), R)
+                reps[b, t, :k], weights[b, t, :k] = r[:k], w[:k]
+    return reps, weights

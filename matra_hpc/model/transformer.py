@@ -53,6 +53,7 @@ from matra_hpc.model.slots import (
     NONE,
     VALUE_KINDS,
     sequence_cell_atoms,
+    sequence_repulsion,
     sequence_slot_kinds,
 )
 
@@ -116,6 +117,12 @@ class ModelConfig:
     angle_loc: float = 90.0
     angle_scale: float = 20.0
     """Angles enter the mixture head as (degrees - loc) / scale."""
+    coord_repulsion: bool = False
+    """The mixture head's coordinate density also keeps away from the same free value of an
+    earlier site on the same Wyckoff token (two such sites with equal values are the same atoms):
+    at the last free value of a site, density * exp(-lambda * sum_j w_j k(x - r_j)), normalised
+    over the period, with lambda and the kernel's width predicted per position (``ValueMixture``,
+    ``model/slots.py: repulsion_context``)."""
     value_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Weights of the value loss of coordinates, lengths and angles (the loss is the weighted
     mean over the values of a batch)."""
@@ -522,10 +529,15 @@ class ValueMixture:
 
     LOG_KAPPA = (-3.0, 10.0)
     LOG_SIGMA = (-7.0, 3.0)
+    LOG_KAPPA_REPEL = (2.0, 8.0)
+    GRID = 256  # points over the period that normalise a repelled coordinate density
+    SAMPLE_GRID = 2048
 
     def __init__(self, config: ModelConfig) -> None:
         self.k = config.n_mix
-        self.n_params = 9 * self.k
+        self.repulsion = config.coord_repulsion
+        # 9K mixture parameters, then (repulsion) the strength and the log kernel concentration
+        self.n_params = 9 * self.k + (2 if self.repulsion else 0)
         self.length_loc, self.length_scale = config.length_log_loc, config.length_log_scale
         self.per_atom = config.length_per_atom
         self.angle_loc, self.angle_scale = config.angle_loc, config.angle_scale
@@ -540,11 +552,12 @@ class ValueMixture:
         spread = torch.linspace(-1.5, 1.5, k) if k > 1 else torch.zeros(1)
         bias[1:, 1] = spread
         bias[1:, 2] = math.log(0.5)
-        return bias.reshape(-1)
+        extra = torch.tensor([2.0, math.log(300.0)]) if self.repulsion else torch.zeros(0)
+        return torch.cat([bias.reshape(-1), extra])
 
     def select(self, params: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
         """(..., 9K) parameters and (...) kinds -> (..., 3, K): the block of each slot's kind."""
-        blocks = params.reshape(*params.shape[:-1], 3, 3, self.k)
+        blocks = params[..., : 9 * self.k].reshape(*params.shape[:-1], 3, 3, self.k)
         index = (kinds.long() - 1).clamp(min=0, max=2)
         index = index[..., None, None, None].expand(*kinds.shape, 1, 3, self.k)
         return blocks.gather(-3, index).squeeze(-3)
@@ -564,8 +577,42 @@ class ValueMixture:
         z_ang = (values - self.angle_loc) / self.angle_scale
         return torch.where(kinds == LENGTH, z_len, torch.where(kinds == ANGLE, z_ang, values))
 
+    def _coord_log_density(self, block: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log mixture density of coordinates: block (..., 3, K), x (..., G) -> (..., G)."""
+        log_w = torch.log_softmax(block[..., 0, :], dim=-1)[..., None, :]
+        loc = block[..., 1, :][..., None, :]
+        kappa = block[..., 2, :].clamp(*self.LOG_KAPPA).exp()[..., None, :]
+        lp = kappa * (torch.cos(2 * math.pi * (x[..., None] - loc)) - 1.0) - torch.log(torch.special.i0e(kappa))
+        return torch.logsumexp(log_w + lp, dim=-1)
+
+    def _repel(self, params: torch.Tensor, x: torch.Tensor, reps: torch.Tensor, weights: torch.Tensor):
+        """lambda * sum_j w_j exp(kappa_r (cos 2 pi (x - r_j) - 1)): params (N, P), x (N, G),
+        reps and weights (N, R) -> (N, G)."""
+        strength = F.softplus(params[:, -2])[:, None, None]
+        kappa = params[:, -1].clamp(*self.LOG_KAPPA_REPEL).exp()[:, None, None]
+        kern = torch.exp(kappa * (torch.cos(2 * math.pi * (x[..., None] - reps[:, None, :])) - 1.0))
+        return (strength * weights[:, None, :] * kern).sum(-1)
+
+    def repelled_nll(self, params: torch.Tensor, values: torch.Tensor, reps: torch.Tensor,
+                     weights: torch.Tensor) -> torch.Tensor:
+        """NLL of coordinates (N,) under the repelled density: params (N, P), reps/weights (N, R)."""
+        block = self.select(params.float(), torch.full(values.shape, COORD, device=values.device))
+        grid = (torch.arange(self.GRID, device=values.device, dtype=torch.float32) + 0.5) / self.GRID
+        grid = grid.expand(len(values), -1)
+        log_on_grid = self._coord_log_density(block, grid) - self._repel(params.float(), grid, reps, weights)
+        log_z = torch.logsumexp(log_on_grid, dim=-1) - math.log(self.GRID)  # the mean over the period
+        at = values.float()[:, None]
+        log_at = self._coord_log_density(block, at)[:, 0] - self._repel(params.float(), at, reps, weights)[:, 0]
+        return log_z - log_at
+
     def nll(
-        self, params: torch.Tensor, values: torch.Tensor, kinds: torch.Tensor, atoms: torch.Tensor | None = None
+        self,
+        params: torch.Tensor,
+        values: torch.Tensor,
+        kinds: torch.Tensor,
+        atoms: torch.Tensor | None = None,
+        reps: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Negative log-likelihood of each value (0 where the kind is NONE), float32.
 
@@ -585,6 +632,13 @@ class ValueMixture:
         lp_gauss = -0.5 * ((z - loc) * torch.exp(-log_sigma)) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
         lp = torch.where((kinds == COORD)[..., None], lp_coord, lp_gauss)
         nll = -torch.logsumexp(log_w + lp, dim=-1)
+        if self.repulsion and reps is not None:
+            # the last free values of sites that share a Wyckoff token with an earlier site
+            repelled = (kinds == COORD) & (weights > 0).any(dim=-1)
+            if bool(repelled.any()):
+                nll = nll.clone()
+                nll[repelled] = self.repelled_nll(params[repelled], v[repelled], reps[repelled].float(),
+                                                  weights[repelled].float())
         return torch.where(kinds > NONE, nll, torch.zeros_like(nll))
 
     def point(self, params: torch.Tensor, kinds: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
@@ -599,13 +653,22 @@ class ValueMixture:
         return torch.where(kinds > NONE, out, torch.full_like(out, math.nan))
 
     def sample(
-        self, params: np.ndarray, kind: int, temperature: float, rng: np.random.Generator, atoms: int = 1
+        self,
+        params: np.ndarray,
+        kind: int,
+        temperature: float,
+        rng: np.random.Generator,
+        atoms: int = 1,
+        repel: tuple[list[float], list[float]] | None = None,
     ) -> float:
         """One value of ``kind`` from a position's parameters (P,) at ``temperature`` (``atoms``:
         in the cell, for lengths): one uniform picks the component, then one von Mises or normal
-        draw, all from ``rng``."""
+        draw, all from ``rng``. A coordinate with ``repel`` (values, weights) is drawn from the
+        repelled density raised to 1/T on a fine grid: two uniforms (cell, place in the cell)."""
+        if kind == COORD and self.repulsion and repel and repel[0]:
+            return self._sample_repelled(params, temperature, rng, repel)
         k = self.k
-        block = np.asarray(params, dtype=np.float64).reshape(3, 3, k)[kind - 1]
+        block = np.asarray(params, dtype=np.float64)[: 9 * k].reshape(3, 3, k)[kind - 1]
         logits = block[0] / temperature
         w = np.exp(logits - logits.max())
         cdf = np.cumsum(w)
@@ -620,6 +683,29 @@ class ValueMixture:
         if kind == LENGTH:
             return math.exp(min(z * self.length_scale + self.length_loc + float(self.length_offset(atoms)), 700.0))
         return z * self.angle_scale + self.angle_loc
+
+
+    def _sample_repelled(self, params: np.ndarray, temperature: float, rng: np.random.Generator,
+                         repel: tuple[list[float], list[float]]) -> float:
+        p = np.asarray(params, dtype=np.float64)
+        block = p[: 9 * self.k].reshape(3, 3, self.k)[0]
+        g = (np.arange(self.SAMPLE_GRID) + 0.5) / self.SAMPLE_GRID
+        log_w = block[0] - np.logaddexp.reduce(block[0])
+        kappa = np.exp(np.clip(block[2], *self.LOG_KAPPA))
+        lp = kappa[None, :] * (np.cos(2 * np.pi * (g[:, None] - block[1][None, :])) - 1.0) - np.log(_i0e(kappa))
+        log_d = np.logaddexp.reduce(log_w[None, :] + lp, axis=1)
+        strength = float(np.logaddexp(0.0, p[-2]))
+        kr = math.exp(min(max(float(p[-1]), self.LOG_KAPPA_REPEL[0]), self.LOG_KAPPA_REPEL[1]))
+        reps, weights = np.asarray(repel[0]), np.asarray(repel[1])
+        log_d -= strength * (weights[None, :] * np.exp(kr * (np.cos(2 * np.pi * (g[:, None] - reps[None, :])) - 1))).sum(1)
+        log_d /= temperature
+        cdf = np.cumsum(np.exp(log_d - log_d.max()))
+        cell = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), self.SAMPLE_GRID - 1)
+        return float((cell + rng.random()) / self.SAMPLE_GRID) % 1.0
+
+
+def _i0e(kappa: np.ndarray) -> np.ndarray:
+    return torch.special.i0e(torch.from_numpy(np.asarray(kappa, dtype=np.float64))).numpy()
 
 
 def point_values(
@@ -671,9 +757,14 @@ def loss_sums(
         if atoms is None:
             atoms = target_cell_atoms(target_tokens)
         row_atoms = atoms.to(target.device)[:, None].expand(target.shape)
+        reps = weights = None
+        if config.coord_repulsion:
+            r, w = sequence_repulsion(target_tokens.detach().cpu().numpy(), target_values.detach().cpu().numpy())
+            reps = torch.from_numpy(r).to(target.device)[is_num]
+            weights = torch.from_numpy(w).to(target.device)[is_num]
         per_value = torch.zeros_like(target)
         per_value[is_num] = ValueMixture(config).nll(cont_pred[is_num], target[is_num], kinds[is_num],
-                                                     row_atoms[is_num])
+                                                     row_atoms[is_num], reps, weights)
     else:
         if config.cont_loss_scale == "log":
             err = torch.where(is_num, symlog(cont_pred.float()) - symlog(target), 0.0)

@@ -44,7 +44,14 @@ import numpy as np
 import torch
 
 from matra_hpc.errors import UsageError
-from matra_hpc.model.slots import LENGTH, NONE, grammar_slot_kind, sequence_cell_atoms
+from matra_hpc.model.slots import (
+    COORD,
+    LENGTH,
+    NONE,
+    grammar_slot_kind,
+    repulsion_context,
+    sequence_cell_atoms,
+)
 
 
 @dataclass(frozen=True)
@@ -217,8 +224,10 @@ class _Run:
                 if self.mixture is not None:
                     kind = self.kinds[i]
                     atoms = sequence_cell_atoms(self.tokens[i]) if kind == LENGTH else 1
+                    repel = (repulsion_context(self.tokens[i], self.values[i])
+                             if kind == COORD and self.mixture.repulsion else None)
                     value = _mixture_value(self.mixture, last_cont[k], kind, temperature, rng, grammar, state,
-                                           lo, hi, periodic, atoms)
+                                           lo, hi, periodic, atoms, repel)
                 else:
                     raw = float(last_cont[k])
                     if settings.value_noise > 0:
@@ -404,13 +413,14 @@ MODEL_REDRAWS = 8
 
 
 def _mixture_value(mixture, params: np.ndarray, kind: int, temperature: float, rng: np.random.Generator,
-                   grammar, state, lo: float, hi: float, periodic: bool, atoms: int = 1) -> float:
+                   grammar, state, lo: float, hi: float, periodic: bool, atoms: int = 1,
+                   repel: tuple[list[float], list[float]] | None = None) -> float:
     """A value drawn from the mixture head at the temperature, brought into the grammar's range;
     a value the grammar refuses (a coordinate on a special position or an earlier atom) is drawn
     again from the model, up to MODEL_REDRAWS times, before ``_admissible_value`` takes over."""
     value = lo
     for _ in range(MODEL_REDRAWS):
-        value = _into_range(mixture.sample(params, kind, temperature, rng, atoms), lo, hi, periodic=periodic)
+        value = _into_range(mixture.sample(params, kind, temperature, rng, atoms, repel), lo, hi, periodic=periodic)
         if grammar.value_allowed(state, value):
             return value
     return value

@@ -132,3 +132,56 @@ def test_point_value_is_the_heaviest_component_in_the_values_units():
                               np.array([COORD, LENGTH, ANGLE]))
     assert errors[COORD].tolist() == pytest.approx([0.04])  # periodic distance
     assert errors[LENGTH].tolist() == [1.0] and errors[ANGLE].tolist() == [5.0]
+
+
+def _two_free_position(group: int, n_free: int) -> str:
+    from matra_hpc.tokens import wyckoff_table
+
+    return next(p.letter for p in wyckoff_table()[group] if p.n_free == n_free)
+
+
+def test_repulsion_context_names_earlier_sites_on_the_same_token():
+    from matra_hpc.model.slots import repulsion_context, sequence_repulsion
+    from matra_hpc.tokens import load_vocab
+
+    v, nan = load_vocab(), math.nan
+    one, two = _two_free_position(221, 1), _two_free_position(221, 2)
+    head = [v.arity(1), v.element(26), v.count(30), v.spacegroup(221)]
+    site1 = [v.wyckoff(221, one), v.element(26), v.num]
+    tokens = head + site1 + [v.wyckoff(221, one), v.element(26)]
+    values = [nan] * 4 + [nan, nan, 0.2] + [nan, nan]
+    assert repulsion_context(tokens, values) == ([0.2], [1.0])
+    # a site on another token is not repelled
+    assert repulsion_context(head + site1 + [v.wyckoff(221, two), v.element(26)], values) == ([], [])
+    # two free values: only the last one is repelled, weighted by how close the first ones are
+    site2 = [v.wyckoff(221, two), v.element(26), v.num, v.num]
+    tokens = head + site2 + [v.wyckoff(221, two), v.element(26), v.num]
+    values = [nan] * 4 + [nan, nan, 0.10, 0.30] + [nan, nan, 0.11]
+    reps, weights = repulsion_context(tokens, values)
+    assert reps == [0.30] and weights[0] == pytest.approx(math.exp(-0.5 * (0.01 / 0.02) ** 2))
+    assert repulsion_context(tokens[:-1], values[:-1]) == ([], [])  # the first free value: none
+    # the batch form gives the same at the value's position
+    full = tokens + [v.num]
+    r, w = sequence_repulsion(np.array([full]), np.array([values + [0.31]]))
+    assert r[0, len(tokens), 0] == pytest.approx(0.30) and w[0, len(tokens), 0] == pytest.approx(weights[0])
+    assert (w[0, : len(tokens)] == 0).all()
+
+
+def test_repelled_coordinates_are_a_density_and_keep_away():
+    cfg = ModelConfig(vocab_size=10, n_layer=1, n_head=1, d_model=8, n_gauss=4, n_mix=2, value_head="mixture",
+                      coord_repulsion=True)
+    mix = ValueMixture(cfg)
+    p = torch.zeros(mix.n_params)
+    p[:6] = torch.tensor([0.0, -30.0, 0.25, 0.5, math.log(20.0), 0.0])  # one von Mises at 0.25
+    p[-2], p[-1] = 8.0, math.log(500.0)  # strong, narrow repulsion
+    reps, weights = torch.tensor([[0.25]]), torch.tensor([[1.0]])
+    x = (torch.arange(4000) + 0.5) / 4000
+    nll = mix.repelled_nll(p.expand(len(x), -1), x, reps.expand(len(x), -1), weights.expand(len(x), -1))
+    assert float(torch.exp(-nll).mean()) == pytest.approx(1.0, abs=2e-3)
+    assert float(torch.exp(-nll[1000])) < 0.01 * float(torch.exp(-nll).max())  # x = 0.25: pushed away
+    rng = np.random.default_rng(1)
+    draws = np.array([mix.sample(p.numpy(), COORD, 1.0, rng, repel=([0.25], [1.0])) for _ in range(500)])
+    assert np.abs(draws - 0.25).min() > 0.01 and np.abs(draws - 0.25).max() < 0.2
+    # no repulsion: the plain von Mises around 0.25
+    plain = np.array([mix.sample(p.numpy(), COORD, 1.0, rng) for _ in range(500)])
+    assert np.abs(plain - 0.25).mean() < np.abs(draws - 0.25).mean()
