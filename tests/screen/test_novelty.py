@@ -270,6 +270,20 @@ def test_refusals(token_store, index_path, tmp_path) -> None:
     (stale / fmt.INDEX_FILE).write_text(json.dumps(meta))
     with pytest.raises(StoreError, match="rebuild"):
         NoveltyIndex.open(stale)
+    # A table file lost after the build.
+    damaged = tmp_path / "damaged.index"
+    build_index([token_store], damaged)
+    fmt.table_paths(damaged, "formula", 0)[1].unlink()
+    with pytest.raises(StoreError, match="damaged"):
+        NoveltyIndex.open(damaged)
+    # A folder that gained a file since its parts were built is another source: refused.
+    folder = tmp_path / "few"
+    folder.mkdir()
+    known_crystals()["nacl"].to(filename=str(folder / "a.cif"))
+    build_index([str(folder)], tmp_path / "few.index")
+    known_crystals()["cscl"].to(filename=str(folder / "b.cif"))
+    with pytest.raises(UsageError, match="other sources"):
+        build_index([str(folder)], tmp_path / "few.index")
 
 
 def test_cli_build_info_find(token_store, tmp_path, capsys) -> None:
