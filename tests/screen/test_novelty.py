@@ -181,6 +181,21 @@ def test_array_tasks_partitions_and_resume_give_the_same_index(token_store, inde
     assert index.find(lowered(known_crystals()["zno"])) == _id_of(index, "zno")
 
 
+def test_stored_hashes_of_an_older_version_are_recomputed(token_store, tmp_path, monkeypatch) -> None:
+    import matra_hpc.tokens.hashing as hashing
+
+    monkeypatch.setattr(hashing, "HASH_VERSION", "v9")  # the store holds v1 hashes: all stale now
+    out = tmp_path / "v9.index"
+    summary = build_index([token_store], out)
+    assert summary["hash_version"] == "v9" and summary["n_hashed"] == len(known_crystals())
+    index = NoveltyIndex.open(out)
+    rutile = known_crystals()["rutile"]
+    h = structure_hash(rutile)
+    assert h.startswith("v9:")
+    key = fmt.proto_key(h, [site.specie.Z for site in rutile])
+    assert [index.entry_id(e) for e in index.bucket(key)] == [_id_of(index, "rutile")]
+
+
 @pytest.mark.mpi
 def test_two_mpi_ranks_share_units_and_merge(token_store, index_path, tmp_path) -> None:
     out = tmp_path / "mpi.index"
