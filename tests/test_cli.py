@@ -18,7 +18,7 @@ def test_help_lists_stage_commands() -> None:
         assert name in out
 
 
-@pytest.mark.parametrize("command", ["screen", "vasp-prep", "dft-report"])
+@pytest.mark.parametrize("command", ["screen"])
 def test_unbuilt_stage_exits_3(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([command]) == 3
     assert "not built yet" in capsys.readouterr().err

@@ -113,9 +113,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         stage.add_arguments(parser)
         add_launch_arguments(parser)
         parser.set_defaults(func=cmd_submit, submittable=stage)
+    # programs run as job arrays from templates (not SubmittableStage functions)
+    importlib.import_module("matra_hpc.cli.dft").register_submit(
+        stage_parsers, add_launch_arguments, launch_overrides, _print_statuses)
 
-    status = sub.add_parser("status", help="show every job of a run directory")
-    status.add_argument("run_dir")
+    status = sub.add_parser("status", help="show every job of a run directory, or the candidates of a VASP tree")
+    status.add_argument("run_dir", help="run directory, or a VASP tree from vasp-prep (per-candidate states)")
     status.set_defaults(func=cmd_status)
 
     cancel = sub.add_parser("cancel", help="stop every job of a run directory")
@@ -125,11 +128,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     cancel.set_defaults(func=cmd_cancel)
 
 
+def launch_overrides(args: argparse.Namespace) -> dict:
+    """The launch settings given as flags (None where not given)."""
+    return {dest: getattr(args, f"launch_{dest}") for _, dest, _, _ in LAUNCH_FLAGS}
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from matra_hpc.launch import resolve_launch_config, submit_stage, wait_run
 
     stage: SubmittableStage = args.submittable
-    overrides = {dest: getattr(args, f"launch_{dest}") for _, dest, _, _ in LAUNCH_FLAGS}
+    overrides = launch_overrides(args)
     launch = resolve_launch_config(args.profile, overrides, stage.default_launch)
     config = stage.build_config(args)
     run_dir = submit_stage(
@@ -148,7 +156,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from matra_hpc.dft.layout import is_tree
     from matra_hpc.launch import read_manifest, run_status
+
+    if is_tree(args.run_dir):
+        from matra_hpc.cli.dft import print_tree_status
+
+        return print_tree_status(args.run_dir)
 
     manifest = read_manifest(args.run_dir)
     print(f"run {args.run_dir}: stage {manifest['stage']} ({manifest['kind']}) on {manifest['launch']['cluster']}")

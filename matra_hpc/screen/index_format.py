@@ -74,11 +74,11 @@ def hash_version(prototype_hash: str) -> str:
     return prototype_hash.split(":", 1)[0] if ":" in prototype_hash else ""
 
 
-def partition_bits(n_entries: int) -> int:
+def partition_bits(n_entries: int, target: int = PARTITION_TARGET) -> int:
     """log2 of the number of partitions for an index of this size (0: one partition)."""
-    if n_entries <= PARTITION_TARGET:
+    if n_entries <= target:
         return 0
-    return min(16, math.ceil(math.log2(n_entries / PARTITION_TARGET)))
+    return min(16, math.ceil(math.log2(n_entries / target)))
 
 
 def partition_of(keys: np.ndarray | int, bits: int) -> np.ndarray | int:
