@@ -14,11 +14,11 @@ def test_help_lists_stage_commands() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "matra_hpc", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for name in ["demo", "tokens", "data", "train", "generate", "report", "status", "cancel", "submit"]:
+    for name in ["demo", "tokens", "data", "train", "generate", "screen", "report", "status", "cancel", "submit"]:
         assert name in out
 
 
-@pytest.mark.parametrize("command", ["screen", "vasp-prep", "dft-report"])
+@pytest.mark.parametrize("command", ["vasp-prep", "dft-report"])
 def test_unbuilt_stage_exits_3(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([command]) == 3
     assert "not built yet" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from matra_hpc.cli.stages import SubmittableStage
 from matra_hpc.errors import UsageError
 
 # Stage CLI modules that may declare SUBMIT_STAGES (a module without one is skipped).
-STAGE_MODULES = ["data", "train", "generate", "index", "evaluate"]
+STAGE_MODULES = ["data", "train", "generate", "index", "screen", "evaluate"]
 
 LAUNCH_FLAGS = [
     # (flag, launch setting, type, help)

@@ -8,6 +8,5 @@ from matra_hpc.cli._notbuilt import add_not_built
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_not_built(sub, "screen", "relax with ML potentials, dedupe, rank by e-hull")
     add_not_built(sub, "vasp-prep", "write MP-compatible VASP inputs for the top candidates")
     add_not_built(sub, "dft-report", "collect VASP results into e-hull reports")

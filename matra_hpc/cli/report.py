@@ -32,3 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="path prefix of the files (default: next to the store, STORE.report.{json,csv,png})")
     gen.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     gen.set_defaults(func=cmd_report_generate)
+
+    from matra_hpc.cli.screen import add_report as add_report_screen
+
+    add_report_screen(kinds)
