@@ -23,7 +23,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from matra_hpc.context import local_context  # noqa: E402
-from matra_hpc.data.prepare import DataPrepareConfig, git_revision, run_data_prepare  # noqa: E402
+from matra_hpc.data.prepare import DataPrepareConfig, run_data_prepare  # noqa: E402
+from matra_hpc.util import git_revision  # noqa: E402
 
 
 def _run_local(out: Path, n: int, shard_size: int, workers: int) -> dict:

@@ -28,21 +28,12 @@ import json
 import math
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def git_revision() -> str | None:
-    out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parent,
-    )
-    return out.stdout.strip() or None
+from matra_hpc.util import git_revision
 
 
 def walk_prefixes(grammar, n: int, rng: np.random.Generator) -> list:

@@ -34,9 +34,7 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,12 +43,7 @@ from matra_hpc.model import MatraTransformer, load_model_config
 from matra_hpc.sample.sampler import SamplerSettings, SamplingStats, sample_sequences
 from matra_hpc.tokens import load_vocab
 from matra_hpc.tokens.grammar import Grammar
-
-
-def git_revision() -> str | None:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent)
-    return out.stdout.strip() or None
+from matra_hpc.util import git_revision
 
 
 def sync(device: str) -> None:

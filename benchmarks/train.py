@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,14 +26,10 @@ import torch  # noqa: E402
 
 from matra_hpc.model import MatraTransformer, combine_loss, load_model_config, loss_sums  # noqa: E402
 from matra_hpc.tokens import load_vocab  # noqa: E402
+from matra_hpc.util import git_revision  # noqa: E402
 
 PAPER_SEQ_PER_S_PER_GPU = 2.67e6 * 1000 / (36 * 3600) / 7  # ~2,943: the upper bound of the paper's figure
 REPO = Path(__file__).resolve().parents[1]
-
-
-def git_revision() -> str | None:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return out.stdout.strip() or None
 
 
 def make_batch(batch: int, seq_len: int, vocab_size: int, device: torch.device):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from matra_hpc.demo import DemoConfig, demo_commands, run_demo
+from matra_hpc.cli.demo import DemoConfig, demo_commands, run_demo
 
 
 def test_demo_commands_follow_the_pipeline(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import argparse
 import json
 import os
 
-from matra_hpc.cli.stages import SubmittableStage
 from matra_hpc.generate.config import GenerateConfig
+from matra_hpc.launch.stages import SubmittableStage
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

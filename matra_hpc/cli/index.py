@@ -1,8 +1,9 @@
 """`matra-hpc index build|info|find`: the novelty index of known crystals.
 
 ``build`` runs in this process, also under ``mpirun -n N`` (ranks share the work units and
-merge the tables together); ``matra-hpc submit index-build ...`` runs it as an MPI job, or as a
-job array (``--array N``: each task builds its units, the last to finish merges).
+merge the tables together); ``matra-hpc submit index-build ...`` runs it as an MPI job, and
+``matra-hpc submit index-build-array --array N ...`` as a job array (each task builds its units,
+the last to finish merges).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import json
 import os
 
-from matra_hpc.cli.stages import SubmittableStage
+from matra_hpc.launch.stages import SubmittableStage
 from matra_hpc.screen.novelty import IndexBuildConfig
 
 
@@ -22,12 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="index folder to write (e.g. ref.index); rerun to resume")
     parser.add_argument("--rows-per-unit", type=int, default=IndexBuildConfig.rows_per_unit,
                         help="store rows per work unit (default %(default)s)")
+    parser.add_argument("--partition-entries", type=int, default=IndexBuildConfig.partition_entries,
+                        help="entries per table partition, roughly (default %(default)s)")
 
 
 def build_config(args: argparse.Namespace) -> IndexBuildConfig:
     # Absolute paths: a job may start in another working directory than the submitting shell.
     config = IndexBuildConfig(sources=tuple(os.path.abspath(s) for s in args.sources),
-                              out=os.path.abspath(args.out), rows_per_unit=args.rows_per_unit)
+                              out=os.path.abspath(args.out), rows_per_unit=args.rows_per_unit,
+                              partition_entries=args.partition_entries)
     config.validate()
     return config
 
@@ -100,5 +104,15 @@ SUBMIT_STAGES = [
         config_cls=IndexBuildConfig,
         run="matra_hpc.screen.novelty:run_index_build",
         default_launch={"tasks_per_node": 2},
-    )
+    ),
+    SubmittableStage(
+        name="index-build-array",
+        kind="function",
+        help="build a novelty index as a job array (--array N: task i builds units i, i+N, ...; the last "
+             "task to finish merges)",
+        add_arguments=add_arguments,
+        build_config=build_config,
+        config_cls=IndexBuildConfig,
+        run="matra_hpc.screen.novelty:run_index_build",
+    ),
 ]

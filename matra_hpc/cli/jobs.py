@@ -6,11 +6,8 @@ import argparse
 import importlib
 import sys
 
-from matra_hpc.cli.stages import SubmittableStage
 from matra_hpc.errors import UsageError
-
-# Stage CLI modules that may declare SUBMIT_STAGES (a module without one is skipped).
-STAGE_MODULES = ["data", "train", "generate", "index", "screen", "evaluate"]
+from matra_hpc.launch.stages import SubmittableStage
 
 LAUNCH_FLAGS = [
     # (flag, launch setting, type, help)
@@ -81,8 +78,13 @@ def smoke_stages() -> list[SubmittableStage]:
 
 
 def submittable_stages() -> list[SubmittableStage]:
+    """Every command module's ``SUBMIT_STAGES`` (a module without one has none), then smoke."""
+    from matra_hpc.cli import GROUP_MODULES
+
     stages: list[SubmittableStage] = []
-    for name in STAGE_MODULES:
+    for name in GROUP_MODULES:
+        if name == "jobs":
+            continue
         module = importlib.import_module(f"matra_hpc.cli.{name}")
         stages += list(getattr(module, "SUBMIT_STAGES", []))
     return stages + smoke_stages()
@@ -111,9 +113,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         stage.add_arguments(parser)
         add_launch_arguments(parser)
         parser.set_defaults(func=cmd_submit, submittable=stage)
+    # programs run as job arrays from templates (not SubmittableStage functions)
+    importlib.import_module("matra_hpc.cli.dft").register_submit(
+        stage_parsers, add_launch_arguments, launch_overrides, _print_statuses)
 
-    status = sub.add_parser("status", help="show every job of a run directory")
-    status.add_argument("run_dir")
+    status = sub.add_parser("status", help="show every job of a run directory, or the candidates of a VASP tree")
+    status.add_argument("run_dir", help="run directory, or a VASP tree from vasp-prep (per-candidate states)")
     status.set_defaults(func=cmd_status)
 
     cancel = sub.add_parser("cancel", help="stop every job of a run directory")
@@ -121,11 +126,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     cancel.set_defaults(func=cmd_cancel)
 
 
+def launch_overrides(args: argparse.Namespace) -> dict:
+    """The launch settings given as flags (None where not given)."""
+    return {dest: getattr(args, f"launch_{dest}") for _, dest, _, _ in LAUNCH_FLAGS}
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from matra_hpc.launch import resolve_launch_config, submit_stage, wait_run
 
     stage: SubmittableStage = args.submittable
-    overrides = {dest: getattr(args, f"launch_{dest}") for _, dest, _, _ in LAUNCH_FLAGS}
+    overrides = launch_overrides(args)
     launch = resolve_launch_config(args.profile, overrides, stage.default_launch)
     config = stage.build_config(args)
     run_dir = submit_stage(
@@ -144,7 +154,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from matra_hpc.dft.layout import is_tree
     from matra_hpc.launch import read_manifest, run_status
+
+    if is_tree(args.run_dir):
+        from matra_hpc.cli.dft import print_tree_status
+
+        return print_tree_status(args.run_dir)
 
     manifest = read_manifest(args.run_dir)
     print(f"run {args.run_dir}: stage {manifest['stage']} ({manifest['kind']}) on {manifest['launch']['cluster']}")

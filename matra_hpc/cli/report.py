@@ -1,4 +1,4 @@
-"""`matra-hpc report`: reports of a stage's store (`report generate STORE`; later screen, dft, all)."""
+"""`matra-hpc report`: reports of a stage's store (`report generate|screen|all STORE`)."""
 
 from __future__ import annotations
 
@@ -36,3 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from matra_hpc.cli.screen import add_report as add_report_screen
 
     add_report_screen(kinds)
+
+    from matra_hpc.cli.evaluate import register_report_all
+
+    register_report_all(kinds)

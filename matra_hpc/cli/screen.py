@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from matra_hpc.cli.stages import SubmittableStage
+from matra_hpc.launch.stages import SubmittableStage
 from matra_hpc.screen.config import ScreenConfig
 
 

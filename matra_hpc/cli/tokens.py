@@ -41,13 +41,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_roundtrip(args: argparse.Namespace) -> int:
-    """Encode, decode and re-encode structures; the last line is the JSON summary."""
+    """Encode, decode and re-encode structures: one JSON line per failure (its id, index,
+    reason and detail), then the JSON summary as the last line."""
     from matra_hpc.tokens.commands import RoundTripConfig, run_roundtrip
 
     config = RoundTripConfig(
         inputs=args.paths, csv_column=args.csv_column, limit=args.limit, options=_options(args)
     )
-    print(json.dumps(run_roundtrip(config)))
+    summary = run_roundtrip(config)
+    for failure in summary.pop("failed"):
+        print(json.dumps({"failed": failure.pop("id"), **failure}))
+    print(json.dumps(summary))
     return 0
 
 

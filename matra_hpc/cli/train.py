@@ -10,7 +10,7 @@ import argparse
 import json
 from dataclasses import asdict
 
-from matra_hpc.cli.stages import SubmittableStage
+from matra_hpc.launch.stages import SubmittableStage
 from matra_hpc.train.config import TrainConfig
 
 

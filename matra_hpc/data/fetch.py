@@ -19,6 +19,7 @@ from typing import Any
 
 from matra_hpc.data.catalog import RemoteFile, files_for
 from matra_hpc.errors import MatraError
+from matra_hpc.util import write_json_atomic
 
 CHECKSUMS = "checksums.json"
 _BLOCK = 1 << 20
@@ -53,9 +54,7 @@ def _read_sums(dest: Path) -> dict[str, Any]:
 
 
 def _write_sums(dest: Path, sums: dict[str, Any]) -> None:
-    tmp = dest / (CHECKSUMS + ".tmp")
-    tmp.write_text(json.dumps(sums, indent=1, sort_keys=True))
-    os.replace(tmp, dest / CHECKSUMS)
+    write_json_atomic(dest / CHECKSUMS, sums, indent=1, sort_keys=True)
 
 
 def _verify(remote: RemoteFile, path: Path, recorded: dict[str, Any] | None) -> str:

@@ -22,7 +22,6 @@ import hashlib
 import logging
 import math
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -47,12 +46,13 @@ from matra_hpc.data.readers import (
     read_units,
 )
 from matra_hpc.errors import MatraError, StoreError, UsageError
+from matra_hpc.util import file_sha256, git_revision, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 REJECTION_REASONS = ("parse_error", "not_periodic", "nan_or_inf", "disordered", "unknown_element",
                      "symmetry_failed", "spacegroup_1", "too_many_sites")
-FILTER_REASONS = ("above_max_ehull",)
+FILTER_REASONS = ("above_max_ehull", "held_out_system")
 
 # Settings that change the content of the store: a resumed run must use the same ones.
 _CONTENT_KEYS = ("sources", "limit", "max_wyckoff", "max_ehull", "ehull_filter_kinds", "val_frac", "seed",
@@ -83,6 +83,10 @@ class DataPrepareConfig:
     """Read only the first N records of each source (smoke runs, benchmarks)."""
     overwrite: bool = False
     """Delete an existing store at ``out`` that was made with other settings, instead of refusing."""
+    hold_out_system: str | None = None
+    """Chemical system ``A-B-C``: every structure whose element set is exactly {A, B, C} is kept out
+    of the store (reason ``held_out_system``) and recorded in its attrs ``held_out`` with its
+    structure, so ``eval recovery`` can count what conditioned generation finds again."""
 
     def validate(self) -> None:
         if not self.sources:
@@ -99,6 +103,20 @@ class DataPrepareConfig:
             raise UsageError(f"--limit must be >= 1, got {self.limit}")
         if not math.isfinite(self.max_ehull):
             raise UsageError("--max-ehull must be a finite number of eV/atom")
+        if self.hold_out_system is not None:
+            held_out_elements(self.hold_out_system)
+
+
+def held_out_elements(system: str) -> frozenset[str]:
+    """The element set of ``A-B-C``; a UsageError names what is wrong."""
+    from pymatgen.core.periodic_table import Element
+
+    parts = [p.strip() for p in str(system).split("-")]
+    bad = [p for p in parts if not Element.is_valid_symbol(p)]
+    if not parts or bad or len(set(parts)) != len(parts):
+        raise UsageError(f"--hold-out-system {system!r}: expected distinct element symbols joined by '-', "
+                         f"e.g. Al-Ca-Cu")
+    return frozenset(parts)
 
 
 def split_of(prototype_hash: str, val_frac: float, seed: int) -> str:
@@ -107,22 +125,6 @@ def split_of(prototype_hash: str, val_frac: float, seed: int) -> str:
     return "val" if int.from_bytes(digest[:8], "big") / 2.0**64 < val_frac else "train"
 
 
-def git_revision() -> str | None:
-    """Commit of the package's checkout (None when installed without git)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def file_sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def source_record(spec: SourceSpec) -> dict[str, Any]:
@@ -204,6 +206,8 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
     rows = st.ShardRows()
     rejected: dict[str, list[str]] = {}
     filtered: dict[str, list[str]] = {}
+    held_out: list[dict[str, Any]] = []
+    hold_out = held_out_elements(cfg["hold_out_system"]) if cfg.get("hold_out_system") else None
     for item in task.items:
         loaded = load_item(item, task.summary)
         if loaded.reason is not None:
@@ -235,6 +239,11 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
             rejected.setdefault("symmetry_failed", []).append(loaded.id)
             continue
         phash = prototype_hash(seq)
+        if hold_out is not None and {e.symbol for e in loaded.structure.composition.elements} == hold_out:
+            # held out only once it would have been a training row, so the model could have made it
+            filtered.setdefault("held_out_system", []).append(loaded.id)
+            held_out.append(_held_out_record(loaded, group, ehull))
+            continue
         rows.add(
             tokens=tokens, values=np.asarray(seq.values, dtype=np.float64), id=loaded.id, source=item.source,
             split=split_of(phash, cfg["val_frac"], cfg["seed"]),
@@ -253,12 +262,22 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
         "first_item": [task.items[0].file, task.items[0].index] if task.items else None,
         "rejected": rejected,
         "filtered": filtered,
+        **({"held_out": held_out} if hold_out is not None else {}),
         "split_counts": {s: int(np.sum(arrays["split"] == s)) for s in ("train", "val")},
         "seconds": round(time.perf_counter() - start, 3),
         "pid": os.getpid(),
     }
     st.write_shard(task.store, task.shard_id, arrays, manifest)
     return manifest
+
+
+def _held_out_record(loaded: Any, group: int, ehull: float) -> dict[str, Any]:
+    """A held-out structure as the source gave it (JSON: id, formula, group, e-hull, cell, sites)."""
+    structure = loaded.structure
+    return {"id": loaded.id, "formula": structure.composition.reduced_formula, "spacegroup": group,
+            "e_above_hull": ehull if math.isfinite(ehull) else None,
+            "lattice": structure.lattice.matrix.tolist(), "numbers": [int(z) for z in structure.atomic_numbers],
+            "frac_coords": structure.frac_coords.tolist()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,7 +331,10 @@ def _plan_shards(specs: list[SourceSpec], shard_size: int, limit: int | None = N
 
 def _content_config(config: DataPrepareConfig) -> dict[str, Any]:
     d = asdict(config)
-    return {k: d[k] for k in _CONTENT_KEYS}
+    content = {k: d[k] for k in _CONTENT_KEYS}
+    if config.hold_out_system:  # only when set, so stores made before the option still resume
+        content["hold_out_system"] = "-".join(sorted(held_out_elements(config.hold_out_system)))
+    return content
 
 
 def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str | None = None) -> None:
@@ -359,16 +381,6 @@ def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str 
     zarr.open_group(str(out / "shards"), mode="w")
 
 
-def _bcast_error(ctx: RunContext, error: Exception | None) -> None:
-    """Rank 0's setup error, raised on every rank, so no rank waits on a barrier forever."""
-    if ctx.comm is not None and ctx.world_size > 1:
-        message = ctx.comm.bcast(str(error) if error else None, root=0)
-        if message and error is None:
-            raise StoreError(message)
-    if error is not None:
-        raise error
-
-
 def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, Any]:
     """Build (or finish) the token store ``config.out``; returns the report (rank 0; others get it too)."""
     config.validate()
@@ -380,13 +392,7 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
         if spec.summary:
             load_summary(spec.summary)  # a bad table is a usage error now, not a worker crash later
     t0 = time.perf_counter()
-    error: Exception | None = None
-    if ctx.rank == 0:
-        try:
-            init_store(config, specs, ctx.run_dir)
-        except Exception as exc:  # raised on every rank below
-            error = exc
-    _bcast_error(ctx, error)
+    ctx.on_rank0(init_store, config, specs, ctx.run_dir)
 
     cfg = asdict(config)
     shard_ids: list[str] = []
@@ -431,17 +437,11 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
         seen = ctx.comm.gather(shard_ids, root=0)
         if ctx.rank == 0:
             shard_ids = sorted({sid for part in seen for sid in part})
-    report: dict[str, Any] | None = None
-    error = None
-    if ctx.rank == 0:
-        try:
-            st.write_json_atomic(Path(config.out) / "shards" / st.PLAN, {"shards": shard_ids})
-            report = build_report(config.out, time.perf_counter() - t0, ctx, config.workers)
-        except Exception as exc:
-            error = exc
-    _bcast_error(ctx, error)
-    if ctx.comm is not None and ctx.world_size > 1:
-        report = ctx.comm.bcast(report, root=0)
+    def plan_and_report() -> dict[str, Any]:
+        write_json_atomic(Path(config.out) / "shards" / st.PLAN, {"shards": shard_ids})
+        return build_report(config.out, time.perf_counter() - t0, ctx, config.workers)
+
+    report = ctx.on_rank0(plan_and_report)
     assert report is not None
     return report
 
@@ -454,7 +454,7 @@ def _finish_without_comm(config: DataPrepareConfig, ctx: RunContext, shard_ids: 
     sure only one of several tasks finishing together builds the view.
     """
     out = Path(config.out)
-    st.write_json_atomic(out / "shards" / st.rank_plan_name(ctx.rank, ctx.world_size), {"shards": shard_ids})
+    write_json_atomic(out / "shards" / st.rank_plan_name(ctx.rank, ctx.world_size), {"shards": shard_ids})
     plan = st.read_plan(out)
     unfinished = [s for s in plan if not st.shard_done(out, s)] if plan is not None else None
     partial = {"store": str(out), "status": "shards written; other tasks still running",
@@ -513,7 +513,16 @@ def build_report(store: str, seconds: float, ctx: RunContext | None = None, work
         "workers_per_rank": workers,
         "content_hash": summary["content_hash"],
     }
-    st.write_json_atomic(Path(store) / "report.json", report)
+    held_out = [h for m in manifests for h in m.get("held_out", [])]
+    system = st._open_root(Path(store), "r").attrs.get("config", {}).get("content", {}).get("hold_out_system")
+    if system:
+        import zarr
+
+        # attrs are outside the content hash: the rows of the store are the same with or without them
+        zarr.open_group(str(store), mode="r+").attrs["held_out"] = {
+            "system": system, "structures": sorted(held_out, key=lambda h: h["id"])}
+        report["held_out"] = {"system": system, "count": len(held_out), "ids": sorted(h["id"] for h in held_out)}
+    write_json_atomic(Path(store) / "report.json", report)
     if summary["n_rows"]:
         from matra_hpc.data.plots import plot_token_store
 

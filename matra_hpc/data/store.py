@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from matra_hpc.errors import StoreError
+from matra_hpc.util import write_json_atomic
 
 SCHEMA = "matra-hpc/tokens/1"
 MANIFEST = "manifest.json"
@@ -125,21 +125,6 @@ def shard_dir(store: Path | str, shard_id: str) -> Path:
 
 def shard_done(store: Path | str, shard_id: str) -> bool:
     return (shard_dir(store, shard_id) / MANIFEST).is_file()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write aside, then rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=False, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def _create(group: Any, name: str, data: np.ndarray, chunk: int) -> Any:

@@ -35,7 +35,7 @@ import numpy as np
 from matra_hpc import __version__
 from matra_hpc.context import RunContext
 from matra_hpc.errors import StoreError, UsageError
-from matra_hpc.evaluate.ranks import on_rank0
+from matra_hpc.util import git_revision
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,6 @@ def baseline_shard(config: BaselineConfig, run_id: str, shard: int, train_index=
 
 def _prepare(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]:
     from matra_hpc.generate import store as gstore
-    from matra_hpc.generate.stage import git_revision
     from matra_hpc.tokens import load_vocab
 
     vocab = load_vocab()
@@ -275,7 +274,7 @@ def run_baseline(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]:
     if ctx.world_size > 1 and ctx.comm is None:
         raise UsageError("a baseline with several ranks needs an MPI communicator (run it under mpirun)")
     out = Path(config.out)
-    prep = on_rank0(ctx, _prepare, config, ctx)
+    prep = ctx.on_rank0(_prepare, config, ctx)
     train_index = None
     if config.train_store:
         from matra_hpc.generate.duplicates import TrainingIndex
@@ -304,6 +303,6 @@ def run_baseline(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]:
         gstore.clear_claims(out)
         return {"rows": sum(result.rows.values()), "complete": result.complete}
 
-    summary = on_rank0(ctx, finish)
+    summary = ctx.on_rank0(finish)
     return {"run_id": prep["run_id"], "store": str(out), "rank": ctx.rank, "shards_done_here": done,
             "shards_skipped": skipped, **(summary or {})}

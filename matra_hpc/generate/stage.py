@@ -13,8 +13,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 import uuid
@@ -24,46 +22,14 @@ from typing import Any
 
 from matra_hpc import __version__
 from matra_hpc.context import RunContext
-from matra_hpc.errors import CheckpointError, MatraError, StoreError, UsageError
+from matra_hpc.errors import CheckpointError, StoreError, UsageError
 from matra_hpc.generate import store as gstore
 from matra_hpc.generate.checks import StructureCheck
 from matra_hpc.generate.config import GenerateConfig, task_seed
 from matra_hpc.generate.temperatures import temperature_group
+from matra_hpc.util import git_revision
 
 log = logging.getLogger(__name__)
-
-
-def checkpoint_files(path: str | Path) -> list[Path]:
-    """The files that make up the model a checkpoint path resolves to."""
-    from matra_hpc.model.transformer import META_FILE, WEIGHTS_FILE
-
-    folder = Path(path)
-    if not (folder / META_FILE).exists():
-        from matra_hpc.train.checkpoint import find_model_dir
-
-        folder = Path(find_model_dir(folder))
-    return [folder / META_FILE, folder / WEIGHTS_FILE]
-
-
-def checkpoint_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    for f in checkpoint_files(path):
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def git_revision() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def _fingerprint(config: GenerateConfig, checkpoint_hash: str, train_fp: str | None) -> dict[str, Any]:
@@ -84,12 +50,18 @@ def _fingerprint(config: GenerateConfig, checkpoint_hash: str, train_fp: str | N
 
 
 def _prepare_store(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
-    """Rank 0: check the checkpoint against the vocabulary, create or reopen the store."""
+    """Rank 0: resolve the checkpoint once, check it against the vocabulary, create or reopen the store.
+
+    Every rank then loads the resolved directory and checks its hash, so the hash the store
+    records is the hash of the weights that sampled it.
+    """
     from matra_hpc.generate.duplicates import store_fingerprint
+    from matra_hpc.model.checkpoint import describe_checkpoint
     from matra_hpc.tokens import load_vocab
 
     vocab = load_vocab()
-    meta = json.loads(checkpoint_files(config.checkpoint)[0].read_text())
+    checkpoint = describe_checkpoint(config.checkpoint)
+    meta = checkpoint.meta
     if meta.get("vocab_hash") not in (None, vocab.hash):
         raise CheckpointError(
             f"checkpoint {config.checkpoint} was trained on vocabulary {meta.get('vocab_hash')}, "
@@ -104,7 +76,7 @@ def _prepare_store(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
             raise StoreError(f"training store {config.train_store} has vocabulary {train_vocab}, "
                              f"this matra-hpc has {vocab.hash}")
     train_fp = store_fingerprint(config.train_store) if config.train_store else None
-    ckpt_hash = checkpoint_sha256(config.checkpoint)
+    ckpt_hash = checkpoint.sha256
     run_id = config.run_id or (Path(ctx.run_dir).name if ctx.run_dir else None) or (
         "gen-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     )
@@ -116,7 +88,8 @@ def _prepare_store(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
         "vocab_hash": vocab.hash,
         "run_id": run_id,
         "run_dir": ctx.run_dir,
-        "checkpoint": {"path": str(Path(config.checkpoint).resolve()), "sha256": ckpt_hash,
+        "checkpoint": {"path": str(Path(config.checkpoint).resolve()), "resolved": str(checkpoint.path),
+                       "sha256": ckpt_hash,
                        "step": meta.get("step"), "epoch": meta.get("epoch")},
         "train_store": ({"path": str(Path(config.train_store).resolve()), "fingerprint": train_fp}
                         if config.train_store else None),
@@ -125,25 +98,8 @@ def _prepare_store(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
         "per_temp": config.per_temp,
     }
     root_attrs = gstore.init_store(Path(config.out), attrs, _fingerprint(config, ckpt_hash, train_fp))
-    return {"run_id": root_attrs["run_id"], "attempt": uuid.uuid4().hex}
-
-
-def _on_rank0(ctx: RunContext, fn, *args):
-    """Run fn on rank 0 and hand its result (or its error) to every rank."""
-    result, error = None, None
-    if ctx.rank == 0:
-        try:
-            result = fn(*args)
-        except Exception as exc:  # re-raised on every rank below, so no rank waits forever
-            error = exc
-    if ctx.comm is not None and ctx.world_size > 1:
-        result, error_text = ctx.comm.bcast((result, None if error is None else f"{type(error).__name__}: {error}"),
-                                            root=0)
-        if ctx.rank != 0 and error_text is not None:
-            raise MatraError(f"rank 0 failed: {error_text}")
-    if error is not None:
-        raise error
-    return result
+    return {"run_id": root_attrs["run_id"], "attempt": uuid.uuid4().hex,
+            "checkpoint": str(checkpoint.path), "checkpoint_sha256": ckpt_hash}
 
 
 def run_generate(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
@@ -157,11 +113,11 @@ def run_generate(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
         raise UsageError("generate with several ranks needs an MPI communicator (run it under mpirun)")
     condition = config.parsed_condition()
     out = Path(config.out)
-    prep = _on_rank0(ctx, _prepare_store, config, ctx)
+    prep = ctx.on_rank0(_prepare_store, config, ctx)
     run_id, attempt = prep["run_id"], prep["attempt"]
 
     device = config.device or ctx.device
-    model, _meta = load_model(config.checkpoint, device=device)
+    model, _meta = load_model(prep["checkpoint"], device=device, expect_sha256=prep["checkpoint_sha256"])
     grammar = Grammar(max_sites=config.max_sites, condition=condition)
     settings = config.sampler_settings()
     train_index = None
@@ -193,7 +149,7 @@ def run_generate(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
             pool.shutdown(cancel_futures=True)
     if ctx.comm is not None and ctx.world_size > 1:
         ctx.comm.Barrier()
-    summary = _on_rank0(ctx, _consolidate, out)
+    summary = ctx.on_rank0(_consolidate, out)
     return {"run_id": run_id, "store": str(out), "rank": ctx.rank, "tasks_done_here": done_here,
             "tasks_skipped": skipped, **(summary or {})}
 

@@ -29,6 +29,7 @@ import zarr
 from matra_hpc.errors import StoreError
 from matra_hpc.generate.table import GeneratedTable
 from matra_hpc.generate.temperatures import group_temperature, temperature_group
+from matra_hpc.util import write_json_atomic
 
 SCHEMA = "matra-hpc/generated/1"
 MANIFEST = "manifest.json"
@@ -45,15 +46,6 @@ def shard_path(store: Path, temperature: float, shard: int) -> Path:
 
 def shard_done(store: Path, temperature: float, shard: int) -> bool:
     return (shard_path(store, temperature, shard) / MANIFEST).is_file()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def open_root(store: Path, mode: str = "r") -> zarr.Group:

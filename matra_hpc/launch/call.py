@@ -30,7 +30,8 @@ import submitit
 
 from matra_hpc.errors import UsageError
 from matra_hpc.launch import environment
-from matra_hpc.launch.rundir import read_task_record, task_record_path, utc_now, write_json_atomic
+from matra_hpc.launch.rundir import read_task_record, task_record_path, utc_now
+from matra_hpc.util import write_json_atomic
 
 
 class JobFailed(RuntimeError):
@@ -163,13 +164,22 @@ def launcher_command(spec: dict[str, Any], errors_dir: Path) -> list[str]:
         # one torchrun per node; it starts the node's processes and joins the rendezvous
         return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *per_node]
     if spec["kind"] == "mpi":
-        # one rank per GPU on GPU nodes (each rank drives its device), else tasks_per_node
-        ranks = nodes * (launch["gpus_per_node"] or launch["tasks_per_node"])
-        if allocation is not None and launch["mpi_launcher"] == "srun":
-            return ["srun", "--mpi=pmix", f"--ntasks={ranks}", "--kill-on-bad-exit=1", *worker]
-        mpirun = bindir / "mpirun"
-        return [str(mpirun) if mpirun.exists() else "mpirun", "-n", str(ranks), *worker]
+        return [*mpi_launcher_command(launch, in_allocation=allocation is not None), *worker]
     raise UsageError(f"unknown job kind {spec['kind']!r}")
+
+
+def mpi_launcher_command(launch: dict[str, Any], in_allocation: bool) -> list[str]:
+    """``mpirun -n R`` or ``srun --mpi=pmix --ntasks=R``: the one rule for MPI jobs and programs.
+
+    R = nodes x (GPUs per node, else tasks per node): one rank per GPU on GPU nodes (each rank
+    drives its device). ``srun`` only inside a Slurm allocation; mpirun is the one beside this
+    Python (the mpich wheel), which under Slurm starts its ranks through the allocation.
+    """
+    ranks = launch["nodes"] * (launch["gpus_per_node"] or launch["tasks_per_node"])
+    if in_allocation and launch["mpi_launcher"] == "srun":
+        return ["srun", "--mpi=pmix", f"--ntasks={ranks}", "--kill-on-bad-exit=1"]
+    mpirun = Path(sys.executable).parent / "mpirun"
+    return [str(mpirun) if mpirun.exists() else "mpirun", "-n", str(ranks)]
 
 
 def run_launcher(command: list[str], errors_dir: Path) -> dict[str, Any]:

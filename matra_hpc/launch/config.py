@@ -16,11 +16,11 @@ from typing import Any, Literal
 import yaml
 
 from matra_hpc.errors import UsageError
+from matra_hpc.util import REPO_ROOT
 
 Cluster = Literal["local", "slurm"]
 MpiLauncher = Literal["mpirun", "srun"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE_DIR = REPO_ROOT / "jobs" / "clusters"
 
 
@@ -57,6 +57,8 @@ class LaunchConfig:
     max_requeues: int = 3
     extra_sbatch: dict[str, str] = field(default_factory=dict)
     """Further ``#SBATCH`` options, e.g. ``{constraint: a100}``."""
+    vasp: dict[str, Any] = field(default_factory=dict)
+    """How this cluster runs VASP (``submit vasp``, ``vasp-prep``): keys in ``VASP_KEYS``."""
 
     @property
     def time_minutes(self) -> int:
@@ -79,6 +81,9 @@ class LaunchConfig:
 
 
 VALID_KEYS = [f.name for f in fields(LaunchConfig)]
+# command: the VASP launch line; gamma_command: a Gamma-only build (optional); potcar_dir: the
+# POTCAR library the job builds POTCARs from; ncore, kpar: VASP parallelisation (INCAR).
+VASP_KEYS = ("command", "gamma_command", "potcar_dir", "ncore", "kpar")
 
 _TIME_FORMATS = [
     re.compile(r"^(?P<m>\d+)$"),
@@ -140,6 +145,14 @@ def validate(config: LaunchConfig) -> LaunchConfig:
             raise UsageError(f"launch setting {name} must be a list of shell lines")
     if not isinstance(config.extra_sbatch, dict):
         raise UsageError("launch setting extra_sbatch must be a mapping of sbatch option -> value")
+    if not isinstance(config.vasp, dict):
+        raise UsageError(f"launch setting vasp must be a mapping with keys {', '.join(VASP_KEYS)}")
+    unknown = sorted(set(config.vasp) - set(VASP_KEYS))
+    if unknown:
+        raise UsageError(f"unknown vasp key(s) {', '.join(unknown)}; valid: {', '.join(VASP_KEYS)}")
+    for name in ("ncore", "kpar"):
+        if config.vasp.get(name) is not None:
+            _check_int(f"vasp.{name}", config.vasp[name], 1)
     if config.cluster == "slurm" and not config.partition:
         raise UsageError("a slurm launch needs a partition (set it in the profile or pass --partition)")
     if config.cluster == "local" and config.nodes != 1:

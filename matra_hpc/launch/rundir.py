@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from matra_hpc.errors import UsageError
+from matra_hpc.util import git_revision, write_json_atomic
 
 MANIFEST = "manifest.json"
 SCHEMA = "matra-hpc/run/1"
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def utc_now() -> str:
@@ -34,29 +34,6 @@ def utc_now() -> str:
 def default_run_dir(stage: str, root: Path | str = "runs") -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return Path(root) / f"{stamp}-{stage}"
-
-
-def git_revision() -> str | None:
-    """The commit of the code that submitted, with ``-dirty`` when the tree has changes."""
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(_REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        if rev.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "-C", str(_REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
-        )
-        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def create_run_dir(path: Path) -> Path:
@@ -69,6 +46,32 @@ def create_run_dir(path: Path) -> Path:
     (path / "logs").mkdir(parents=True, exist_ok=True)
     (path / "tasks").mkdir(exist_ok=True)
     return path
+
+
+def new_manifest(
+    *,
+    stage: str,
+    kind: str,
+    config: dict[str, Any],
+    launch: dict[str, Any],
+    outputs: dict[str, Any],
+    after: Sequence[Path | str],
+    command_line: Sequence[str] | None,
+) -> dict[str, Any]:
+    """The manifest of a submission before its jobs exist (``jobs`` is filled in after)."""
+    return {
+        "schema": SCHEMA,
+        "stage": stage,
+        "kind": kind,
+        "command_line": shlex.join(command_line) if command_line is not None else None,
+        "config": config,
+        "launch": launch,
+        "outputs": outputs,
+        "git_revision": git_revision(),
+        "after": [str(Path(d).resolve()) for d in after],
+        "submitted": utc_now(),
+        "jobs": [],
+    }
 
 
 def read_manifest(run_dir: Path | str) -> dict[str, Any]:

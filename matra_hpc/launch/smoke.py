@@ -18,6 +18,7 @@ from typing import Any
 
 from matra_hpc.context import RunContext
 from matra_hpc.errors import UsageError
+from matra_hpc.util import write_json_atomic
 
 
 @dataclass
@@ -52,12 +53,6 @@ def _out_dir(out: str | None, ctx: RunContext) -> Path:
     return path
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def _identity(ctx: RunContext) -> dict[str, Any]:
     return {
         "host": socket.gethostname(),
@@ -74,11 +69,11 @@ def _checkpointed_steps(out: Path, rank: int, steps: int, step_seconds: float) -
     progress_path = out / f"progress-rank{rank}.json"
     progress = json.loads(progress_path.read_text()) if progress_path.exists() else {"done": 0, "starts": []}
     progress["starts"].append(progress["done"])  # where each attempt (first run, requeues) began
-    _write_json(progress_path, progress)
+    write_json_atomic(progress_path, progress)
     while progress["done"] < steps:
         time.sleep(step_seconds)
         progress["done"] += 1
-        _write_json(progress_path, progress)
+        write_json_atomic(progress_path, progress)
     return progress
 
 
@@ -96,7 +91,7 @@ def run_smoke(config: SmokeConfig, ctx: RunContext) -> dict[str, Any]:
         "began": began,  # this attempt's start and end, epoch seconds (tests check overlaps)
         "finished": time.time(),
     }
-    _write_json(out / f"rank{ctx.rank}.json", record)
+    write_json_atomic(out / f"rank{ctx.rank}.json", record)
     return record
 
 
@@ -122,7 +117,7 @@ def run_smoke_mpi(config: MpiSmokeConfig, ctx: RunContext) -> dict[str, Any]:
         "steps_done": progress["done"],
         "starts": progress["starts"],
     }
-    _write_json(out / f"mpi-rank{ctx.rank}.json", record)
+    write_json_atomic(out / f"mpi-rank{ctx.rank}.json", record)
     comm.Barrier()
     return record
 
@@ -156,7 +151,7 @@ def run_smoke_ddp(config: DdpSmokeConfig, ctx: RunContext) -> dict[str, Any]:
         loss.backward()
         grads = [p.grad.detach().cpu().flatten().tolist() for p in model.parameters()]
         record = {**_identity(ctx), "backend": backend, "local_loss": float(loss.detach()), "grads": grads}
-        _write_json(_out_dir(config.out, ctx) / f"ddp-rank{ctx.rank}.json", record)
+        write_json_atomic(_out_dir(config.out, ctx) / f"ddp-rank{ctx.rank}.json", record)
         dist.barrier()
     finally:
         dist.destroy_process_group()

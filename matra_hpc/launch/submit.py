@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import shlex
 import signal
 import subprocess
 import sys
@@ -24,20 +23,19 @@ from typing import Any
 import submitit
 from submitit.core.utils import JobPaths
 
-from matra_hpc.cli.stages import SubmittableStage
 from matra_hpc.errors import MatraError, UsageError
 from matra_hpc.launch.call import StageCall, dotted_name, write_spec
 from matra_hpc.launch.config import LaunchConfig
 from matra_hpc.launch.rundir import (
-    SCHEMA,
     create_run_dir,
     default_run_dir,
-    git_revision,
+    new_manifest,
     read_manifest,
     read_task_record,
     utc_now,
     write_manifest,
 )
+from matra_hpc.launch.stages import SubmittableStage
 
 TERMINAL_STATES = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
@@ -87,7 +85,7 @@ def submit_stage(
         raise UsageError("--array needs a positive count and a function stage (not torchrun/mpi)")
     if stage.kind == "function" and launch.nodes != 1:
         raise UsageError(f"stage {stage.name} runs one process; it cannot use nodes={launch.nodes}")
-    dependencies = [_dependency_jobs(Path(d), launch.cluster) for d in after]
+    dependencies = [dependency_jobs(Path(d), launch.cluster) for d in after]
     run_path = create_run_dir(Path(run_dir) if run_dir else default_run_dir(stage.name))
     config_dict = asdict(config)
     spec = {
@@ -101,26 +99,18 @@ def submit_stage(
         "array": array,
     }
     write_spec(run_path, spec)
-    manifest: dict[str, Any] = {
-        "schema": SCHEMA,
-        "stage": stage.name,
-        "kind": stage.kind,
-        "command_line": shlex.join(command_line) if command_line is not None else None,
-        "config": config_dict,
-        "launch": launch.to_dict(),
-        "outputs": {k: v for k, v in config_dict.items() if _is_output_field(k) and v is not None},
-        "git_revision": git_revision(),
-        "after": [str(Path(d).resolve()) for d in after],
-        "submitted": utc_now(),
-        "jobs": [],
-    }
+    manifest = new_manifest(
+        stage=stage.name, kind=stage.kind, config=config_dict, launch=launch.to_dict(),
+        outputs={k: v for k, v in config_dict.items() if _is_output_field(k) and v is not None},
+        after=after, command_line=command_line,
+    )
     write_manifest(run_path, manifest)
     call = StageCall(spec)
     if launch.cluster == "slurm":
         jobs = _submit_slurm(call, stage, launch, run_path, array, [j for dep in dependencies for j in dep])
     else:
         for dep_dir in after:
-            _wait_local_dependency(Path(dep_dir))
+            wait_local_dependency(Path(dep_dir))
         jobs = _submit_local(call, launch, run_path, array, manifest)
     manifest["jobs"] = [_job_entry(job, run_path) for job in jobs]
     if launch.cluster == "local":
@@ -266,7 +256,7 @@ def _detached_stdio(log: Path) -> Iterator[None]:
             os.close(fd)
 
 
-def _dependency_jobs(run_dir: Path, cluster: str) -> list[str]:
+def dependency_jobs(run_dir: Path, cluster: str) -> list[str]:
     """Job ids a new Slurm job must wait for (``afterok``); those already completed are dropped.
 
     Slurm forgets ended jobs after MinJobAge, and ``afterok`` on a forgotten id is refused, so
@@ -286,7 +276,7 @@ def _dependency_jobs(run_dir: Path, cluster: str) -> list[str]:
     return sorted({s.job_id.split("_")[0] for s in statuses if not s.done})
 
 
-def _wait_local_dependency(run_dir: Path) -> None:
+def wait_local_dependency(run_dir: Path) -> None:
     statuses = wait_run(run_dir)
     bad = [s for s in statuses if s.state != "COMPLETED"]
     if bad:

@@ -10,23 +10,17 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import jinja2
 
 from matra_hpc.errors import MatraError, UsageError
-from matra_hpc.launch.config import REPO_ROOT, LaunchConfig
-from matra_hpc.launch.rundir import (
-    SCHEMA,
-    create_run_dir,
-    default_run_dir,
-    git_revision,
-    utc_now,
-    write_manifest,
-)
-from matra_hpc.launch.submit import _dependency_jobs, _wait_local_dependency
+from matra_hpc.launch.call import mpi_launcher_command
+from matra_hpc.launch.config import LaunchConfig
+from matra_hpc.launch.rundir import create_run_dir, default_run_dir, new_manifest, utc_now, write_manifest
+from matra_hpc.launch.submit import dependency_jobs, wait_local_dependency
+from matra_hpc.util import REPO_ROOT
 
 TEMPLATE_DIR = REPO_ROOT / "templates"
 
@@ -37,11 +31,8 @@ def slurm_time(minutes: int) -> str:
 
 
 def mpi_launcher_line(launch: LaunchConfig, slurm: bool) -> str:
-    ranks = launch.nodes * launch.tasks_per_node
-    if slurm and launch.mpi_launcher == "srun":
-        return f"srun --mpi=pmix --ntasks={ranks} --kill-on-bad-exit=1"
-    mpirun = Path(sys.executable).parent / "mpirun"
-    return f"{mpirun if mpirun.exists() else 'mpirun'} -n {ranks}"
+    """The launcher prefix of the job script: the same rule as the stages' MPI jobs."""
+    return shlex.join(mpi_launcher_command(launch.to_dict(), slurm))
 
 
 def render_sbatch(
@@ -77,7 +68,7 @@ def render_sbatch(
         slurm=slurm,
         dependency=dependency,
         time=slurm_time(launch.time_minutes),
-        ranks=launch.nodes * launch.tasks_per_node,
+        ranks=launch.nodes * launch.procs_per_node,
     )
 
 
@@ -96,9 +87,9 @@ def submit_program(
     if not Path(workdir).is_dir():
         raise UsageError(f"working directory {workdir} does not exist")
     slurm = launch.cluster == "slurm"
-    dependency_ids = [j for d in after for j in _dependency_jobs(Path(d), launch.cluster)]
+    dependency_ids = [j for d in after for j in dependency_jobs(Path(d), launch.cluster)]
     for dep_dir in after if not slurm else ():
-        _wait_local_dependency(Path(dep_dir))
+        wait_local_dependency(Path(dep_dir))
     run_path = create_run_dir(Path(run_dir) if run_dir else default_run_dir(name))
     log = str((run_path / "logs" / "job.log").resolve())
     script = render_sbatch(
@@ -114,19 +105,10 @@ def submit_program(
     )
     script_path = run_path / "job.sh"
     script_path.write_text(script)
-    manifest = {
-        "schema": SCHEMA,
-        "stage": name,
-        "kind": "program",
-        "command_line": shlex.join(command_line) if command_line is not None else None,
-        "config": {"command": list(command), "workdir": str(workdir), "template": template},
-        "launch": launch.to_dict(),
-        "outputs": {},
-        "git_revision": git_revision(),
-        "after": [str(Path(d).resolve()) for d in after],
-        "submitted": utc_now(),
-        "jobs": [],
-    }
+    manifest = new_manifest(
+        stage=name, kind="program", config={"command": list(command), "workdir": str(workdir), "template": template},
+        launch=launch.to_dict(), outputs={}, after=after, command_line=command_line,
+    )
     if slurm:
         out = subprocess.run(["sbatch", "--parsable", str(script_path)], capture_output=True, text=True)
         if out.returncode != 0:

@@ -12,9 +12,9 @@ import yaml
 
 from matra_hpc.errors import UsageError
 from matra_hpc.model.transformer import ModelConfig
+from matra_hpc.util import REPO_ROOT
 
-# The repository's jobs/models (the package lives at <repo>/matra_hpc).
-REPO_MODELS_DIR = Path(__file__).resolve().parents[2] / "jobs" / "models"
+REPO_MODELS_DIR = REPO_ROOT / "jobs" / "models"
 
 
 def resolve_model_yaml(name_or_path: str) -> Path:

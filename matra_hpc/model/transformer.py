@@ -27,34 +27,29 @@ API the sampler relies on:
 - ``MatraTransformer.new_kv_cache(batch_size, max_len, device, dtype) -> KVCache``;
   ``KVCache.select(rows)`` keeps only some rows (e.g. to drop finished sequences);
   ``KVCache.reset(rows)`` empties rows so a new sequence can start there (``<bos>`` at 0).
-- ``load_model(path) -> (model, metadata)`` reads a checkpoint written by the training stage
-  (safetensors weights + JSON metadata; nothing is unpickled).
+- ``load_model(path) -> (model, metadata)`` (in ``checkpoint.py``) reads a checkpoint written by
+  the training stage (safetensors weights + JSON metadata; nothing is unpickled).
 
 Shape letters: B batch, T time (positions), C = d_model, nh heads, hs head size, V vocabulary.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from matra_hpc.errors import CheckpointError, UsageError
+from matra_hpc.errors import UsageError
 
 # Ids pinned by docs/contracts.md section A.
 PAD_ID = 0
 BOS_ID = 1
 END_ID = 2
 NUM_ID = 3
-
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "meta.json"
 
 
 @dataclass
@@ -444,37 +439,3 @@ def loss_sums(
 def combine_loss(parts: LossParts, n_tokens: int, n_values: int, config: ModelConfig) -> torch.Tensor:
     """CE per token + w * MSE per value, normalised by the (global) counts given."""
     return parts.ce_sum / max(n_tokens, 1) + config.cont_loss_weight * parts.mse_sum / max(n_values, 1)
-
-
-def load_model(
-    checkpoint_path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[MatraTransformer, dict[str, Any]]:
-    """Load a model written by the training stage; nothing is unpickled.
-
-    ``checkpoint_path`` is a checkpoint directory (``model.safetensors`` + ``meta.json``), or a
-    training output directory: then its ``best/`` model, else its newest valid checkpoint.
-    Returns the model in eval mode and the metadata (model config, vocab_hash, token store path
-    and content hash, step, epoch, ...).
-    """
-    from safetensors.torch import load_file
-
-    path = Path(checkpoint_path)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
-    if not (path / META_FILE).exists():
-        from matra_hpc.train.checkpoint import find_model_dir
-
-        path = find_model_dir(path)
-    try:
-        meta = json.loads((path / META_FILE).read_text())
-        config = ModelConfig.from_dict(meta["model_config"])
-        state = load_file(str(path / WEIGHTS_FILE), device=str(device))
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
-    model = MatraTransformer(config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit its own model config: {exc}") from exc
-    model.to(device).eval()
-    return model, meta

@@ -25,9 +25,10 @@ import shutil
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from matra_hpc.util import write_json_atomic
 
 SCHEMA = "matra-hpc/novelty-index/1"
 INDEX_FILE = "index.json"
@@ -73,11 +74,11 @@ def hash_version(prototype_hash: str) -> str:
     return prototype_hash.split(":", 1)[0] if ":" in prototype_hash else ""
 
 
-def partition_bits(n_entries: int) -> int:
+def partition_bits(n_entries: int, target: int = PARTITION_TARGET) -> int:
     """log2 of the number of partitions for an index of this size (0: one partition)."""
-    if n_entries <= PARTITION_TARGET:
+    if n_entries <= target:
         return 0
-    return min(16, math.ceil(math.log2(n_entries / PARTITION_TARGET)))
+    return min(16, math.ceil(math.log2(n_entries / target)))
 
 
 def partition_of(keys: np.ndarray | int, bits: int) -> np.ndarray | int:
@@ -108,15 +109,6 @@ def part_dir(root: Path, unit: str) -> Path:
 
 def part_done(root: Path, unit: str) -> bool:
     return (part_dir(root, unit) / MANIFEST).is_file()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_npy_atomic(path: Path, data: np.ndarray) -> None:

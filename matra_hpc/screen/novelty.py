@@ -46,6 +46,8 @@ from matra_hpc.screen.index_sources import (
 __all__ = ["IndexBuildConfig", "NoveltyIndex", "RunUniqueness", "build_index", "run_index_build", "structure_keys"]
 
 log = logging.getLogger(__name__)
+_EMPTY = np.zeros(0, dtype=np.int64)
+MAX_OPEN_PARTS = 64
 
 
 def default_matcher():
@@ -53,6 +55,58 @@ def default_matcher():
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     return StructureMatcher()
+
+
+def reduced_size(structure) -> int:
+    """Sites of the cell StructureMatcher compares (Niggli, then primitive, as it reduces)."""
+    return len(structure.get_reduced_structure(reduction_algo="niggli").get_primitive_structure())
+
+
+class Confirm:
+    """StructureMatcher's verdict inside a bucket, with one retry for a lost centring.
+
+    A distortion that breaks a centring (noise of ~0.05-0.1 A on an F- or I-centred crystal)
+    leaves a primitive cell 2-4 times the known one's, and StructureMatcher (without
+    ``attempt_supercell``) then refuses on the site count alone. When the reduced cells differ
+    by an integer factor, the same tolerances are tried once more with ``attempt_supercell``,
+    so such a structure is still the known crystal. ``supercell_retry=False`` gives pymatgen's
+    plain verdict.
+    """
+
+    def __init__(self, matcher=None, supercell_retry: bool = True) -> None:
+        self._matcher = matcher
+        self._retry = None
+        self.supercell_retry = supercell_retry
+        self.retries = 0
+
+    @property
+    def matcher(self):
+        if self._matcher is None:  # pymatgen loads only when a lookup needs the matcher
+            self._matcher = default_matcher()
+        return self._matcher
+
+    def _retry_matcher(self):
+        if self._retry is None:
+            from pymatgen.analysis.structure_matcher import StructureMatcher
+
+            self._retry = StructureMatcher.from_dict({**self.matcher.as_dict(), "attempt_supercell": True})
+        return self._retry
+
+    def same(self, query, ref, sizes: dict[Any, int], query_key: Any, ref_key: Any) -> bool:
+        """Whether ``query`` is the crystal ``ref``; ``sizes`` memoises reduced cell sizes by key."""
+        if self.matcher.fit(query, ref):
+            return True
+        if not self.supercell_retry:
+            return False
+        if query_key not in sizes:
+            sizes[query_key] = reduced_size(query)
+        if ref_key not in sizes:
+            sizes[ref_key] = reduced_size(ref)
+        a, b = sizes[query_key], sizes[ref_key]
+        if a == b or max(a, b) % min(a, b):
+            return False
+        self.retries += 1
+        return bool(self._retry_matcher().fit(query, ref))
 
 
 def _numbers(structure) -> np.ndarray:
@@ -72,7 +126,7 @@ def structure_keys(structure, prototype_hash: str | None = None) -> tuple[int | 
 
 def _created_by() -> dict[str, Any]:
     from matra_hpc import __version__
-    from matra_hpc.data.prepare import git_revision
+    from matra_hpc.util import git_revision
 
     return {"package": __version__, "git": git_revision()}
 
@@ -103,12 +157,12 @@ def _part_arrays(rows: Rows) -> tuple[dict[str, np.ndarray], bytes]:
     return arrays, b"".join(id_bytes)
 
 
-def _build_unit(root: Path, source: Source, unit: Unit) -> dict[str, Any]:
+def _build_unit(root: Path, source: Source, unit: Unit, rank: int) -> dict[str, Any]:
     rows = read_unit(source, unit)
     arrays, blob = _part_arrays(rows)
     manifest = {
         "unit": unit.name, "source": source.path, "group": unit.group, "start": unit.start, "stop": unit.stop,
-        "n": len(rows.ids), "n_hashed": int(np.count_nonzero(arrays["proto_keys"])), "skipped": rows.skipped,
+        "n": len(rows.ids), "rank": rank, "n_hashed": int(np.count_nonzero(arrays["proto_keys"])), "skipped": rows.skipped,
     }
     fmt.write_part(root, unit.name, arrays, blob, manifest)
     return manifest
@@ -132,23 +186,23 @@ def _check_out(root: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _finalize(root: Path, units: list[Unit], sources: list[Source], plan: dict[str, Any],
-              ctx: RunContext, partitions: list[int] | None = None) -> dict[str, Any]:
-    """Merge the parts' sorted runs into the partitioned tables; rank 0 (or the only finisher) writes
-    index.json. ``partitions``: which partitions this process merges (all when None)."""
-    manifests = [fmt.read_manifest(root, u.name) for u in units]
+def finalize_parts(root: Path, unit_names: list[str], sources: list[dict[str, Any]], plan_sha256: str,
+                   partitions: list[int] | None = None, partition_entries: int = fmt.PARTITION_TARGET,
+                   ) -> dict[str, Any]:
+    """Merge the parts' sorted runs into the partitioned tables and return the ``index.json``
+    content (the caller writes it, last). ``partitions``: the ones this process merges (all when
+    None), so MPI ranks share the merge."""
+    manifests = [fmt.read_manifest(root, u) for u in unit_names]
     counts = [int(m["n"]) for m in manifests]
     bases = [0, *np.cumsum(counts).tolist()[:-1]] if counts else []
     n_entries = int(sum(counts))
-    bits = fmt.partition_bits(n_entries)
-    names = [u.name for u in units]
-    mine = range(1 << bits) if partitions is None else partitions
-    for p in mine:
+    bits = fmt.partition_bits(n_entries, partition_entries)
+    for p in (range(1 << bits) if partitions is None else partitions):
         for table in fmt.TABLES:
-            fmt.merge_partition(root, names, bases, table, p, bits)
+            fmt.merge_partition(root, unit_names, bases, table, p, bits)
     skipped: dict[str, int] = defaultdict(int)
     for m in manifests:
-        for k, v in m["skipped"].items():
+        for k, v in m.get("skipped", {}).items():
             skipped[k] += int(v)
     return {
         "schema": fmt.SCHEMA,
@@ -156,13 +210,20 @@ def _finalize(root: Path, units: list[Unit], sources: list[Source], plan: dict[s
         "hash_version": _hash_version(),
         "key_scheme": "blake2b-64 of 'P|<prototype hash>|<reduced formula>' and 'F|<reduced formula>'",
         "n_entries": n_entries,
-        "n_hashed": int(sum(int(m["n_hashed"]) for m in manifests)),
+        "n_hashed": int(sum(int(m.get("n_hashed", 0)) for m in manifests)),
         "skipped": dict(skipped),
         "partition_bits": bits,
-        "parts": [{"unit": u.name, "n": c, "base": int(b)} for u, c, b in zip(units, counts, bases, strict=True)],
-        "sources": [{"path": s.path, "kind": s.kind, "rows": sum(s.groups.values())} for s in sources],
-        "plan_sha256": _plan_digest(plan),
+        "parts": [{"unit": u, "n": c, "base": int(b)} for u, c, b in zip(unit_names, counts, bases, strict=True)],
+        "sources": sources,
+        "plan_sha256": plan_sha256,
     }
+
+
+def _finalize(root: Path, units: list[Unit], sources: list[Source], plan: dict[str, Any],
+              partitions: list[int] | None = None) -> dict[str, Any]:
+    meta = [{"path": s.path, "kind": s.kind, "rows": sum(s.groups.values())} for s in sources]
+    return finalize_parts(root, [u.name for u in units], meta, _plan_digest(plan), partitions,
+                          int(plan["partition_entries"]))
 
 
 def _hash_version() -> str:
@@ -186,7 +247,7 @@ def _summary(index: dict[str, Any], root: Path, seconds: float, built_here: int)
 
 
 def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None = None,
-                rows_per_unit: int | None = None) -> dict[str, Any]:
+                rows_per_unit: int | None = None, partition_entries: int | None = None) -> dict[str, Any]:
     """Build (or resume) a novelty index of ``sources`` in the folder ``out``; returns a summary.
 
     Every rank computes the same plan from the sources and builds the units ``rank::world_size``.
@@ -203,6 +264,7 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
     units = plan_units(described, **kwargs)
     plan = plan_json(described, units)
     plan["hash_version"] = _hash_version()
+    plan["partition_entries"] = int(partition_entries or fmt.PARTITION_TARGET)
     done = _check_out(root, plan)
     if done is not None:
         return _summary(done, root, time.perf_counter() - start, 0)
@@ -211,18 +273,19 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
     (root / "parts").mkdir(exist_ok=True)
 
     built = 0
+    all_done_at_start = all(fmt.part_done(root, u.name) for u in units)
     for unit in units[ctx.rank::max(1, ctx.world_size)]:
         if fmt.part_done(root, unit.name):
             continue
-        m = _build_unit(root, described[unit.source], unit)
+        m = _build_unit(root, described[unit.source], unit, ctx.rank)
         built += 1
         log.info("index part %s: %d entries (%d hashed)", unit.name, m["n"], m["n_hashed"])
 
     if ctx.comm is not None and ctx.world_size > 1:
         ctx.comm.Barrier()
         n_total = sum(int(fmt.read_manifest(root, u.name)["n"]) for u in units)
-        parts = list(range(1 << fmt.partition_bits(n_total)))[ctx.rank::ctx.world_size]
-        index = _finalize(root, units, described, plan, ctx, partitions=parts)
+        parts = list(range(1 << fmt.partition_bits(n_total, plan["partition_entries"])))[ctx.rank::ctx.world_size]
+        index = _finalize(root, units, described, plan, partitions=parts)
         ctx.comm.Barrier()
         if ctx.rank == 0:
             fmt.write_json_atomic(root / fmt.INDEX_FILE, index)
@@ -231,17 +294,20 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
 
     if ctx.world_size > 1:
         # Independent array tasks: the last one to finish its units merges. Whoever wrote last
-        # sees every part; if two see them at once, the O_EXCL claim picks one.
+        # sees every part; if two see them at once, the O_EXCL claim picks one. A task that found
+        # every part already there (a rerun after the merging task died) merges too: merges write
+        # identical files atomically, so a second one only costs time.
+        not_done = {"out": str(root), "finalized": False, "parts_built_here": built,
+                    "seconds": round(time.perf_counter() - start, 2)}
         if not all(fmt.part_done(root, u.name) for u in units):
-            return {"out": str(root), "finalized": False, "parts_built_here": built,
-                    "seconds": round(time.perf_counter() - start, 2)}
-        try:
-            fd = os.open(root / ".finalize-claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.close(fd)
-        except FileExistsError:
-            return {"out": str(root), "finalized": False, "parts_built_here": built,
-                    "seconds": round(time.perf_counter() - start, 2)}
-    index = _finalize(root, units, described, plan, ctx)
+            return not_done
+        if not all_done_at_start:
+            try:
+                fd = os.open(root / ".finalize-claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.close(fd)
+            except FileExistsError:
+                return not_done
+    index = _finalize(root, units, described, plan)
     fmt.write_json_atomic(root / fmt.INDEX_FILE, index)
     return _summary(index, root, time.perf_counter() - start, built)
 
@@ -254,6 +320,8 @@ class IndexBuildConfig:
     out: str = "ref.index"
     rows_per_unit: int = STORE_ROWS_PER_UNIT
     """Store rows per work unit (a part); folders go 256 files per unit."""
+    partition_entries: int = fmt.PARTITION_TARGET
+    """Entries a table partition aims at (partitions are a power of two, merged in parallel)."""
 
     def validate(self) -> None:
         if not self.sources:
@@ -261,6 +329,8 @@ class IndexBuildConfig:
                              "structure folder)")
         if self.rows_per_unit < 1:
             raise UsageError(f"--rows-per-unit must be >= 1, got {self.rows_per_unit}")
+        if self.partition_entries < 1:
+            raise UsageError(f"--partition-entries must be >= 1, got {self.partition_entries}")
         for s in self.sources:
             if not Path(s).exists():
                 raise UsageError(f"index source {s} does not exist")
@@ -269,31 +339,63 @@ class IndexBuildConfig:
 def run_index_build(config: IndexBuildConfig, ctx: RunContext | None = None) -> dict[str, Any]:
     """Stage entry (``module:function`` for the launch layer)."""
     config.validate()
-    return build_index(list(config.sources), config.out, ctx=ctx, rows_per_unit=config.rows_per_unit)
+    return build_index(list(config.sources), config.out, ctx=ctx, rows_per_unit=config.rows_per_unit,
+                       partition_entries=config.partition_entries)
 
 
 # --------------------------------------------------------------------------------------------
 # Reading
 
 
+def _check_files(root: Path, meta: dict[str, Any]) -> None:
+    """Refuse an index whose tables or parts are missing or cut (reads only the .npy headers)."""
+    want = {"proto": int(meta["n_hashed"]), "formula": int(meta["n_entries"])}
+    try:
+        for table, n in want.items():
+            total = 0
+            for p in range(1 << int(meta["partition_bits"])):
+                kpath, epath = fmt.table_paths(root, table, p)
+                keys, entries = np.load(kpath, mmap_mode="r"), np.load(epath, mmap_mode="r")
+                if keys.shape != entries.shape:
+                    raise ValueError(f"{kpath.name} and {epath.name} differ in length")
+                total += len(keys)
+            if total != n:
+                raise ValueError(f"table {table} holds {total} keys, index.json says {n}")
+        for part in meta["parts"]:
+            if not (fmt.part_dir(root, part["unit"]) / fmt.MANIFEST).is_file():
+                raise ValueError(f"part {part['unit']} is missing")
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{root} is damaged ({exc}): rebuild it with `matra-hpc index build` into a new --out") \
+            from None
+
+
 class NoveltyIndex:
     """A finished index, memory-mapped: key lookups in sorted arrays, structures read on demand."""
 
-    def __init__(self, root: Path, meta: dict[str, Any], matcher=None, cache_size: int = 4096) -> None:
+    def __init__(self, root: Path, meta: dict[str, Any], matcher=None, cache_size: int = 4096,
+                 supercell_retry: bool = True) -> None:
         self.root = root
         self.meta = meta
         self.bits = int(meta["partition_bits"])
-        self.matcher = matcher or default_matcher()
+        self._shift = 64 - self.bits
+        self.confirm = Confirm(matcher, supercell_retry)
+        self._sizes: OrderedDict[Any, int] = OrderedDict()
         self._tables: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
-        self._parts: dict[int, dict[str, np.ndarray]] = {}
+        # Open parts, least recently used out: each map holds a file descriptor, and an index of
+        # 10^8 entries has ~1,500 parts of 10 arrays.
+        self._parts: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._bases = np.array([p["base"] for p in meta["parts"]], dtype=np.int64)
         self._units = [p["unit"] for p in meta["parts"]]
         self._cache: OrderedDict[int, Any] = OrderedDict()
         self._cache_size = cache_size
         self.stats = {"lookups": 0, "proto_hits": 0, "formula_hits": 0, "fits": 0}
 
+    @property
+    def matcher(self):
+        return self.confirm.matcher
+
     @classmethod
-    def open(cls, path: str | Path, matcher=None) -> NoveltyIndex:
+    def open(cls, path: str | Path, matcher=None, supercell_retry: bool = True) -> NoveltyIndex:
         root = Path(path)
         index = root / fmt.INDEX_FILE
         if not index.is_file():
@@ -302,14 +404,18 @@ class NoveltyIndex:
                                  f"{root}` (finished parts are kept)")
             raise StoreError(f"{root} is not a novelty index (no {fmt.INDEX_FILE}): build one with "
                              f"`matra-hpc index build SOURCES --out {root}`")
-        meta = json.loads(index.read_text())
+        try:
+            meta = json.loads(index.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{root}/{fmt.INDEX_FILE} is unreadable ({type(exc).__name__}): rebuild the index") from None
         if meta.get("schema") != fmt.SCHEMA:
             raise StoreError(f"{root} has schema {meta.get('schema')!r}, expected {fmt.SCHEMA!r}")
         current = _hash_version()
         if meta.get("hash_version") != current:
             raise StoreError(f"{root} was built with prototype hash {meta.get('hash_version')}, this code computes "
                              f"{current}: rebuild it with `matra-hpc index build` into a new --out")
-        return cls(root, meta, matcher)
+        _check_files(root, meta)
+        return cls(root, meta, matcher, supercell_retry=supercell_retry)
 
     def __len__(self) -> int:
         return int(self.meta["n_entries"])
@@ -320,39 +426,55 @@ class NoveltyIndex:
         got = self._tables.get((table, p))
         if got is None:
             kpath, epath = fmt.table_paths(self.root, table, p)
-            got = (np.load(kpath, mmap_mode="r"), np.load(epath, mmap_mode="r"))
+            # Plain ndarray views of the maps: np.memmap's subclass hooks cost more than the search.
+            got = (np.load(kpath, mmap_mode="r").view(np.ndarray), np.load(epath, mmap_mode="r").view(np.ndarray))
             self._tables[(table, p)] = got
         return got
 
     def bucket(self, key: int, table: str = "proto") -> np.ndarray:
         """Global entry numbers whose ``table`` key equals ``key`` (oldest source first)."""
-        keys, entries = self._table(table, fmt.partition_of(key, self.bits))
-        k = np.uint64(key)
-        a = keys.searchsorted(k, side="left")
-        b = keys.searchsorted(k, side="right")
-        return entries[a:b]
+        p = key >> self._shift if self.bits else 0
+        got = self._tables.get((table, p))
+        keys, entries = got if got is not None else self._table(table, p)
+        k = np.uint64(key)  # a Python int above 2^63 would make searchsorted convert the whole array
+        a = keys.searchsorted(k)
+        if a == len(keys) or keys[a] != k:
+            return _EMPTY
+        return entries[a:keys.searchsorted(k, side="right")]
 
     def count_keys(self, keys: np.ndarray, table: str = "proto") -> np.ndarray:
         """Bucket size of each key (vectorised; what a batch of lookups costs without the matcher)."""
         keys = np.asarray(keys, dtype=np.uint64)
-        out = np.zeros(len(keys), dtype=np.int64)
-        parts = fmt.partition_of(keys, self.bits)
-        for p in np.unique(parts):
-            sel = parts == p
-            tk, _ = self._table(table, int(p))
-            out[sel] = tk.searchsorted(keys[sel], side="right") - tk.searchsorted(keys[sel], side="left")
+        # Sorted queries walk each table once, in order: ~10x faster than random probes.
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        parts = fmt.partition_of(sk, self.bits)
+        bounds = np.searchsorted(parts, np.arange((1 << self.bits) + 1))
+        counts = np.zeros(len(keys), dtype=np.int64)
+        for p in range(1 << self.bits):
+            a, b = int(bounds[p]), int(bounds[p + 1])
+            if b > a:
+                tk, _ = self._table(table, p)
+                counts[a:b] = tk.searchsorted(sk[a:b], side="right") - tk.searchsorted(sk[a:b], side="left")
+        out = np.empty_like(counts)
+        out[order] = counts
         return out
 
     # ---- entries
 
     def _part(self, k: int) -> dict[str, np.ndarray]:
         got = self._parts.get(k)
-        if got is None:
+        if got is not None:
+            self._parts.move_to_end(k)
+        else:
             d = fmt.part_dir(self.root, self._units[k])
-            got = {name: np.load(d / f"{name}.npy", mmap_mode="r") for name in fmt.PART_ARRAYS}
+            got = {name: np.load(d / f"{name}.npy", mmap_mode="r")
+                   for name in ("ids_offsets", "lattice", "frac", "numbers", "site_offsets")}
             got["ids"] = np.memmap(d / "ids.bin", dtype=np.uint8, mode="r") if (d / "ids.bin").stat().st_size \
                 else np.zeros(0, dtype=np.uint8)
             self._parts[k] = got
+            if len(self._parts) > MAX_OPEN_PARTS:
+                self._parts.popitem(last=False)
         return got
 
     def _locate(self, entry: int) -> tuple[dict[str, np.ndarray], int]:
@@ -398,20 +520,24 @@ class NoveltyIndex:
         self.stats["lookups"] += 1
         pkey, fkey = structure_keys(structure, prototype_hash)
         tried: set[int] = set()
+        sizes = self._sizes
+        sizes.pop("query", None)
         if pkey is not None:
             for e in self.bucket(pkey, "proto").tolist():
                 tried.add(e)
                 self.stats["fits"] += 1
-                if self.matcher.fit(structure, self.structure(e)):
+                if self.confirm.same(structure, self.structure(e), sizes, "query", e):
                     self.stats["proto_hits"] += 1
                     return self.entry_id(e)
         for e in self.bucket(fkey, "formula").tolist():
             if e in tried:
                 continue
             self.stats["fits"] += 1
-            if self.matcher.fit(structure, self.structure(e)):
+            if self.confirm.same(structure, self.structure(e), sizes, "query", e):
                 self.stats["formula_hits"] += 1
                 return self.entry_id(e)
+        while len(sizes) > self._cache_size:  # reduced sizes of entries, oldest out
+            sizes.popitem(last=False)
         return None
 
 
@@ -422,8 +548,9 @@ class RunUniqueness:
     matching candidates is unique, each later one gets that first one's id.
     """
 
-    def __init__(self, matcher=None) -> None:
-        self.matcher = matcher or default_matcher()
+    def __init__(self, matcher=None, supercell_retry: bool = True) -> None:
+        self.confirm = Confirm(matcher, supercell_retry)
+        self._sizes: dict[Any, int] = {}
         self._proto: dict[int, list[int]] = defaultdict(list)
         self._formula: dict[int, list[int]] = defaultdict(list)
         self._ids: list[str] = []
@@ -436,15 +563,16 @@ class RunUniqueness:
         """Id of an earlier candidate this one matches; else None, and it is remembered."""
         pkey, fkey = structure_keys(structure, prototype_hash)
         tried: set[int] = set()
+        i = len(self._ids)  # this candidate's slot if it is new; its size memo key meanwhile
+        self._sizes.pop(i, None)
         if pkey is not None:
-            for i in self._proto.get(pkey, ()):
-                tried.add(i)
-                if self.matcher.fit(structure, self._structures[i]):
-                    return self._ids[i]
-        for i in self._formula.get(fkey, ()):
-            if i not in tried and self.matcher.fit(structure, self._structures[i]):
-                return self._ids[i]
-        i = len(self._ids)
+            for j in self._proto.get(pkey, ()):
+                tried.add(j)
+                if self.confirm.same(structure, self._structures[j], self._sizes, i, j):
+                    return self._ids[j]
+        for j in self._formula.get(fkey, ()):
+            if j not in tried and self.confirm.same(structure, self._structures[j], self._sizes, i, j):
+                return self._ids[j]
         self._ids.append(candidate_id)
         self._structures.append(structure)
         if pkey is not None:

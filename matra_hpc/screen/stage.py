@@ -30,43 +30,16 @@ import numpy as np
 
 from matra_hpc import __version__
 from matra_hpc.context import RunContext
-from matra_hpc.errors import MatraError, StoreError, UsageError
+from matra_hpc.errors import StoreError, UsageError
 from matra_hpc.generate.temperatures import temperature_group
 from matra_hpc.screen import store as sstore
 from matra_hpc.screen.config import ScreenConfig
+from matra_hpc.util import git_revision
 
 log = logging.getLogger(__name__)
 
 CLAIMS_DIR = ".claims"
 CONSOLIDATE_LOCK = ".consolidate.lock"
-
-
-def git_revision() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def _on_rank0(ctx: RunContext, fn, *args):
-    """Run fn on rank 0 of an MPI run (or here, without one) and hand its result to every rank."""
-    result, error = None, None
-    if ctx.rank == 0 or ctx.comm is None:
-        try:
-            result = fn(*args)
-        except Exception as exc:  # re-raised on every rank below, so no rank waits forever
-            error = exc
-    if ctx.comm is not None and ctx.world_size > 1:
-        result, text = ctx.comm.bcast((result, None if error is None else f"{type(error).__name__}: {error}"), root=0)
-        if ctx.rank != 0 and text is not None:
-            raise MatraError(f"rank 0 failed: {text}")
-    if error is not None:
-        raise error
-    return result
 
 
 # ---------------------------------------------------------------- input
@@ -378,7 +351,7 @@ def run_screen(config: ScreenConfig, ctx: RunContext) -> dict[str, Any]:
         # whichever task comes first (init_store refuses a different fingerprint either way).
         prep = _prepare_array(config, ctx)
     else:
-        prep = _on_rank0(ctx, _prepare_store, config, ctx)
+        prep = ctx.on_rank0(_prepare_store, config, ctx)
     temps, attempt = prep["temperatures"], prep["attempt"]
     device = config.device or ctx.device
     writer = f"r{ctx.rank}-{uuid.uuid4().hex[:8]}"

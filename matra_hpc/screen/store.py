@@ -30,6 +30,7 @@ import zarr
 
 from matra_hpc.errors import StoreError
 from matra_hpc.generate.temperatures import temperature_group
+from matra_hpc.util import write_json_atomic
 
 __all__ = [
     "SCHEMA", "STATUSES", "REASONS", "ScreenedRow", "RowBuilder", "iter_rows", "read_status",
@@ -224,15 +225,6 @@ def _structure(data: dict[str, np.ndarray], r: int):
 
 
 # ---------------------------------------------------------------- store files
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def open_root(store: str | Path, mode: str = "r") -> zarr.Group:

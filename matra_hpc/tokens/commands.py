@@ -152,22 +152,33 @@ def run_decode(config: DecodeConfig) -> dict:
 
 
 def run_roundtrip(config: RoundTripConfig) -> dict:
-    """Round-trip every structure (see ``matra_hpc.tokens.roundtrip``) and summarise."""
+    """Round-trip every structure (see ``matra_hpc.tokens.roundtrip``) and summarise.
+
+    ``failed`` in the summary lists every structure that did not come back (rejected by encode
+    or failed the round trip): its id (file, CSV row id or frame), index and reason."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     from matra_hpc.tokens.roundtrip import RoundTrip
 
     matcher = StructureMatcher()
     results = []
+    failed = []
     start = time.perf_counter()
-    for i, (_, item) in enumerate(_progress(iter_structures(config.inputs, config.csv_column), "roundtrip")):
+    for i, (name, item) in enumerate(
+        _progress(iter_structures(config.inputs, config.csv_column), "roundtrip")
+    ):
         if config.limit is not None and i >= config.limit:
             break
         if isinstance(item, ParseFailure):
-            results.append(RoundTrip(False, False, "parse_error", item.detail))
-            continue
-        results.append(check_roundtrip(item, matcher, **config.options.kwargs()))
+            result = RoundTrip(False, False, "parse_error", item.detail)
+        else:
+            result = check_roundtrip(item, matcher, **config.options.kwargs())
+        results.append(result)
+        if not result.ok:
+            # name is the file (and CSV row id or frame); index counts structures over all inputs.
+            failed.append({"id": name, "index": i, "reason": result.failure, "detail": result.detail})
     summary = summarize(results, time.perf_counter() - start)
     if not math.isfinite(summary["rate"]):
         summary["rate"] = 0.0
+    summary["failed"] = failed
     return summary

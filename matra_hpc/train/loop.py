@@ -43,7 +43,7 @@ from matra_hpc.data.dataset import (
 )
 from matra_hpc.errors import CheckpointError, UsageError
 from matra_hpc.model import MatraTransformer, ModelConfig, combine_loss, load_model_config, loss_sums
-from matra_hpc.train.checkpoint import (
+from matra_hpc.model.checkpoint import (
     BEST_DIR,
     find_latest_valid,
     load_train_state,
@@ -132,16 +132,6 @@ class _Trainer:
         dist.all_reduce(t)
         return t.tolist()
 
-    def _any(self, flag: bool) -> bool:
-        return self._all_sum([1.0 if flag else 0.0])[0] > 0
-
-    def _broadcast(self, obj: Any) -> Any:
-        if not self.distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def _barrier(self) -> None:
         if self.distributed:
             dist.barrier()
@@ -164,7 +154,7 @@ class _Trainer:
         self.steps_per_epoch = self.train_ds.n_batches(cfg.global_batch)
         self.schedule_steps = cfg.schedule_steps or cfg.max_steps or cfg.epochs * self.steps_per_epoch
         store_info = describe_store(self.store) if self.is_main else None
-        self.store_info = self._broadcast(store_info)
+        self.store_info = self.ctx.broadcast(store_info)
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model = MatraTransformer(model_cfg).to(self.device)
@@ -210,11 +200,11 @@ class _Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         self._barrier()
         found = find_latest_valid(self.out) if self.is_main else None
-        name = self._broadcast(found.path.name if found is not None else None)
+        name = self.ctx.broadcast(found.path.name if found is not None else None)
         if name is None:
             return
         if found is None or found.path.name != name:
-            from matra_hpc.train.checkpoint import CHECKPOINTS_DIR, Checkpoint, check_dir
+            from matra_hpc.model.checkpoint import CHECKPOINTS_DIR, Checkpoint, check_dir
 
             path = self.out / CHECKPOINTS_DIR / name
             found = Checkpoint(path, check_dir(path))

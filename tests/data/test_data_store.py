@@ -14,6 +14,7 @@ from matra_hpc.data import store as st
 from matra_hpc.data.prepare import DataPrepareConfig, init_store, split_of
 from matra_hpc.data.readers import parse_source
 from matra_hpc.errors import StoreError
+from matra_hpc.util import write_json_atomic
 
 
 def _rows(ids: list[str], seed: int) -> st.ShardRows:
@@ -35,7 +36,7 @@ def _store(tmp_path: Path, shards: dict[str, list[str]]) -> Path:
         rows = _rows(ids, k)
         st.write_shard(out, sid, rows.arrays(), {"shard": sid, "n_rows": len(rows), "rejected": {}, "filtered": {},
                                                 "n_inputs": len(ids)})
-    st.write_json_atomic(out / "shards" / st.PLAN, {"shards": list(shards)})
+    write_json_atomic(out / "shards" / st.PLAN, {"shards": list(shards)})
     return out
 
 

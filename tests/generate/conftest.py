@@ -22,8 +22,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the model, the checkpoint format and the sampler stay the real ones.
     """
     from matra_hpc.model import MatraTransformer, load_model_config
+    from matra_hpc.model.checkpoint import save_model_dir
     from matra_hpc.tokens import load_vocab
-    from matra_hpc.train.checkpoint import save_model_dir
 
     vocab = load_vocab()
     torch.manual_seed(0)

@@ -16,9 +16,9 @@ from matra_hpc.model import (
     load_model_config,
     loss_sums,
 )
+from matra_hpc.model.checkpoint import save_model_dir
 from matra_hpc.model.transformer import GaussianEmbedding, sinusoidal_encoding
 from matra_hpc.tokens import load_vocab
-from matra_hpc.train.checkpoint import save_model_dir
 
 NUM = 3
 

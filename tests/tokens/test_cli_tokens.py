@@ -47,10 +47,24 @@ def _last_json(capsys) -> dict:
 
 def test_roundtrip_csv_and_files(inputs, capsys):
     assert main(["tokens", "roundtrip", str(inputs / "flla.csv"), "--csv-column", "structure"]) == 0
-    summary = _last_json(capsys)
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    summary = lines[-1]
     assert set(summary) == {"n", "encodable", "roundtrip_ok", "rate", "failures", "structures_per_s"}
     assert summary["n"] == 9 and summary["failures"].get("parse_error") == 1
     assert summary["roundtrip_ok"] == summary["encodable"] and summary["rate"] == 1.0
+    # Every failure is named by file and row id, one line each, before the summary.
+    failed = lines[:-1]
+    assert len(failed) == sum(summary["failures"].values()) == summary["n"] - summary["roundtrip_ok"]
+    broken = [f for f in failed if f["reason"] == "parse_error"]
+    assert broken == [
+        {
+            "failed": f"{inputs / 'flla.csv'}:broken",
+            "index": 8,
+            "reason": "parse_error",
+            "detail": broken[0]["detail"],
+        }
+    ]
+    assert all(f["failed"].startswith(str(inputs / "flla.csv") + ":mp-") for f in failed if f not in broken)
 
     assert main(["tokens", "roundtrip", str(inputs / "files")]) == 0
     summary = _last_json(capsys)

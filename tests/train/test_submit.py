@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from storebuild import random_sequences, write_store
 
-from matra_hpc.train.checkpoint import find_latest_valid
+from matra_hpc.model.checkpoint import find_latest_valid
 from matra_hpc.train.metrics import read_metrics
 
 EXECUTORS = ["local", pytest.param("slurm", marks=pytest.mark.slurm)]

@@ -20,8 +20,8 @@ from matra_hpc.cli import main as cli_main
 from matra_hpc.context import RunContext
 from matra_hpc.errors import CheckpointError
 from matra_hpc.model import load_model
+from matra_hpc.model.checkpoint import find_latest_valid
 from matra_hpc.train import TrainConfig, run_training
-from matra_hpc.train.checkpoint import find_latest_valid
 from matra_hpc.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,8 @@
-"""Training checkpoints: self-describing, written atomically, loaded without unpickling.
+"""Model checkpoints: written atomically, checked, found and loaded without unpickling.
+
+The model package owns its checkpoint format: training writes it (``save_checkpoint``,
+``save_model_dir``), generation and later stages read it (``resolve_checkpoint``,
+``load_model``). Nothing here imports a stage.
 
 Layout of a training output directory::
 
@@ -11,6 +15,11 @@ so a checkpoint cut short (disk full, node lost while copying) is recognised and
 A checkpoint is first written to ``.step_XXXXXXXX.partial/`` and then renamed into place.
 ``train_state.pt`` holds only tensors, numbers and strings (optimizer state, RNG states, data
 position), read back with ``torch.load(weights_only=True)``.
+
+A reader resolves a path once (``resolve_checkpoint``: ``best/``, else the newest valid
+checkpoint) and passes the resolved directory on. ``load_model(path, expect_sha256=...)``
+hashes the very bytes it loads, so a store can record the hash of the weights actually used
+even when training replaces ``best/`` between two reads.
 """
 
 from __future__ import annotations
@@ -27,10 +36,13 @@ from typing import Any
 import torch
 
 from matra_hpc.errors import CheckpointError
-from matra_hpc.model.transformer import META_FILE, WEIGHTS_FILE, MatraTransformer
+from matra_hpc.model.transformer import MatraTransformer, ModelConfig
+from matra_hpc.util import file_sha256, fsync_dir
 
 log = logging.getLogger(__name__)
 
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "meta.json"
 CHECKPOINT_FORMAT = "matra-hpc/checkpoint/1"
 STATE_FILE = "train_state.pt"
 CHECKPOINTS_DIR = "checkpoints"
@@ -47,25 +59,6 @@ class Checkpoint:
         return int(self.meta["step"])
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_dir_atomically(final: Path, files: dict[str, Any], meta: dict[str, Any]) -> None:
     """Write ``files`` (name -> writer(path)) and then meta.json into ``final``, atomically."""
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -79,13 +72,13 @@ def _write_dir_atomically(final: Path, files: dict[str, Any], meta: dict[str, An
         writer(path)
         with path.open("rb") as handle:
             os.fsync(handle.fileno())
-        listing[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        listing[name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     meta = {**meta, "files": listing}
     meta_tmp = tmp / META_FILE
     meta_tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
     with meta_tmp.open("rb") as handle:
         os.fsync(handle.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         # Same step written again (after a resume): move the old one aside, then drop it.
         old = final.parent / f".{final.name}.old"
@@ -96,7 +89,7 @@ def _write_dir_atomically(final: Path, files: dict[str, Any], meta: dict[str, An
         shutil.rmtree(old)
     else:
         tmp.rename(final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def model_state(model: MatraTransformer) -> dict[str, torch.Tensor]:
@@ -154,7 +147,7 @@ def check_dir(path: Path) -> dict[str, Any]:
         size = file.stat().st_size
         if size != expected["size"]:
             raise CheckpointError(f"{file} is truncated or altered: {size} bytes, expected {expected['size']}")
-        if _sha256(file) != expected["sha256"]:
+        if file_sha256(file) != expected["sha256"]:
             raise CheckpointError(f"{file} is corrupt: its sha256 does not match {META_FILE}")
     return meta
 
@@ -172,12 +165,22 @@ def find_latest_valid(out_dir: Path) -> Checkpoint | None:
     return None
 
 
-def find_model_dir(out_dir: Path) -> Path:
-    """For ``load_model(OUT)``: ``OUT/best`` if it checks out, else the newest valid checkpoint.
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The one checkpoint directory a path names; look it up once and pass the result on.
 
-    ``OUT/checkpoints`` itself is accepted too (its newest valid checkpoint).
+    ``path`` is a checkpoint directory (it holds ``meta.json``), a training output directory
+    (its ``best/`` if that checks out, else its newest valid checkpoint) or its
+    ``checkpoints/`` folder (the newest valid one there).
     """
-    out_dir = Path(out_dir)
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    if (path / META_FILE).exists():
+        return path.resolve()
+    return _find_model_dir(path).resolve()
+
+
+def _find_model_dir(out_dir: Path) -> Path:
     if out_dir.name == CHECKPOINTS_DIR and not (out_dir / CHECKPOINTS_DIR).exists():
         out_dir = out_dir.parent
     best = out_dir / BEST_DIR
@@ -208,3 +211,77 @@ def load_weights(checkpoint: Checkpoint, model: MatraTransformer) -> None:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint.path} does not fit the model being trained: {exc}") from exc
+
+
+def _read_model_files(path: Path) -> tuple[bytes, bytes]:
+    try:
+        return (path / META_FILE).read_bytes(), (path / WEIGHTS_FILE).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def _files_sha256(meta_bytes: bytes, weights_bytes: bytes) -> str:
+    # file name then content, meta first: the model a store was generated with
+    digest = hashlib.sha256()
+    for name, data in ((META_FILE, meta_bytes), (WEIGHTS_FILE, weights_bytes)):
+        digest.update(name.encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    """One checkpoint, looked up once: its directory, metadata and the hash of its files."""
+
+    path: Path
+    meta: dict[str, Any]
+    sha256: str
+    """Over meta.json and the weights (names and bytes): ``load_model(expect_sha256=)`` checks it."""
+
+
+def describe_checkpoint(path: str | Path) -> ResolvedCheckpoint:
+    """Resolve ``path`` (see ``resolve_checkpoint``) and read its meta and hash from one read."""
+    folder = resolve_checkpoint(path)
+    meta_bytes, weights_bytes = _read_model_files(folder)
+    try:
+        meta = json.loads(meta_bytes)
+    except ValueError as exc:
+        raise CheckpointError(f"{folder / META_FILE} is unreadable: {exc}") from exc
+    return ResolvedCheckpoint(folder, meta, _files_sha256(meta_bytes, weights_bytes))
+
+
+def load_model(
+    checkpoint_path: str | Path, device: str | torch.device = "cpu", *, expect_sha256: str | None = None
+) -> tuple[MatraTransformer, dict[str, Any]]:
+    """Load a model written by the training stage; nothing is unpickled.
+
+    ``checkpoint_path`` goes through ``resolve_checkpoint`` (a checkpoint directory, or a
+    training output directory: its ``best/``, else its newest valid checkpoint). With
+    ``expect_sha256`` (``describe_checkpoint(...).sha256``) the bytes loaded must hash to it, else
+    CheckpointError: the files changed since they were recorded. Returns the model in eval
+    mode and the metadata (model config, vocab_hash, token store path and hash, step, epoch).
+    """
+    from safetensors.torch import load as load_safetensors
+
+    path = resolve_checkpoint(checkpoint_path)
+    meta_bytes, weights_bytes = _read_model_files(path)
+    if expect_sha256 is not None and _files_sha256(meta_bytes, weights_bytes) != expect_sha256:
+        raise CheckpointError(
+            f"checkpoint {path} changed since it was recorded (sha256 differs from {expect_sha256[:12]}); "
+            "was it rewritten by a running training?"
+        )
+    try:
+        meta = json.loads(meta_bytes)
+        config = ModelConfig.from_dict(meta["model_config"])
+        state = load_safetensors(weights_bytes)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # safetensors raises its own SafetensorError on a damaged header
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+    model = MatraTransformer(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit its own model config: {exc}") from exc
+    model.to(device).eval()
+    return model, meta

@@ -1,8 +1,10 @@
-"""What ``submit`` needs to know about a stage, declared by each stage's CLI module.
+"""What the launch layer needs to know about a stage: ``SubmittableStage``.
 
-A stage command module (``cli/data.py``, ``cli/train.py``, ``cli/generate.py``) lists its
-``SUBMIT_STAGES``. The same arguments then work for the bare command (run in this process)
-and for ``matra-hpc submit NAME`` (run as a job through ``matra_hpc.launch``).
+A stage's command module (``cli/data.py``, ``cli/train.py``, ...) lists its ``SUBMIT_STAGES``;
+``matra-hpc submit NAME`` finds them through the one list of command modules
+(``matra_hpc.cli.GROUP_MODULES``). The same arguments then work for the bare command (run in
+this process) and for the submitted job. It lives here, below the CLI, because
+``submit_stage`` takes one: the launch layer never imports ``cli``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,80 @@
+"""submit vasp planning: which candidates, how packed, array sizes, the rendered script, the profile key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from matra_hpc.dft.submit import (
+    array_chunks,
+    pack_tasks,
+    pick_candidates,
+    render_array_script,
+    run_config_from_profile,
+)
+from matra_hpc.errors import UsageError
+from matra_hpc.launch import resolve_launch_config
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def manifest(n: int) -> dict:
+    return {"candidates": [{"id": f"r:T0.70:s0:{i}", "dir": f"b0000/r%3AT0.70%3As0%3A{i}"} for i in range(n)]}
+
+
+def test_first_submission_takes_prepped_and_resubmit_failed_and_timed_out():
+    states = {
+        "r:T0.70:s0:0": {"status": "converged"},
+        "r:T0.70:s0:1": {"status": "failed", "reason": "vasp_error"},
+        "r:T0.70:s0:2": {"status": "running", "job": "7_0", "run": "runA"},  # its job hit the time limit
+        "r:T0.70:s0:3": {"status": "running", "job": "8_0", "run": "runB"},  # its job still runs
+        "r:T0.70:s0:4": {"status": "submitted", "job": "8_1", "run": "runB"},
+        # 5: no event at all -> prepped
+    }
+
+    def ended(event: dict) -> bool:
+        return event["run"] == "runA"
+
+    first = pick_candidates(manifest(6), states, resubmit=False, job_ended=ended)
+    assert [e["id"] for e in first] == ["r:T0.70:s0:5"]
+    again = pick_candidates(manifest(6), states, resubmit=True, job_ended=ended)
+    assert [e["id"] for e in again] == ["r:T0.70:s0:1", "r:T0.70:s0:2", "r:T0.70:s0:5"]
+
+
+def test_packing_and_max_array_size():
+    tasks = pack_tasks(manifest(5)["candidates"], 2)
+    assert [len(t) for t in tasks] == [2, 2, 1]
+    assert array_chunks(2500, 1001) == [(0, 1001), (1001, 1001), (2002, 498)]
+    assert array_chunks(3, 1001) == [(0, 3)]
+    # 150,000 candidates, 20 per task: 7,500 tasks in 8 arrays under Slurm's default MaxArraySize
+    assert len(array_chunks(len(pack_tasks(manifest(150_000)["candidates"], 20)), 1001)) == 8
+    with pytest.raises(UsageError):
+        pack_tasks([], 0)
+
+
+def test_array_script_golden():
+    launch = resolve_launch_config(str(Path(__file__).resolve().parents[2] / "jobs" / "clusters" / "example-gpu.yaml"),
+                                   {"gpus_per_node": 0, "time": "04:00:00"})
+    text = render_array_script(launch.to_dict(), tasks_file="/runs/r1/vasp-tasks.json", offset=1001, count=1001,
+                               log_dir="/runs/r1/logs", job_name="matra-vasp", python="python")
+    text = text.replace(str(Path(__file__).resolve().parents[2]), "REPO")
+    golden = GOLDEN / "vasp_array.sh"
+    assert text == golden.read_text()
+    assert "#SBATCH --array=0-1000%16" in text and "TASK=$(( 1001 + SLURM_ARRAY_TASK_ID ))" in text
+
+
+def test_profile_key_vasp(tmp_path):
+    profile = tmp_path / "site.yaml"
+    profile.write_text("vasp:\n  command: srun vasp_std\n  ncore: 4\n  kpar: 2\n")
+    launch = resolve_launch_config(str(profile), {})
+    config = run_config_from_profile(launch.vasp)
+    assert config.vasp_command == "srun vasp_std" and launch.vasp["ncore"] == 4
+    with pytest.raises(UsageError, match="vasp.command"):
+        run_config_from_profile({})
+    profile.write_text("vasp:\n  comand: vasp_std\n")
+    with pytest.raises(UsageError, match="unknown vasp key"):
+        resolve_launch_config(str(profile), {})
+    profile.write_text("vasp:\n  command: vasp_std\n  ncore: 0\n")
+    with pytest.raises(UsageError, match="ncore"):
+        resolve_launch_config(str(profile), {})
