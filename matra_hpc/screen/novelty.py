@@ -347,6 +347,28 @@ def run_index_build(config: IndexBuildConfig, ctx: RunContext | None = None) -> 
 # Reading
 
 
+def _check_files(root: Path, meta: dict[str, Any]) -> None:
+    """Refuse an index whose tables or parts are missing or cut (reads only the .npy headers)."""
+    want = {"proto": int(meta["n_hashed"]), "formula": int(meta["n_entries"])}
+    try:
+        for table, n in want.items():
+            total = 0
+            for p in range(1 << int(meta["partition_bits"])):
+                kpath, epath = fmt.table_paths(root, table, p)
+                keys, entries = np.load(kpath, mmap_mode="r"), np.load(epath, mmap_mode="r")
+                if keys.shape != entries.shape:
+                    raise ValueError(f"{kpath.name} and {epath.name} differ in length")
+                total += len(keys)
+            if total != n:
+                raise ValueError(f"table {table} holds {total} keys, index.json says {n}")
+        for part in meta["parts"]:
+            if not (fmt.part_dir(root, part["unit"]) / fmt.MANIFEST).is_file():
+                raise ValueError(f"part {part['unit']} is missing")
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{root} is damaged ({exc}): rebuild it with `matra-hpc index build` into a new --out") \
+            from None
+
+
 class NoveltyIndex:
     """A finished index, memory-mapped: key lookups in sorted arrays, structures read on demand."""
 
@@ -382,13 +404,17 @@ class NoveltyIndex:
                                  f"{root}` (finished parts are kept)")
             raise StoreError(f"{root} is not a novelty index (no {fmt.INDEX_FILE}): build one with "
                              f"`matra-hpc index build SOURCES --out {root}`")
-        meta = json.loads(index.read_text())
+        try:
+            meta = json.loads(index.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{root}/{fmt.INDEX_FILE} is unreadable ({type(exc).__name__}): rebuild the index") from None
         if meta.get("schema") != fmt.SCHEMA:
             raise StoreError(f"{root} has schema {meta.get('schema')!r}, expected {fmt.SCHEMA!r}")
         current = _hash_version()
         if meta.get("hash_version") != current:
             raise StoreError(f"{root} was built with prototype hash {meta.get('hash_version')}, this code computes "
                              f"{current}: rebuild it with `matra-hpc index build` into a new --out")
+        _check_files(root, meta)
         return cls(root, meta, matcher, supercell_retry=supercell_retry)
 
     def __len__(self) -> int:
