@@ -57,6 +57,58 @@ def default_matcher():
     return StructureMatcher()
 
 
+def reduced_size(structure) -> int:
+    """Sites of the cell StructureMatcher compares (Niggli, then primitive, as it reduces)."""
+    return len(structure.get_reduced_structure(reduction_algo="niggli").get_primitive_structure())
+
+
+class Confirm:
+    """StructureMatcher's verdict inside a bucket, with one retry for a lost centring.
+
+    A distortion that breaks a centring (noise of ~0.05-0.1 A on an F- or I-centred crystal)
+    leaves a primitive cell 2-4 times the known one's, and StructureMatcher (without
+    ``attempt_supercell``) then refuses on the site count alone. When the reduced cells differ
+    by an integer factor, the same tolerances are tried once more with ``attempt_supercell``,
+    so such a structure is still the known crystal. ``supercell_retry=False`` gives pymatgen's
+    plain verdict.
+    """
+
+    def __init__(self, matcher=None, supercell_retry: bool = True) -> None:
+        self._matcher = matcher
+        self._retry = None
+        self.supercell_retry = supercell_retry
+        self.retries = 0
+
+    @property
+    def matcher(self):
+        if self._matcher is None:  # pymatgen loads only when a lookup needs the matcher
+            self._matcher = default_matcher()
+        return self._matcher
+
+    def _retry_matcher(self):
+        if self._retry is None:
+            from pymatgen.analysis.structure_matcher import StructureMatcher
+
+            self._retry = StructureMatcher.from_dict({**self.matcher.as_dict(), "attempt_supercell": True})
+        return self._retry
+
+    def same(self, query, ref, sizes: dict[Any, int], query_key: Any, ref_key: Any) -> bool:
+        """Whether ``query`` is the crystal ``ref``; ``sizes`` memoises reduced cell sizes by key."""
+        if self.matcher.fit(query, ref):
+            return True
+        if not self.supercell_retry:
+            return False
+        if query_key not in sizes:
+            sizes[query_key] = reduced_size(query)
+        if ref_key not in sizes:
+            sizes[ref_key] = reduced_size(ref)
+        a, b = sizes[query_key], sizes[ref_key]
+        if a == b or max(a, b) % min(a, b):
+            return False
+        self.retries += 1
+        return bool(self._retry_matcher().fit(query, ref))
+
+
 def _numbers(structure) -> np.ndarray:
     return np.array([sp.Z for sp in structure.species], dtype=np.int64)
 
@@ -295,15 +347,39 @@ def run_index_build(config: IndexBuildConfig, ctx: RunContext | None = None) -> 
 # Reading
 
 
+def _check_files(root: Path, meta: dict[str, Any]) -> None:
+    """Refuse an index whose tables or parts are missing or cut (reads only the .npy headers)."""
+    want = {"proto": int(meta["n_hashed"]), "formula": int(meta["n_entries"])}
+    try:
+        for table, n in want.items():
+            total = 0
+            for p in range(1 << int(meta["partition_bits"])):
+                kpath, epath = fmt.table_paths(root, table, p)
+                keys, entries = np.load(kpath, mmap_mode="r"), np.load(epath, mmap_mode="r")
+                if keys.shape != entries.shape:
+                    raise ValueError(f"{kpath.name} and {epath.name} differ in length")
+                total += len(keys)
+            if total != n:
+                raise ValueError(f"table {table} holds {total} keys, index.json says {n}")
+        for part in meta["parts"]:
+            if not (fmt.part_dir(root, part["unit"]) / fmt.MANIFEST).is_file():
+                raise ValueError(f"part {part['unit']} is missing")
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{root} is damaged ({exc}): rebuild it with `matra-hpc index build` into a new --out") \
+            from None
+
+
 class NoveltyIndex:
     """A finished index, memory-mapped: key lookups in sorted arrays, structures read on demand."""
 
-    def __init__(self, root: Path, meta: dict[str, Any], matcher=None, cache_size: int = 4096) -> None:
+    def __init__(self, root: Path, meta: dict[str, Any], matcher=None, cache_size: int = 4096,
+                 supercell_retry: bool = True) -> None:
         self.root = root
         self.meta = meta
         self.bits = int(meta["partition_bits"])
         self._shift = 64 - self.bits
-        self._matcher = matcher
+        self.confirm = Confirm(matcher, supercell_retry)
+        self._sizes: OrderedDict[Any, int] = OrderedDict()
         self._tables: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
         # Open parts, least recently used out: each map holds a file descriptor, and an index of
         # 10^8 entries has ~1,500 parts of 10 arrays.
@@ -316,12 +392,10 @@ class NoveltyIndex:
 
     @property
     def matcher(self):
-        if self._matcher is None:  # pymatgen loads only when a lookup needs the matcher
-            self._matcher = default_matcher()
-        return self._matcher
+        return self.confirm.matcher
 
     @classmethod
-    def open(cls, path: str | Path, matcher=None) -> NoveltyIndex:
+    def open(cls, path: str | Path, matcher=None, supercell_retry: bool = True) -> NoveltyIndex:
         root = Path(path)
         index = root / fmt.INDEX_FILE
         if not index.is_file():
@@ -330,14 +404,18 @@ class NoveltyIndex:
                                  f"{root}` (finished parts are kept)")
             raise StoreError(f"{root} is not a novelty index (no {fmt.INDEX_FILE}): build one with "
                              f"`matra-hpc index build SOURCES --out {root}`")
-        meta = json.loads(index.read_text())
+        try:
+            meta = json.loads(index.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{root}/{fmt.INDEX_FILE} is unreadable ({type(exc).__name__}): rebuild the index") from None
         if meta.get("schema") != fmt.SCHEMA:
             raise StoreError(f"{root} has schema {meta.get('schema')!r}, expected {fmt.SCHEMA!r}")
         current = _hash_version()
         if meta.get("hash_version") != current:
             raise StoreError(f"{root} was built with prototype hash {meta.get('hash_version')}, this code computes "
                              f"{current}: rebuild it with `matra-hpc index build` into a new --out")
-        return cls(root, meta, matcher)
+        _check_files(root, meta)
+        return cls(root, meta, matcher, supercell_retry=supercell_retry)
 
     def __len__(self) -> int:
         return int(self.meta["n_entries"])
@@ -442,20 +520,24 @@ class NoveltyIndex:
         self.stats["lookups"] += 1
         pkey, fkey = structure_keys(structure, prototype_hash)
         tried: set[int] = set()
+        sizes = self._sizes
+        sizes.pop("query", None)
         if pkey is not None:
             for e in self.bucket(pkey, "proto").tolist():
                 tried.add(e)
                 self.stats["fits"] += 1
-                if self.matcher.fit(structure, self.structure(e)):
+                if self.confirm.same(structure, self.structure(e), sizes, "query", e):
                     self.stats["proto_hits"] += 1
                     return self.entry_id(e)
         for e in self.bucket(fkey, "formula").tolist():
             if e in tried:
                 continue
             self.stats["fits"] += 1
-            if self.matcher.fit(structure, self.structure(e)):
+            if self.confirm.same(structure, self.structure(e), sizes, "query", e):
                 self.stats["formula_hits"] += 1
                 return self.entry_id(e)
+        while len(sizes) > self._cache_size:  # reduced sizes of entries, oldest out
+            sizes.popitem(last=False)
         return None
 
 
@@ -466,8 +548,9 @@ class RunUniqueness:
     matching candidates is unique, each later one gets that first one's id.
     """
 
-    def __init__(self, matcher=None) -> None:
-        self.matcher = matcher or default_matcher()
+    def __init__(self, matcher=None, supercell_retry: bool = True) -> None:
+        self.confirm = Confirm(matcher, supercell_retry)
+        self._sizes: dict[Any, int] = {}
         self._proto: dict[int, list[int]] = defaultdict(list)
         self._formula: dict[int, list[int]] = defaultdict(list)
         self._ids: list[str] = []
@@ -480,15 +563,16 @@ class RunUniqueness:
         """Id of an earlier candidate this one matches; else None, and it is remembered."""
         pkey, fkey = structure_keys(structure, prototype_hash)
         tried: set[int] = set()
+        i = len(self._ids)  # this candidate's slot if it is new; its size memo key meanwhile
+        self._sizes.pop(i, None)
         if pkey is not None:
-            for i in self._proto.get(pkey, ()):
-                tried.add(i)
-                if self.matcher.fit(structure, self._structures[i]):
-                    return self._ids[i]
-        for i in self._formula.get(fkey, ()):
-            if i not in tried and self.matcher.fit(structure, self._structures[i]):
-                return self._ids[i]
-        i = len(self._ids)
+            for j in self._proto.get(pkey, ()):
+                tried.add(j)
+                if self.confirm.same(structure, self._structures[j], self._sizes, i, j):
+                    return self._ids[j]
+        for j in self._formula.get(fkey, ()):
+            if j not in tried and self.confirm.same(structure, self._structures[j], self._sizes, i, j):
+                return self._ids[j]
         self._ids.append(candidate_id)
         self._structures.append(structure)
         if pkey is not None:

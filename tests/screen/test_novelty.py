@@ -75,12 +75,12 @@ def shifted_supercell_shuffled(s: Structure, seed: int = 0) -> Structure:
     return Structure.from_sites([out[i] for i in order])
 
 
-def lowered(s: Structure, seed: int = 1) -> Structure:
+def lowered(s: Structure, seed: int = 1, sigma: float = 0.04) -> Structure:
     """What a relaxation that breaks symmetry leaves: every atom moved a little, the cell strained."""
     out = s.copy()
     rng = np.random.default_rng(seed)
     for i in range(len(out)):
-        out.translate_sites([i], rng.normal(0, 0.04, 3), frac_coords=False)
+        out.translate_sites([i], rng.normal(0, sigma, 3), frac_coords=False)
     out.apply_strain([0.012, -0.008, 0.02])
     return out
 
@@ -100,6 +100,14 @@ def test_known_crystal_in_another_setting_and_lower_symmetry_is_not_novel(index_
         # ... and the formula bucket with StructureMatcher still finds the crystal.
         assert index.find(low) == want
         assert index.stats["formula_hits"] == before + 1
+    # Noise that breaks rock salt's F centring: pymatgen's plain verdict is "different" (reduced
+    # cells of 8 and 2 sites); the retry with attempt_supercell still finds the crystal.
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    broken = lowered(crystals["nacl"], seed=0, sigma=0.08)
+    assert not StructureMatcher().fit(broken, crystals["nacl"])
+    assert index.find(broken) == _id_of(index, "nacl")
+    assert NoveltyIndex.open(index_path, supercell_retry=False).find(broken) is None
     # Same formula, other structure: NaCl in the CsCl type; TiO2 as anatase; unknown chemistry.
     nacl_b2 = Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     anatase = Structure.from_spacegroup("I4_1/amd", Lattice.tetragonal(3.785, 9.514), ["Ti", "O"],
@@ -120,6 +128,7 @@ def test_run_uniqueness_first_seen_across_settings() -> None:
     assert seen.first_seen("run:T0.70:s0:1", crystals["nacl"]) is None
     assert seen.first_seen("run:T1.00:s1:0", shifted_supercell_shuffled(crystals["rutile"], 3)) == "run:T0.70:s0:0"
     assert seen.first_seen("run:T1.00:s1:1", lowered(crystals["nacl"])) == "run:T0.70:s0:1"
+    assert seen.first_seen("run:T1.00:s1:3", lowered(crystals["nacl"], seed=0, sigma=0.08)) == "run:T0.70:s0:1"
     anatase = Structure.from_spacegroup("I4_1/amd", Lattice.tetragonal(3.785, 9.514), ["Ti", "O"],
                                         [[0, 0.75, 0.125], [0, 0.75, 0.3333]])
     assert seen.first_seen("run:T1.00:s1:2", anatase) is None
@@ -170,6 +179,21 @@ def test_array_tasks_partitions_and_resume_give_the_same_index(token_store, inde
     keys = np.concatenate([np.load(fmt.table_paths(Path(index_path), "proto", 0)[0]), [np.uint64(12345)]])
     assert index.count_keys(keys).tolist() == serial.count_keys(keys).tolist() == [1] * (len(keys) - 1) + [0]
     assert index.find(lowered(known_crystals()["zno"])) == _id_of(index, "zno")
+
+
+def test_stored_hashes_of_an_older_version_are_recomputed(token_store, tmp_path, monkeypatch) -> None:
+    import matra_hpc.tokens.hashing as hashing
+
+    monkeypatch.setattr(hashing, "HASH_VERSION", "v9")  # the store holds v1 hashes: all stale now
+    out = tmp_path / "v9.index"
+    summary = build_index([token_store], out)
+    assert summary["hash_version"] == "v9" and summary["n_hashed"] == len(known_crystals())
+    index = NoveltyIndex.open(out)
+    rutile = known_crystals()["rutile"]
+    h = structure_hash(rutile)
+    assert h.startswith("v9:")
+    key = fmt.proto_key(h, [site.specie.Z for site in rutile])
+    assert [index.entry_id(e) for e in index.bucket(key)] == [_id_of(index, "rutile")]
 
 
 @pytest.mark.mpi
@@ -261,6 +285,20 @@ def test_refusals(token_store, index_path, tmp_path) -> None:
     (stale / fmt.INDEX_FILE).write_text(json.dumps(meta))
     with pytest.raises(StoreError, match="rebuild"):
         NoveltyIndex.open(stale)
+    # A table file lost after the build.
+    damaged = tmp_path / "damaged.index"
+    build_index([token_store], damaged)
+    fmt.table_paths(damaged, "formula", 0)[1].unlink()
+    with pytest.raises(StoreError, match="damaged"):
+        NoveltyIndex.open(damaged)
+    # A folder that gained a file since its parts were built is another source: refused.
+    folder = tmp_path / "few"
+    folder.mkdir()
+    known_crystals()["nacl"].to(filename=str(folder / "a.cif"))
+    build_index([str(folder)], tmp_path / "few.index")
+    known_crystals()["cscl"].to(filename=str(folder / "b.cif"))
+    with pytest.raises(UsageError, match="other sources"):
+        build_index([str(folder)], tmp_path / "few.index")
 
 
 def test_cli_build_info_find(token_store, tmp_path, capsys) -> None:

@@ -1,0 +1,72 @@
+"""`data prepare --hold-out-system` and `eval recovery` on small fixed stores with known answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stores import cscl_alcu, disguised, heusler, rock_salt, write_generated
+
+from matra_hpc.cli import main
+from matra_hpc.data.store import open_token_store
+
+
+@pytest.fixture(scope="module")
+def held_out_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four crystals; the two of exactly Al-Ca-Cu are held out, AlCu (a subsystem) is kept."""
+    folder = tmp_path_factory.mktemp("cifs")
+    for name, structure in (("nacl", rock_salt()), ("heusler", heusler()), ("heusler-t", heusler(1.3)),
+                            ("alcu", cscl_alcu())):
+        structure.to(filename=str(folder / f"{name}.cif"))
+    out = tmp_path_factory.mktemp("tok") / "tokens.zarr"
+    assert main(["data", "prepare", f"folder:demo={folder}", "--out", str(out), "--hold-out-system", "Cu-Al-Ca"]) == 0
+    return out
+
+
+def test_held_out_structures_are_recorded_and_not_trained_on(held_out_store: Path) -> None:
+    root = open_token_store(held_out_store)
+    ids = set(root["id"][...].tolist())
+    held = root.attrs["held_out"]
+    assert held["system"] == "Al-Ca-Cu"
+    assert sorted(h["id"] for h in held["structures"]) == ["demo:heusler", "demo:heusler-t"]
+    assert ids == {"demo:nacl", "demo:alcu"}
+    report = json.loads((held_out_store / "report.json").read_text())
+    assert report["filtered"]["held_out_system"]["count"] == 2
+
+
+def test_recovery_counts_a_sampled_held_out_structure_once(held_out_store: Path, tmp_path: Path) -> None:
+    gen = write_generated(tmp_path / "gen.zarr", {
+        0.7: [None, rock_salt(), disguised(heusler(), 1)],
+        1.0: [disguised(heusler(), 2), cscl_alcu(), heusler(2.0)],
+    })
+    out = tmp_path / "rec"
+    assert main(["eval", "recovery", "--system", "Al-Ca-Cu", "--held-out", str(held_out_store),
+                 "--generated", str(gen), "--out", str(out)]) == 0
+    result = json.loads((out / "recovery.json").read_text())
+    assert result["n_sampled"] == 6 and result["n_held_out"] == 2 and result["n_recovered"] == 1
+    assert [(r["held_out"], r["at"], r["candidate"]) for r in result["recovered"]] == [
+        ("demo:heusler", 3, "t:T0.70:s0:2")]
+    assert result["missed"] == ["demo:heusler-t"] and not result["relaxed"]
+    assert result["curve"] == [[0, 0], [3, 1], [6, 1]]
+    curve = np.loadtxt(out / "recovery.csv", delimiter=",", skiprows=1)
+    assert curve.tolist() == [[0, 0], [3, 1], [6, 1]]
+    assert (out / "recovery.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--system", "Al-Cu"], "held out Al-Ca-Cu"),
+    (["--system", "Al-Xq"], "not an element"),
+])
+def test_recovery_refuses_a_wrong_system(held_out_store: Path, tmp_path: Path, args: list[str], message: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    gen = write_generated(tmp_path / "gen.zarr", {0.7: [rock_salt()]})
+    code = main(["eval", "recovery", "--held-out", str(held_out_store), "--generated", str(gen),
+                 "--out", str(tmp_path / "r"), *args])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_a_bad_hold_out_system_is_a_usage_error(tmp_path: Path) -> None:
+    assert main(["data", "prepare", "flla", "--out", str(tmp_path / "t.zarr"), "--hold-out-system", "Al-Al"]) == 2
+    assert not (tmp_path / "t.zarr").exists()
