@@ -217,6 +217,23 @@ def test_two_mpi_ranks_share_units_and_merge(token_store, index_path, tmp_path) 
     assert index.find(lowered(known_crystals()["rutile"])) == _id_of(index, "rutile")
 
 
+@pytest.mark.slurm
+def test_slurm_job_array_builds_the_same_index(token_store, index_path, tmp_path, slurm) -> None:
+    out, run_dir = tmp_path / "slurm.index", tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "matra_hpc", "submit", "index-build-array", token_store, "--out",
+                           str(out), "--rows-per-unit", "2", "--array", "2", "--cluster", "slurm", "--profile",
+                           "localci", "--run-dir", str(run_dir), "--wait"],
+                          cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = json.loads((run_dir / "manifest.json").read_text())["jobs"]
+    assert len(jobs) == 2 and all(j["state"] == "COMPLETED" for j in jobs)
+    meta = json.loads((out / fmt.INDEX_FILE).read_text())
+    assert {fmt.read_manifest(out, p["unit"])["rank"] for p in meta["parts"]} == {0, 1}
+    a, b = _tables(out), _tables(Path(index_path))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_folder_and_generated_sources(tmp_path) -> None:
     from matra_hpc.generate.checks import StructureCheck
     from matra_hpc.generate.store import consolidate, init_store, write_shard
