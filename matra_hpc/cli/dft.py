@@ -61,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--stable-threshold", type=float, default=0.001,
                         help="e-hull (eV/atom) at or below which a candidate goes into the CIF/extxyz bundle")
     report.add_argument("--workers", type=int, default=1, help="processes parsing vasprun.xml files")
+    report.add_argument("--no-static", action="store_true",
+                        help="the runs stopped after the double relaxation (submit vasp --no-static)")
     report.set_defaults(func=cmd_dft_report)
 
 
@@ -116,7 +118,7 @@ def cmd_dft_report(args: argparse.Namespace) -> int:
     from matra_hpc.dft import DftReportConfig, run_dft_report
 
     config = DftReportConfig(tree=args.tree, hull_reference=args.hull_reference,
-                             reference_correction=args.reference_correction,
+                             reference_correction=args.reference_correction, static=not args.no_static,
                              stable_threshold=args.stable_threshold, workers=args.workers)
     summary = run_dft_report(config, local_context())
     refs = summary["energy"]["references"]
