@@ -55,9 +55,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("tree", help="VASP tree written by vasp-prep")
     report.add_argument("--hull-reference", default=None,
                         help="JSON (or .json.gz) of ComputedStructureEntry: MP or Alexandria entries")
+    report.add_argument("--reference-correction", default="auto", choices=["auto", "none"],
+                        help="auto: apply MP2020 to reference entries that lack it (once); none: take their "
+                             "energies as given")
     report.add_argument("--stable-threshold", type=float, default=0.001,
                         help="e-hull (eV/atom) at or below which a candidate goes into the CIF/extxyz bundle")
     report.add_argument("--workers", type=int, default=1, help="processes parsing vasprun.xml files")
+    report.add_argument("--no-static", action="store_true",
+                        help="the runs stopped after the double relaxation (submit vasp --no-static)")
     report.set_defaults(func=cmd_dft_report)
 
 
@@ -113,8 +118,13 @@ def cmd_dft_report(args: argparse.Namespace) -> int:
     from matra_hpc.dft import DftReportConfig, run_dft_report
 
     config = DftReportConfig(tree=args.tree, hull_reference=args.hull_reference,
+                             reference_correction=args.reference_correction, static=not args.no_static,
                              stable_threshold=args.stable_threshold, workers=args.workers)
     summary = run_dft_report(config, local_context())
+    refs = summary["energy"]["references"]
+    if refs and refs["refused_by_mp2020"]:
+        print(f"warning: MP2020 refused {refs['refused_by_mp2020']} of {refs['entries']} reference entries "
+              "(no run parameters?); --reference-correction none takes them as given", file=sys.stderr)
     print(json.dumps({k: summary[k] for k in ("counts", "stable", "unknown_directories")}, indent=1))
     print(f"report: {Path(args.tree) / 'dft-report.json'}")
     return 0

@@ -146,7 +146,7 @@ def cmd_conditioning(args: argparse.Namespace) -> int:
     result = run_conditioning(config, ctx)
     if ctx.is_main:
         for row in result["conditions"]:
-            parts = [f"<= {k} eV/atom: {format_proportion(p)}" for k, p in row["below"].items()]
+            parts = [f"< {k} eV/atom: {format_proportion(p)}" for k, p in row["below"].items()]
             print(f"{row['label']:>6}: {row['n_candidates']} candidates; " + "; ".join(parts))
         for label, r in result.get("ratio_to_unconditioned", {}).items():
             print(f"{label} / none at 0.1 eV/atom: {format_ratio(r)}")
@@ -164,7 +164,7 @@ def cmd_report_all(args: argparse.Namespace) -> int:
     report = build_report_all(config)
     files = write_report_all(report, config.out_dir())
     if "stable_ratio" in report:
-        print(f"stable fraction (e_hull <= 0.1 eV/atom) model / baseline: {format_ratio(report['stable_ratio'])}")
+        print(f"stable fraction (e_hull < 0.1 eV/atom) model / baseline: {format_ratio(report['stable_ratio'])}")
     print(f"wrote {files['html']}, {files['md']}, {files['json']} and {len(files['figures'])} PNGs")
     return 0
 

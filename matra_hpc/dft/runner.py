@@ -36,6 +36,8 @@ log = logging.getLogger("matra_hpc.dft.runner")
 INPUTS = ("INCAR", "KPOINTS", "POSCAR", "POTCAR")
 KEEP = set(INPUTS) | {"POTCAR.spec", CANDIDATE_FILE, "attempts"}
 TASKS_FILE = "vasp-tasks.json"
+# custodian's jobs of the candidate in flight: a SIGTERM stops their VASP (its own session) too
+_ACTIVE_JOBS: list[Any] = []
 
 
 def handlers() -> list[Any]:
@@ -198,8 +200,10 @@ def run_candidate(directory: Path, config: VaspRunConfig) -> dict[str, Any]:
         else:
             log.warning("%s: no POTCAR and no vasp.potcar_dir; VASP gets POTCAR.spec only", directory)
     ediffg = float(Incar.from_file(str(directory / "INCAR")).get("EDIFFG", -0.005))
+    jobs = vasp_jobs(config, ediffg)
+    _ACTIVE_JOBS[:] = jobs
     custodian = Custodian(
-        handlers(), vasp_jobs(config, ediffg), validators=validators(), max_errors=config.max_errors,
+        handlers(), jobs, validators=validators(), max_errors=config.max_errors,
         polling_time_step=config.polling_s, monitor_freq=config.monitor_freq,
         gzipped_output=False, directory=str(directory),
     )
@@ -244,6 +248,13 @@ def run_task(tasks_file: str | Path, index: int, job: str | None = None) -> int:
     current: dict[str, Any] = {}
 
     def on_term(signum: int, _frame: Any) -> None:
+        for vasp_job in _ACTIVE_JOBS:
+            process = getattr(vasp_job, "_vasp_process", None)
+            if process is not None and process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         if current:
             append_events(store, writer, [{"id": current["id"], "status": "failed", "reason": "job_ended",
                                            "message": f"signal {signum} (time limit or cancel) during the run",

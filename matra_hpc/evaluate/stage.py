@@ -213,8 +213,8 @@ def _analyse_conditioning(config: ConditioningConfig, screened: dict[str, str]) 
     result: dict[str, Any] = {
         "temperature": temps[0] if len(temps) == 1 else None, "temperatures": temps,
         "thresholds_ev_per_atom": list(THRESHOLDS),
-        "definition": "fraction of candidates (screened, novel, unique) with e_hull at or below each threshold, "
-                      "Wilson 95% interval; ratios use the Katz log interval",
+        "definition": "fraction of the novel, unique candidates with e_hull below each threshold (the screen "
+                      "report's n_below / n_unique), Wilson 95% interval; ratios use the Katz log interval",
         "conditions": rows, "screened": {k: str(Path(v).resolve()) for k, v in screened.items()},
     }
     by_label = {r["label"]: r for r in rows}
@@ -234,8 +234,6 @@ def _analyse_conditioning(config: ConditioningConfig, screened: dict[str, str]) 
             for key, p in r["below"].items():
                 writer.writerow([r["label"], r["n_generated"], r["n_candidates"], key, p["k"], p["fraction"],
                                  p["low"], p["high"]])
-    if result["temperature"] is None:
-        result["temperature"] = float("nan")
     plot_conditioning(result, out / "conditioning.png")
     return result
 

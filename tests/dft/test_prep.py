@@ -154,3 +154,18 @@ def test_kill_9_during_prep_then_rerun_gives_the_identical_tree(tmp_path):
         read_tree_manifest(killed)
     subprocess.run([*args, str(killed)], check=True, capture_output=True, env=env)
     assert tree_digest(killed) == tree_digest(clean)
+
+
+@pytest.mark.mpi
+def test_mpirun_ranks_write_the_same_tree(store, tmp_path):
+    single, ranks = tmp_path / "single", tmp_path / "ranks"
+    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(single), top=5), local_context())
+    mpirun = Path(sys.executable).parent / "mpirun"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([str(mpirun), "-n", "2", sys.executable, "-m", "matra_hpc", "vasp-prep", str(store),
+                           "--top", "5", "--out", str(ranks)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["complete"]  # rank 0 prints after the barrier
+    assert tree_digest(ranks) == tree_digest(single)
+    writers = sorted(p.name for p in (store / "status").glob("dft-prep-r*.jsonl"))
+    assert any(w.startswith("dft-prep-r0-") for w in writers) and any(w.startswith("dft-prep-r1-") for w in writers)

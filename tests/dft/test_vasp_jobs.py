@@ -101,8 +101,9 @@ def test_job_arrays_run_custodian_and_record_each_candidate(slurm, tmp_path):
     assert again.returncode == 2 and "--resubmit" in again.stderr
     scenarios.write_text(json.dumps({ids[0]: OK, ids[1]: CRASH_FIRST, ids[2]: UNCONVERGED, ids[3]: OK,
                                      "default": DEAD}))
+    # the resubmission goes through the local executor (same script, run by bash): both paths covered
     out = matra("submit", "vasp", str(tree), "--profile", str(profile), "--per-task", "4", "--polling-s", "0.1",
-                "--max-errors", "2", "--resubmit", "--run-dir", str(tmp_path / "run2"), "--wait")
+                "--max-errors", "2", "--resubmit", "--run-dir", str(tmp_path / "run2"), "--cluster", "local")
     assert "2 candidate(s) in 1 array task(s)" in out.stdout, out.stdout + out.stderr
     states = tree_states(read_tree_manifest(tree))
     assert states[ids[3]]["status"] == "converged" and states[ids[3]]["attempt"] == 2
@@ -110,10 +111,18 @@ def test_job_arrays_run_custodian_and_record_each_candidate(slurm, tmp_path):
     assert (dirs[ids[3]] / "attempts" / "1" / "vasp.out").is_file()
     assert incar(dirs[ids[3]] / "INCAR.orig") == incar(dirs[ids[0]] / "INCAR.orig")  # restarted from the inputs
     assert states[ids[2]]["status"] == "failed"
+    assert read_manifest(tmp_path / "run2")["launch"]["cluster"] == "local"
 
-    report = matra("dft-report", str(tree))
+    # the report on what the jobs left: Si against a Si reference 0.04 eV/atom below the static run
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    e_static = -4.86148134  # eV/atom of the replayed static run (Si.static.vasprun.xml.gz)
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps([ComputedEntry("Si2", 2 * (e_static - 0.04)).as_dict()]))
+    # a bare entry without run parameters (MP2020 would refuse it): taken as given
+    report = matra("dft-report", str(tree), "--hull-reference", str(refs), "--reference-correction", "none")
     assert report.returncode == 0, report.stderr
     rows = {r["id"]: r for r in json.loads((tree / "dft-report.json").read_text())["rows"]}
-    assert [rows[i]["state"] for i in ids] == ["failed", "failed", "failed", "failed"]  # no reference given
-    assert [rows[i]["reason"] for i in ids] == ["no_reference", "no_reference", "unconverged_electronic",
-                                                "no_reference"]
+    assert [rows[i]["state"] for i in ids] == ["converged", "converged", "failed", "converged"]
+    assert rows[ids[2]]["reason"] == "unconverged_electronic"
+    assert [rows[i]["e_hull_dft"] for i in (ids[0], ids[1], ids[3])] == pytest.approx([0.04] * 3, abs=1e-6)

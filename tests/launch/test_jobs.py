@@ -135,8 +135,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _task_pid(run_dir: Path) -> int:
-    [record] = read_records(run_dir / "tasks", "*.json")
+def _task_pid(run_dir: Path, timeout: float = 120) -> int:
+    """The pid the job recorded when its stage started (Slurm may say RUNNING a moment before)."""
+    deadline = time.monotonic() + timeout
+    while not (records := read_records(run_dir / "tasks", "*.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [record] = records
     return int(record["pid"])
 
 
