@@ -27,7 +27,7 @@ from typing import Any
 
 from matra_hpc.dft.config import VaspRunConfig
 from matra_hpc.dft.inputs import PotcarError, build_potcar
-from matra_hpc.dft.layout import CANDIDATE_FILE, read_json
+from matra_hpc.dft.layout import CANDIDATE_FILE, id_from_name, read_json
 from matra_hpc.dft.outputs import assess
 from matra_hpc.dft.status import append_events, writer_name
 
@@ -265,7 +265,16 @@ def run_task(tasks_file: str | Path, index: int, job: str | None = None) -> int:
     failed = 0
     for rel in dirs:
         directory = tree / rel
-        cid = read_json(directory / CANDIDATE_FILE)["id"]
+        try:
+            cid = read_json(directory / CANDIDATE_FILE)["id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            # a folder damaged since vasp-prep: record it by the id its name encodes, run the rest
+            cid = id_from_name(Path(rel).name)
+            append_events(store, writer, [{"id": cid, "status": "failed", "reason": "runner_error", "dir": rel,
+                                           "message": f"{directory / CANDIDATE_FILE} is missing or unreadable",
+                                           "run": run_dir, "job": job}])
+            failed += 1
+            continue
         current.update(id=cid)
         append_events(store, writer, [{"id": cid, "status": "running", "dir": rel, "run": run_dir, "job": job}])
         try:
