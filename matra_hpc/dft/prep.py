@@ -36,7 +36,7 @@ from matra_hpc.dft.layout import (
 )
 from matra_hpc.dft.select import Choice, load_structures, select_candidates
 from matra_hpc.dft.status import append_events, writer_name
-from matra_hpc.util import git_revision
+from matra_hpc.util import git_revision, hold_point
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ def _write_one(job: dict[str, Any]) -> str:
     structure = Structure.from_dict(job["structure"])
     symbols = write_inputs(structure, partial, kpoints_per_atom=job["kpoints_per_atom"], incar=job["incar"],
                            potcar_dir=job["potcar_dir"])
+    hold_point("vasp-prep-candidate")  # tests kill -9 here: inputs written, candidate.json not yet
     entry = job["entry"]
     record = {
         "id": entry["id"],
