@@ -331,6 +331,8 @@ def test_refusals(token_store, index_path, tmp_path) -> None:
     known_crystals()["cscl"].to(filename=str(folder / "b.cif"))
     with pytest.raises(UsageError, match="other sources"):
         build_index([str(folder)], tmp_path / "few.index")
+    with pytest.raises(UsageError, match="inside the source"):
+        build_index([str(folder)], folder / "ref.index")
 
 
 def test_cli_build_info_find(token_store, tmp_path, capsys) -> None:
