@@ -143,6 +143,8 @@ class DftReportConfig:
     ``none``: energies as given (a file already MP2020-compatible whose entries lack the run
     parameters the scheme needs, e.g. some Alexandria exports)."""
     thresholds: tuple[float, ...] = (0.001, 0.050, 0.100)
+    static: bool = True
+    """The energy comes from the static run (False: from the second relaxation, for ``--no-static`` runs)."""
     stable_threshold: float = 0.001
     """Candidates at or below this e-hull (eV/atom) go into the CIF bundle and the extxyz."""
     workers: int = 1

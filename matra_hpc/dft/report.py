@@ -297,7 +297,7 @@ def build_report(config: DftReportConfig) -> dict[str, Any]:
     manifest = read_tree_manifest(tree)
     references, ref_info = (load_references(config.hull_reference, config.reference_correction)
                             if config.hull_reference else ([], None))
-    jobs = [{"tree": str(tree), "entry": entry, "static": True} for entry in manifest["candidates"]]
+    jobs = [{"tree": str(tree), "entry": entry, "static": config.static} for entry in manifest["candidates"]]
     if config.workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(config.workers) as pool:
             rows = list(pool.map(_candidate_row, jobs, chunksize=16))
@@ -317,7 +317,8 @@ def build_report(config: DftReportConfig) -> dict[str, Any]:
         "schema": REPORT_SCHEMA,
         "tree": str(tree.resolve()),
         "source": manifest["source"],
-        "config": {"hull_reference": config.hull_reference, "thresholds": list(config.thresholds),
+        "config": {"hull_reference": config.hull_reference, "reference_correction": config.reference_correction,
+                   "static": config.static, "thresholds": list(config.thresholds),
                    "stable_threshold": config.stable_threshold},
         "energy": {"functional": "PBE (+U as MP)", "correction_scheme": "MP2020 (MaterialsProject2020Compatibility)",
                    "references": ref_info},

@@ -104,7 +104,7 @@ def test_a_job_ending_mid_run_records_the_candidate_and_resubmit_takes_it(tmp_pa
     scenarios.write_text(json.dumps({"default": [{"sleep": 120}]}))
     fake = Path(__file__).resolve().parent / "fake_vasp.py"
     config = VaspRunConfig(vasp_command=f"{sys.executable} {fake} {scenarios}", polling_s=0.1)
-    tasks = write_tasks_file(tmp_path, tree, manifest["source"]["path"], config, [[manifest["candidates"][0]["dir"]]])
+    tasks = write_tasks_file(tmp_path, tree, manifest, config, [[manifest["candidates"][0]["dir"]]])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     runner = subprocess.Popen([sys.executable, "-m", "matra_hpc.dft.runner", str(tasks), "0", "--job", "77_0"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -123,3 +123,17 @@ def test_a_job_ending_mid_run_records_the_candidate_and_resubmit_takes_it(tmp_pa
         time.sleep(0.1)
     picked = pick_candidates(manifest, tree_states(manifest), resubmit=True, job_ended=lambda e: True)
     assert [e["id"] for e in picked] == [manifest["candidates"][0]["id"]]
+
+
+def test_no_potcar_library_is_a_reason_not_a_crash(tmp_path):
+    from dft_helpers import fixture_structure
+
+    from matra_hpc.dft.config import VaspRunConfig
+    from matra_hpc.dft.inputs import write_inputs
+    from matra_hpc.dft.runner import run_candidate
+
+    write_inputs(fixture_structure("Si.relax.vasprun.xml.gz"), tmp_path / "c")
+    (tmp_path / "library").mkdir()
+    event = run_candidate(tmp_path / "c", VaspRunConfig(vasp_command="vasp_std", potcar_dir=str(tmp_path / "library")))
+    assert (event["status"], event["reason"]) == ("failed", "no_potcar")
+    assert "Si" in event["message"] and not (tmp_path / "c" / "POTCAR").exists()
