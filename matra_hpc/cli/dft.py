@@ -188,7 +188,7 @@ def cmd_submit_vasp(args: argparse.Namespace) -> int:
         raise UsageError(f"nothing to submit in {tree}: no candidate waits for a run{hint}")
     tasks = pack_tasks(entries, args.per_task)
     run_path = create_run_dir(Path(args.run_dir) if args.run_dir else default_run_dir("vasp"))
-    tasks_file = write_tasks_file(run_path, tree, manifest["source"]["path"], run_config, tasks)
+    tasks_file = write_tasks_file(run_path, tree, manifest, run_config, tasks)
     slurm = launch.cluster == "slurm"
     limit = max_array_size() if slurm else DEFAULT_MAX_ARRAY_SIZE
     scripts = []
@@ -203,7 +203,7 @@ def cmd_submit_vasp(args: argparse.Namespace) -> int:
     # (a later "submitted" would hide its "running"); the task index finds the array task later
     events = [{"id": e["id"], "status": "submitted", "dir": e["dir"], "run": str(run_path.resolve()),
                "task": i // args.per_task} for i, e in enumerate(entries)]
-    append_events(manifest["source"]["path"], writer_name("submit", run_path.name), events)
+    append_events(manifest["source"]["path"], writer_name("submit", run_path.name), events, plan=manifest["plan_hash"])
     submit_arrays(run_path, scripts, launch, stage="vasp",
                   config={"tree": str(tree.resolve()), "tasks_file": str(tasks_file), "tasks": len(tasks),
                           "candidates": len(entries), "resubmit": args.resubmit, "max_array_size": limit},

@@ -242,6 +242,7 @@ def run_task(tasks_file: str | Path, index: int, job: str | None = None) -> int:
     config.validate()
     tree = Path(spec["tree"])
     store = spec["store"]
+    plan = spec["plan"]
     dirs = spec["tasks"][index]
     writer = writer_name("run", job or f"pid{os.getpid()}", f"t{index}")
     run_dir = str(Path(tasks_file).resolve().parent)
@@ -258,7 +259,7 @@ def run_task(tasks_file: str | Path, index: int, job: str | None = None) -> int:
         if current:
             append_events(store, writer, [{"id": current["id"], "status": "failed", "reason": "job_ended",
                                            "message": f"signal {signum} (time limit or cancel) during the run",
-                                           "run": run_dir, "job": job}])
+                                           "run": run_dir, "job": job}], plan=plan)
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
@@ -272,18 +273,18 @@ def run_task(tasks_file: str | Path, index: int, job: str | None = None) -> int:
             cid = id_from_name(Path(rel).name)
             append_events(store, writer, [{"id": cid, "status": "failed", "reason": "runner_error", "dir": rel,
                                            "message": f"{directory / CANDIDATE_FILE} is missing or unreadable",
-                                           "run": run_dir, "job": job}])
+                                           "run": run_dir, "job": job}], plan=plan)
             failed += 1
             continue
         current.update(id=cid)
-        append_events(store, writer, [{"id": cid, "status": "running", "dir": rel, "run": run_dir, "job": job}])
+        append_events(store, writer, [{"id": cid, "status": "running", "dir": rel, "run": run_dir, "job": job}], plan=plan)
         try:
             event = run_candidate(directory, config)
         except Exception as exc:  # keep going: the next candidates of the task are independent
             event = {"status": "failed", "reason": "runner_error", "message": f"{type(exc).__name__}: {exc}"}
         current.clear()
         failed += event["status"] != "converged"
-        append_events(store, writer, [{"id": cid, "dir": rel, "run": run_dir, "job": job, **event}])
+        append_events(store, writer, [{"id": cid, "dir": rel, "run": run_dir, "job": job, **event}], plan=plan)
         print(f"[matra-hpc] {cid}: {event['status']} {event.get('reason', '')}".rstrip(), flush=True)
     return failed
 

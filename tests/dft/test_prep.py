@@ -172,3 +172,18 @@ def test_mpirun_ranks_write_the_same_tree(store, tmp_path):
     assert tree_digest(ranks) == tree_digest(single)
     writers = sorted(p.name for p in (store / "status").glob("dft-prep-r*.jsonl"))
     assert any(w.startswith("dft-prep-r0-") for w in writers) and any(w.startswith("dft-prep-r1-") for w in writers)
+
+
+def test_two_trees_from_one_store_keep_their_own_states(store, tmp_path):
+    from matra_hpc.dft.status import append_events
+
+    small, large = tmp_path / "small", tmp_path / "large"
+    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(small), top=2), local_context())
+    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(large), top=3), local_context())
+    a, b = read_tree_manifest(small), read_tree_manifest(large)
+    assert a["plan_hash"] != b["plan_hash"]
+    shared = a["candidates"][0]["id"]
+    assert shared == b["candidates"][0]["id"]
+    append_events(store, "dft-test", [{"id": shared, "status": "converged"}], plan=a["plan_hash"])
+    assert tree_states(a)[shared]["status"] == "converged"
+    assert tree_states(b)[shared]["status"] == "prepped"
