@@ -46,7 +46,7 @@ from matra_hpc.data.readers import (
     read_units,
 )
 from matra_hpc.errors import MatraError, StoreError, UsageError
-from matra_hpc.util import file_sha256, git_revision, write_json_atomic
+from matra_hpc.util import file_sha256, git_revision, hold_point, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -413,6 +413,7 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
             if pool is None:
                 process_shard(task)
                 done_here += 1
+                hold_point("data-shard")
                 continue
             pending.add(pool.submit(process_shard, task))
             if len(pending) >= 2 * config.workers:  # bound the items held in memory

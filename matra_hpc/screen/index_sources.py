@@ -46,6 +46,7 @@ class Source:
     label: str
     groups: dict[str, int] = field(default_factory=dict)  # group -> rows (stores); "" -> files
     spec: dict[str, Any] | None = None  # dataset sources: the data stage's SourceSpec
+    fingerprint: Any = None  # what changes when the source's content does (stores)
 
 
 @dataclass
@@ -105,21 +106,24 @@ def describe_source(raw: str) -> Source:
         from matra_hpc.data.store import open_token_store
 
         root = open_token_store(path)
-        return Source(str(path), "tokens", path.name, {"": int(root.attrs["n_rows"])})
+        return Source(str(path), "tokens", path.name, {"": int(root.attrs["n_rows"])},
+                      fingerprint=root.attrs.get("content_hash"))
     if schema in (SCHEMA_GENERATED, SCHEMA_SCREENED):
         import zarr
 
         root = zarr.open_group(str(path), mode="r")
-        groups = {}
         from matra_hpc.generate.temperatures import temperature_group
 
+        groups, views = {}, {}
         for t in root.attrs.get("temperatures") or root.attrs.get("fingerprint", {}).get("temperatures", []):
             name = temperature_group(float(t))
             if name not in root or "view" not in root[name].attrs:
                 raise StoreError(f"{path}/{name} has no consolidated view: finish that run (its consolidate step) "
                                  f"before indexing it")
             groups[name] = int(root[name]["id"].shape[0])
-        return Source(str(path), "generated" if schema == SCHEMA_GENERATED else "screened", path.name, groups)
+            views[name] = root[name].attrs["view"]
+        return Source(str(path), "generated" if schema == SCHEMA_GENERATED else "screened", path.name, groups,
+                      fingerprint={"run_id": root.attrs.get("run_id"), "views": views})
     if (path / "zarr.json").is_file():
         raise UsageError(f"{path} is a Zarr store with schema {schema!r}: an index reads token, generated or "
                          f"screened stores")

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from array import array
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ class Confirm:
     A distortion that breaks a centring (noise of ~0.05-0.1 A on an F- or I-centred crystal)
     leaves a primitive cell 2-4 times the known one's, and StructureMatcher (without
     ``attempt_supercell``) then refuses on the site count alone. When the reduced cells differ
-    by an integer factor, the same tolerances are tried once more with ``attempt_supercell``,
+    by a factor 2, 3 or 4, the same tolerances are tried once more with ``attempt_supercell``,
     so such a structure is still the known crystal. ``supercell_retry=False`` gives pymatgen's
     plain verdict.
     """
@@ -103,7 +104,9 @@ class Confirm:
         if ref_key not in sizes:
             sizes[ref_key] = reduced_size(ref)
         a, b = sizes[query_key], sizes[ref_key]
-        if a == b or max(a, b) % min(a, b):
+        # Centrings multiply a primitive cell by 2 (A, B, C, I), 3 (R) or 4 (F): other ratios are
+        # other crystals, and the supercell search is the expensive part of a lookup.
+        if max(a, b) % min(a, b) or max(a, b) // min(a, b) not in (2, 3, 4):
             return False
         self.retries += 1
         return bool(self._retry_matcher().fit(query, ref))
@@ -260,6 +263,9 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
         raise UsageError("give at least one index source (token, generated or screened store, or a structure folder)")
     root = Path(out).resolve()
     described = [describe_source(s) for s in sources]
+    for src in described:
+        if src.kind != "dataset" and (root == Path(src.path) or Path(src.path) in root.parents):
+            raise UsageError(f"--out {root} lies inside the source {src.path}: pick a folder outside it")
     kwargs = {} if rows_per_unit is None else {"rows_per_unit": rows_per_unit}
     units = plan_units(described, **kwargs)
     plan = plan_json(described, units)
@@ -274,20 +280,31 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
 
     built = 0
     all_done_at_start = all(fmt.part_done(root, u.name) for u in units)
-    for unit in units[ctx.rank::max(1, ctx.world_size)]:
-        if fmt.part_done(root, unit.name):
-            continue
-        m = _build_unit(root, described[unit.source], unit, ctx.rank)
-        built += 1
-        log.info("index part %s: %d entries (%d hashed)", unit.name, m["n"], m["n_hashed"])
+    mpi = ctx.comm is not None and ctx.world_size > 1
+    error: str | None = None
+    try:
+        for unit in units[ctx.rank::max(1, ctx.world_size)]:
+            if fmt.part_done(root, unit.name):
+                continue
+            m = _build_unit(root, described[unit.source], unit, ctx.rank)
+            built += 1
+            log.info("index part %s: %d entries (%d hashed)", unit.name, m["n"], m["n_hashed"])
+    except Exception as exc:
+        if not mpi:
+            raise
+        error = f"rank {ctx.rank}: {type(exc).__name__}: {exc}"
 
-    if ctx.comm is not None and ctx.world_size > 1:
-        ctx.comm.Barrier()
+    if mpi:
+        # Every rank learns about a failed one (instead of waiting for it at a barrier forever).
+        errors = [e for e in ctx.comm.allgather(error) if e]
+        if errors:
+            raise StoreError(f"index build failed ({'; '.join(errors)}); finished parts are kept, rerun to resume")
         n_total = sum(int(fmt.read_manifest(root, u.name)["n"]) for u in units)
         parts = list(range(1 << fmt.partition_bits(n_total, plan["partition_entries"])))[ctx.rank::ctx.world_size]
         index = _finalize(root, units, described, plan, partitions=parts)
         ctx.comm.Barrier()
         if ctx.rank == 0:
+            fmt.remove_partials(root)
             fmt.write_json_atomic(root / fmt.INDEX_FILE, index)
         ctx.comm.Barrier()
         return _summary(index, root, time.perf_counter() - start, built)
@@ -308,6 +325,7 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
             except FileExistsError:
                 return not_done
     index = _finalize(root, units, described, plan)
+    fmt.remove_partials(root)
     fmt.write_json_atomic(root / fmt.INDEX_FILE, index)
     return _summary(index, root, time.perf_counter() - start, built)
 
@@ -347,6 +365,28 @@ def run_index_build(config: IndexBuildConfig, ctx: RunContext | None = None) -> 
 # Reading
 
 
+def _check_files(root: Path, meta: dict[str, Any]) -> None:
+    """Refuse an index whose tables or parts are missing or cut (reads only the .npy headers)."""
+    want = {"proto": int(meta["n_hashed"]), "formula": int(meta["n_entries"])}
+    try:
+        for table, n in want.items():
+            total = 0
+            for p in range(1 << int(meta["partition_bits"])):
+                kpath, epath = fmt.table_paths(root, table, p)
+                keys, entries = np.load(kpath, mmap_mode="r"), np.load(epath, mmap_mode="r")
+                if keys.shape != entries.shape:
+                    raise ValueError(f"{kpath.name} and {epath.name} differ in length")
+                total += len(keys)
+            if total != n:
+                raise ValueError(f"table {table} holds {total} keys, index.json says {n}")
+        for part in meta["parts"]:
+            if not (fmt.part_dir(root, part["unit"]) / fmt.MANIFEST).is_file():
+                raise ValueError(f"part {part['unit']} is missing")
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{root} is damaged ({exc}): rebuild it with `matra-hpc index build` into a new --out") \
+            from None
+
+
 class NoveltyIndex:
     """A finished index, memory-mapped: key lookups in sorted arrays, structures read on demand."""
 
@@ -382,13 +422,17 @@ class NoveltyIndex:
                                  f"{root}` (finished parts are kept)")
             raise StoreError(f"{root} is not a novelty index (no {fmt.INDEX_FILE}): build one with "
                              f"`matra-hpc index build SOURCES --out {root}`")
-        meta = json.loads(index.read_text())
+        try:
+            meta = json.loads(index.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{root}/{fmt.INDEX_FILE} is unreadable ({type(exc).__name__}): rebuild the index") from None
         if meta.get("schema") != fmt.SCHEMA:
             raise StoreError(f"{root} has schema {meta.get('schema')!r}, expected {fmt.SCHEMA!r}")
         current = _hash_version()
         if meta.get("hash_version") != current:
             raise StoreError(f"{root} was built with prototype hash {meta.get('hash_version')}, this code computes "
                              f"{current}: rebuild it with `matra-hpc index build` into a new --out")
+        _check_files(root, meta)
         return cls(root, meta, matcher, supercell_retry=supercell_retry)
 
     def __len__(self) -> int:
@@ -519,19 +563,46 @@ class RunUniqueness:
     """Candidates of one run seen so far, under the index's two keys (in memory).
 
     Call ``first_seen`` in the run's fixed order (temperature, shard, row): the first of a set of
-    matching candidates is unique, each later one gets that first one's id.
+    matching candidates is unique, each later one gets that first one's id. Only unique
+    candidates are kept, as flat arrays (~100 + 13 x sites bytes each; a pymatgen Structure
+    costs ~1 kB per site), so a run of millions fits; structures are rebuilt on demand.
     """
 
-    def __init__(self, matcher=None, supercell_retry: bool = True) -> None:
+    def __init__(self, matcher=None, supercell_retry: bool = True, cache_size: int = 4096) -> None:
         self.confirm = Confirm(matcher, supercell_retry)
         self._sizes: dict[Any, int] = {}
         self._proto: dict[int, list[int]] = defaultdict(list)
         self._formula: dict[int, list[int]] = defaultdict(list)
         self._ids: list[str] = []
-        self._structures: list[Any] = []
+        self._lattice = array("d")
+        self._frac = array("f")
+        self._numbers = array("B")
+        self._offsets = array("q", [0])
+        self._cache: OrderedDict[int, Any] = OrderedDict()
+        self._cache_size = cache_size
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def _structure(self, j: int):
+        got = self._cache.get(j)
+        if got is not None:
+            self._cache.move_to_end(j)
+            return got
+        from pymatgen.core import Lattice, Structure
+
+        a, b = self._offsets[j], self._offsets[j + 1]
+        lattice = np.frombuffer(self._lattice, dtype=np.float64)[9 * j:9 * j + 9].reshape(3, 3).copy()
+        frac = np.frombuffer(self._frac, dtype=np.float32)[3 * a:3 * b].reshape(-1, 3).astype(np.float64)
+        numbers = np.frombuffer(self._numbers, dtype=np.uint8)[a:b].tolist()
+        got = Structure(Lattice(lattice), numbers, frac)
+        self._remember(j, got)
+        return got
+
+    def _remember(self, j: int, structure) -> None:
+        self._cache[j] = structure
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
     def first_seen(self, candidate_id: str, structure, *, prototype_hash: str | None = None) -> str | None:
         """Id of an earlier candidate this one matches; else None, and it is remembered."""
@@ -542,13 +613,16 @@ class RunUniqueness:
         if pkey is not None:
             for j in self._proto.get(pkey, ()):
                 tried.add(j)
-                if self.confirm.same(structure, self._structures[j], self._sizes, i, j):
+                if self.confirm.same(structure, self._structure(j), self._sizes, i, j):
                     return self._ids[j]
         for j in self._formula.get(fkey, ()):
-            if j not in tried and self.confirm.same(structure, self._structures[j], self._sizes, i, j):
+            if j not in tried and self.confirm.same(structure, self._structure(j), self._sizes, i, j):
                 return self._ids[j]
         self._ids.append(candidate_id)
-        self._structures.append(structure)
+        self._lattice.extend(np.asarray(structure.lattice.matrix, dtype=np.float64).ravel().tolist())
+        self._frac.extend(np.asarray(structure.frac_coords, dtype=np.float64).ravel().tolist())
+        self._numbers.extend(_numbers(structure).tolist())
+        self._offsets.append(self._offsets[-1] + len(structure))
         if pkey is not None:
             self._proto[pkey].append(i)
         self._formula[fkey].append(i)

@@ -56,6 +56,7 @@ from matra_hpc.model.slots import KIND_NAMES, VALUE_KINDS, value_abs_errors
 from matra_hpc.model.transformer import point_values, target_cell_atoms, target_slot_kinds
 from matra_hpc.train.config import TrainConfig
 from matra_hpc.train.metrics import PLOT_FILE, MetricsLog, plot_loss_curve
+from matra_hpc.util import hold_point
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +321,7 @@ class _Trainer:
             }
             path = save_checkpoint(self.out, self.model, state, self._meta(), self.config.keep_checkpoints)
             self.last_checkpoint = str(path)
+            hold_point("train-checkpoint")
         self.last_ckpt_time = time.monotonic()
         self.ckpt_step = self.step
         self._barrier()

@@ -181,6 +181,21 @@ def test_array_tasks_partitions_and_resume_give_the_same_index(token_store, inde
     assert index.find(lowered(known_crystals()["zno"])) == _id_of(index, "zno")
 
 
+def test_stored_hashes_of_an_older_version_are_recomputed(token_store, tmp_path, monkeypatch) -> None:
+    import matra_hpc.tokens.hashing as hashing
+
+    monkeypatch.setattr(hashing, "HASH_VERSION", "v9")  # the store holds v1 hashes: all stale now
+    out = tmp_path / "v9.index"
+    summary = build_index([token_store], out)
+    assert summary["hash_version"] == "v9" and summary["n_hashed"] == len(known_crystals())
+    index = NoveltyIndex.open(out)
+    rutile = known_crystals()["rutile"]
+    h = structure_hash(rutile)
+    assert h.startswith("v9:")
+    key = fmt.proto_key(h, [site.specie.Z for site in rutile])
+    assert [index.entry_id(e) for e in index.bucket(key)] == [_id_of(index, "rutile")]
+
+
 @pytest.mark.mpi
 def test_two_mpi_ranks_share_units_and_merge(token_store, index_path, tmp_path) -> None:
     out = tmp_path / "mpi.index"
@@ -200,6 +215,23 @@ def test_two_mpi_ranks_share_units_and_merge(token_store, index_path, tmp_path) 
     for table in fmt.TABLES:
         assert index.count_keys(probe, table).tolist() == serial.count_keys(probe, table).tolist()
     assert index.find(lowered(known_crystals()["rutile"])) == _id_of(index, "rutile")
+
+
+@pytest.mark.slurm
+def test_slurm_job_array_builds_the_same_index(token_store, index_path, tmp_path, slurm) -> None:
+    out, run_dir = tmp_path / "slurm.index", tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "matra_hpc", "submit", "index-build-array", token_store, "--out",
+                           str(out), "--rows-per-unit", "2", "--array", "2", "--cluster", "slurm", "--profile",
+                           "localci", "--run-dir", str(run_dir), "--wait"],
+                          cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = json.loads((run_dir / "manifest.json").read_text())["jobs"]
+    assert len(jobs) == 2 and all(j["state"] == "COMPLETED" for j in jobs)
+    meta = json.loads((out / fmt.INDEX_FILE).read_text())
+    assert {fmt.read_manifest(out, p["unit"])["rank"] for p in meta["parts"]} == {0, 1}
+    a, b = _tables(out), _tables(Path(index_path))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_folder_and_generated_sources(tmp_path) -> None:
@@ -239,15 +271,30 @@ def test_folder_and_generated_sources(tmp_path) -> None:
     with bz2.open(alex / "alexandria_000.json.bz2", "wt") as fh:
         json.dump({"entries": entries}, fh)
 
+    # A screened store: only the `screened` row is a known crystal (consolidate runs RunUniqueness).
+    from matra_hpc.screen import store as sstore
+
+    screened = tmp_path / "screened.zarr"
+    sstore.init_store(screened, {"schema": sstore.SCHEMA, "run_id": "old", "temperatures": [1.0], "shards": 1},
+                      {"generated": "x", "shards": 1}, [1.0])
+    rows = sstore.RowBuilder()
+    kbr = Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.6), ["K", "Br"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    rows.add(id="old:T1.00:s0:0", status="screened", structure=lowered(kbr), relaxed=True)
+    rows.add(id="old:T1.00:s0:1", status="failed", reason="relax_unconverged", structure=crystals["fes2"],
+             relaxed=True)
+    sstore.write_shard(screened, 1.0, 0, rows.build(), {"rank": 0})
+    sstore.consolidate(screened)
+
     out = tmp_path / "mixed.index"
-    summary = build_index([str(folder), str(gen), f"alexandria={alex}"], out)
-    assert summary["n_entries"] == 5 and summary["n_hashed"] == 4  # the P1 cell has no prototype hash
-    assert summary["skipped"] == {"parse_error": 1, "not_decoded": 1}
+    summary = build_index([str(folder), str(gen), f"alexandria={alex}", str(screened)], out)
+    assert summary["n_entries"] == 6 and summary["n_hashed"] == 4  # P1 cells have no prototype hash
+    assert summary["skipped"] == {"parse_error": 1, "not_decoded": 1, "not_screened": 1}
     index = NoveltyIndex.open(out)
     assert index.find(shifted_supercell_shuffled(crystals["zno"])) == "cifs/sub/zno.cif"
     assert index.find(lowered(crystals["rutile"])) == "run:T0.70:s0:0"
     assert index.find(crystals["cscl"]) == "alex:agm001"
     assert index.find(p1) == "alex:agm002"
+    assert index.find(shifted_supercell_shuffled(kbr)) == "old:T1.00:s0:0"
     assert index.find(crystals["fes2"]) is None
 
 
@@ -270,6 +317,22 @@ def test_refusals(token_store, index_path, tmp_path) -> None:
     (stale / fmt.INDEX_FILE).write_text(json.dumps(meta))
     with pytest.raises(StoreError, match="rebuild"):
         NoveltyIndex.open(stale)
+    # A table file lost after the build.
+    damaged = tmp_path / "damaged.index"
+    build_index([token_store], damaged)
+    fmt.table_paths(damaged, "formula", 0)[1].unlink()
+    with pytest.raises(StoreError, match="damaged"):
+        NoveltyIndex.open(damaged)
+    # A folder that gained a file since its parts were built is another source: refused.
+    folder = tmp_path / "few"
+    folder.mkdir()
+    known_crystals()["nacl"].to(filename=str(folder / "a.cif"))
+    build_index([str(folder)], tmp_path / "few.index")
+    known_crystals()["cscl"].to(filename=str(folder / "b.cif"))
+    with pytest.raises(UsageError, match="other sources"):
+        build_index([str(folder)], tmp_path / "few.index")
+    with pytest.raises(UsageError, match="inside the source"):
+        build_index([str(folder)], folder / "ref.index")
 
 
 def test_cli_build_info_find(token_store, tmp_path, capsys) -> None:
