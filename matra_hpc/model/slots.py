@@ -18,7 +18,6 @@ Kinds are small integers: ``NONE`` (the token is not ``<num>``), ``COORD``, ``LE
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 
@@ -123,43 +122,86 @@ def sequence_cell_atoms(tokens: np.ndarray) -> np.ndarray:
     return values[tok].sum(axis=-1)
 
 
-# Closeness of the earlier free values of two sites (fractional): the width of the weight that
-# makes a site's last free value repel an earlier site's only when the sites agree on the others.
+# Closeness (fractional) within which an image of an earlier atom counts as lying on the current
+# site's line, plane or point: the width of the weight of a repelled value.
 AXIS_WIDTH = 0.02
+MAX_REPEL = 32
 
 
-def _site_axes(vocab, n_free: np.ndarray, tokens, values):
-    """Walk a sequence: yields (position, W token, axis, n_free of the site, values so far of the
-    site, earlier sites [(W token, values)]) at every coordinate position."""
-    sites: list[tuple[int, list[float]]] = []
-    current: tuple[int, list[float]] | None = None
-    expect = 0  # coordinates still due for the current site
-    pending_w = -1
+@functools.lru_cache(maxsize=65536)
+def _orbit(group: int, index: int, free: tuple[float, ...]) -> np.ndarray:
+    from matra_hpc.tokens.wyckoff import position_ops
+
+    ops = position_ops(group)[index]
+    seed = np.zeros(3)
+    seed[list(ops.free_axes)] = free
+    return np.mod(ops.ops[:, :, :3] @ seed + ops.ops[:, :, 3], 1.0)
+
+
+def _site_walk(tokens, values):
+    """Walk a sequence: yields (position, group, position index, axis, values so far of the site,
+    earlier sites [(position index, values)]) at every coordinate position."""
+    from matra_hpc.tokens import load_vocab
+
+    vocab = load_vocab()
+    w_lo, w_hi = vocab.wyckoff_range
+    sg_lo, sg_hi = vocab.spacegroup_range
+    group = 0
+    sites: list[tuple[int, tuple[float, ...]]] = []
+    current: list[float] = []
+    index, n_free, expect, pending = -1, 0, 0, -1
     for t, token in enumerate(tokens):
         token = int(token)
-        if token == vocab.num and expect > 0 and current is not None:
-            yield t, current[0], len(current[1]), n_free[current[0]], current[1], sites
-            current[1].append(float(values[t]))
+        if token == vocab.num and expect > 0:
+            yield t, group, index, len(current), current, sites
+            current.append(float(values[t]))
             expect -= 1
             if expect == 0:
-                sites.append(current)
-                current = None
-        elif 0 <= token < len(n_free) and n_free[token] >= 0 and vocab.wyckoff_range[0] <= token:
-            pending_w = token
-        elif pending_w >= 0:  # the site's element: its values follow
-            if n_free[pending_w] > 0:
-                current, expect = (pending_w, []), int(n_free[pending_w])
-            else:
-                sites.append((pending_w, []))
-            pending_w = -1
+                sites.append((index, tuple(current)))
+        elif sg_lo <= token < sg_hi:
+            group = token - sg_lo + 1
+        elif w_lo <= token < w_hi and group:
+            position = vocab.wyckoff_of(group, token)
+            pending = position.index if position is not None else -1
+            n_free = position.n_free if position is not None else 0
+        elif pending >= 0:  # the site's element: its free values follow
+            index, current, expect = pending, [], n_free
+            if n_free == 0:
+                sites.append((index, ()))
+            pending = -1
+
+
+def _repel_candidates(group: int, index: int, axis: int, current: list[float],
+                      sites: list[tuple[int, tuple[float, ...]]]) -> tuple[list[float], list[float]]:
+    """Values of the current site's last free parameter that would put it on an image of an earlier
+    atom, with weights: how close that image lies to the site's locus given its other values."""
+    from matra_hpc.tokens.wyckoff import position_ops
+
+    ops = position_ops(group)[index]
+    rep, shift = ops.ops[0, :, :3], ops.ops[0, :, 3]
+    rows, signs = np.asarray(ops.read_rows), np.asarray(ops.read_signs)
+    points = np.concatenate([_orbit(group, i, v) for i, v in sites])  # (n, 3) every earlier atom
+    free = np.mod(signs * (points[:, rows] - shift[rows]), 1.0)  # the free values each atom implies
+    free[:, :axis] = current[:axis]  # the site's values so far, with the atom's own last value
+    seed = np.zeros((len(points), 3))
+    seed[:, list(ops.free_axes)] = free
+    d = (seed @ rep.T + shift) - points
+    d -= np.rint(d)
+    weight = np.exp(-0.5 * (d**2).sum(axis=1) / AXIS_WIDTH**2)
+    keep = weight > 1e-3
+    reps, weights = free[keep, axis], weight[keep]
+    if len(reps) > MAX_REPEL:
+        top = np.argsort(-weights)[:MAX_REPEL]
+        reps, weights = reps[top], weights[top]
+    return reps.tolist(), weights.tolist()
 
 
 def repulsion_context(tokens, values) -> tuple[list[float], list[float]]:
-    """For the next value of a prefix, when it is the *last* free value of a site: the same-axis
-    values of the earlier sites on the same Wyckoff token, and their weights (the product over
-    the site's other axes of exp(-d^2 / (2 AXIS_WIDTH^2)), d the periodic difference). Empty
-    otherwise. Two sites with equal free values are the same atoms; the model's coordinate head
-    learns how strongly to keep away from them (``ModelConfig.coord_repulsion``)."""
+    """For the next value of a prefix, when it is the *last* free value of a site: the values of it
+    that would put the site's atom onto an earlier atom (an image of an earlier site under the
+    group), with weights for how exactly (the site's other values fixed). Empty otherwise. The
+    model's coordinate head learns how strongly to keep away from them
+    (``ModelConfig.coord_repulsion``)."""
     out = _repulsion_positions(np.asarray(tokens), np.asarray(values, dtype=np.float64), len(tokens))
     return out.get(len(tokens), ([], []))
 
@@ -167,33 +209,28 @@ def repulsion_context(tokens, values) -> tuple[list[float], list[float]]:
 def _repulsion_positions(tokens: np.ndarray, values: np.ndarray, upto: int) -> dict[int, tuple[list, list]]:
     from matra_hpc.tokens import load_vocab
 
-    vocab = load_vocab()
-    n_free, is_w, _, _ = _tables()
-    table = np.where(is_w, n_free, -1)
-    toks = list(tokens[:upto]) + [vocab.num]  # a value at ``upto`` (the next slot) too
+    toks = list(tokens[:upto]) + [load_vocab().num]  # a value at ``upto`` (the next slot) too
     vals = list(values[:upto]) + [np.nan]
     out: dict[int, tuple[list, list]] = {}
-    for t, w, axis, nf, site_vals, earlier in _site_axes(vocab, table, toks, vals):
-        if axis != nf - 1:
+    for t, group, index, axis, current, sites in _site_walk(toks, vals):
+        if not sites or axis != position_free_count(group, index) - 1:
             continue
-        reps, weights = [], []
-        for w2, v2 in earlier:
-            if w2 != w:
-                continue
-            weight = 1.0
-            for i in range(axis):
-                d = abs(site_vals[i] - v2[i]) % 1.0
-                d = min(d, 1.0 - d)
-                weight *= math.exp(-0.5 * (d / AXIS_WIDTH) ** 2)
-            if weight > 1e-3:
-                reps.append(v2[axis])
-                weights.append(weight)
+        reps, weights = _repel_candidates(group, index, axis, current, sites)
         if reps:
             out[t] = (reps, weights)
     return out
 
 
-def sequence_repulsion(tokens: np.ndarray, values: np.ndarray, max_reps: int = 16) -> tuple[np.ndarray, np.ndarray]:
+@functools.cache
+def position_free_count(group: int, index: int) -> int:
+    from matra_hpc.tokens import wyckoff_table
+
+    return wyckoff_table()[group][index].n_free
+
+
+def sequence_repulsion(
+    tokens: np.ndarray, values: np.ndarray, max_reps: int = MAX_REPEL
+) -> tuple[np.ndarray, np.ndarray]:
     """``repulsion_context`` at every position of whole sequences (B, T): values and weights
     (B, T, R), weight 0 where there is nothing to repel (padding)."""
     tok = np.atleast_2d(np.asarray(tokens))

@@ -4,9 +4,11 @@ Paper sections II.2 and IV.2. The input of the model is ``<bos>`` followed by th
 ``TokenSequence``; ``values`` runs parallel to ``tokens`` and holds the continuous value of every
 ``<num>`` token (NaN elsewhere). At every position the model predicts the next token (logits over
 the vocabulary, trained with cross-entropy) and, for positions whose next token is ``<num>``, the
-next continuous value (``cont_pred``, in the values' own units, trained with MSE; by default the
-error of a value above 1 in magnitude is taken relative to it, see ``cont_loss_scale``).
-``loss = CE + cont_loss_weight * MSE``.
+next continuous value. Two value heads (``ModelConfig.value_head``): ``regression`` (the paper's:
+``cont_pred`` in the values' own units, trained with the MSE of ``cont_loss_scale``) and
+``mixture`` (per kind of value a mixture distribution, trained by negative log-likelihood and
+sampled at the temperature; ``ValueMixture``). With ``slot_kinds`` the model is told the kind of
+the next value (``model/slots.py``). ``loss = CE + cont_loss_weight * value loss``.
 
 Architecture (paper IV.2):
 - discrete tokens: learned embeddings; ``<num>`` tokens: Gaussian embeddings of the value, a
@@ -118,11 +120,11 @@ class ModelConfig:
     angle_scale: float = 20.0
     """Angles enter the mixture head as (degrees - loc) / scale."""
     coord_repulsion: bool = False
-    """The mixture head's coordinate density also keeps away from the same free value of an
-    earlier site on the same Wyckoff token (two such sites with equal values are the same atoms):
-    at the last free value of a site, density * exp(-lambda * sum_j w_j k(x - r_j)), normalised
-    over the period, with lambda and the kernel's width predicted per position (``ValueMixture``,
-    ``model/slots.py: repulsion_context``)."""
+    """The mixture head's coordinate density also keeps the last free value of a site away from
+    the values that would put the site onto an earlier atom (any image of an earlier site under the
+    group, ``model/slots.py: repulsion_context``): density * exp(-lambda * sum_j w_j k(x - r_j)),
+    normalised over the period, with lambda and the kernel's width predicted per position and
+    learned from the data (``ValueMixture``). Not a sampler guard: the model's own density."""
     value_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Weights of the value loss of coordinates, lengths and angles (the loss is the weighted
     mean over the values of a batch)."""

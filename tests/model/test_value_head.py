@@ -140,31 +140,30 @@ def _two_free_position(group: int, n_free: int) -> str:
     return next(p.letter for p in wyckoff_table()[group] if p.n_free == n_free)
 
 
-def test_repulsion_context_names_earlier_sites_on_the_same_token():
+def test_repulsion_context_lists_the_values_that_land_on_earlier_atoms():
     from matra_hpc.model.slots import repulsion_context, sequence_repulsion
-    from matra_hpc.tokens import load_vocab
+    from matra_hpc.tokens import load_vocab, wyckoff_table
 
     v, nan = load_vocab(), math.nan
-    one, two = _two_free_position(221, 1), _two_free_position(221, 2)
-    head = [v.arity(1), v.element(26), v.count(30), v.spacegroup(221)]
-    site1 = [v.wyckoff(221, one), v.element(26), v.num]
-    tokens = head + site1 + [v.wyckoff(221, one), v.element(26)]
-    values = [nan] * 4 + [nan, nan, 0.2] + [nan, nan]
-    assert repulsion_context(tokens, values) == ([0.2], [1.0])
-    # a site on another token is not repelled
-    assert repulsion_context(head + site1 + [v.wyckoff(221, two), v.element(26)], values) == ([], [])
-    # two free values: only the last one is repelled, weighted by how close the first ones are
-    site2 = [v.wyckoff(221, two), v.element(26), v.num, v.num]
-    tokens = head + site2 + [v.wyckoff(221, two), v.element(26), v.num]
-    values = [nan] * 4 + [nan, nan, 0.10, 0.30] + [nan, nan, 0.11]
+    positions = {p.letter: p for p in wyckoff_table()[221]}  # Pm-3m: 1a (0,0,0), 6e (x,0,0)
+    assert positions["a"].n_free == 0 and positions["e"].n_free == 1
+    head = [v.arity(1), v.element(26), v.count(13), v.spacegroup(221)]
+    e_site = [v.wyckoff(221, "e"), v.element(26)]
+    # an earlier 6e site at x = 0.2 has atoms at (0.2, 0, 0) and (-0.2, 0, 0) on the line (x, 0, 0)
+    tokens = head + e_site + [v.num] + e_site
+    values = [nan] * 6 + [0.2, nan, nan]
     reps, weights = repulsion_context(tokens, values)
-    assert reps == [0.30] and weights[0] == pytest.approx(math.exp(-0.5 * (0.01 / 0.02) ** 2))
-    assert repulsion_context(tokens[:-1], values[:-1]) == ([], [])  # the first free value: none
-    # the batch form gives the same at the value's position
-    full = tokens + [v.num]
-    r, w = sequence_repulsion(np.array([full]), np.array([values + [0.31]]))
-    assert r[0, len(tokens), 0] == pytest.approx(0.30) and w[0, len(tokens), 0] == pytest.approx(weights[0])
-    assert (w[0, : len(tokens)] == 0).all()
+    assert sorted(reps) == pytest.approx([0.2, 0.8]) and weights == pytest.approx([1.0, 1.0])
+    # an atom on 1a sits at x = 0 of that line: another token repels too
+    tokens = head + [v.wyckoff(221, "a"), v.element(26)] + e_site
+    reps, weights = repulsion_context(tokens, [nan] * len(tokens))
+    assert reps == pytest.approx([0.0]) and weights == pytest.approx([1.0])
+    # the batch form gives the same lists at the value's position, nothing elsewhere
+    full = tokens + [v.num, v.end]
+    r, w = sequence_repulsion(np.array([full]), np.array([[nan] * len(tokens) + [0.31, nan]]))
+    assert r[0, len(tokens), 0] == pytest.approx(0.0) and w[0, len(tokens), 0] == pytest.approx(1.0)
+    assert (np.delete(w[0], len(tokens), axis=0) == 0).all()
+    assert repulsion_context(head + e_site, [nan] * 6) == ([], [])  # no earlier atom
 
 
 def test_repelled_coordinates_are_a_density_and_keep_away():

@@ -192,7 +192,7 @@ def test_refilled_sequences_replay_exactly_on_a_full_forward(tiny_model, tiny_pa
     """KV cache with refill vs recompute: each sequence, replayed alone with a no-cache forward of
     its whole prefix (and the kinds of its slots) and its own generator, draws the same token at
     every step and the same value at every <num>."""
-    from matra_hpc.model.slots import sequence_cell_atoms, sequence_slot_kinds
+    from matra_hpc.model.slots import COORD, repulsion_context, sequence_cell_atoms, sequence_slot_kinds
     from matra_hpc.sample.sampler import (
         _admissible_value,
         _base_seed,
@@ -208,7 +208,7 @@ def test_refilled_sequences_replay_exactly_on_a_full_forward(tiny_model, tiny_pa
     temperature = 1.3
     seqs = _sample(model, grammar, 10, temperature, seed=17, batch_size=3)
     base = _base_seed(torch.Generator().manual_seed(17))
-    replayed_values = 0
+    replayed_values = repelled = 0
     for index, seq in enumerate(seqs):
         rng = sequence_rng(base, index)
         state = grammar.new_states(1)[0]
@@ -225,9 +225,11 @@ def test_refilled_sequences_replay_exactly_on_a_full_forward(tiny_model, tiny_pa
                 lo, hi = grammar.value_range(state)
                 periodic = _is_coordinate(lo, hi)
                 if head == "mixture":
+                    repel = repulsion_context(seq.tokens[:t], seq.values[:t])
                     raw = _mixture_value(model.mixture, cont[0, t].double().numpy(), int(kinds[0, t]),
                                          temperature, rng, grammar, state, lo, hi, periodic,
-                                         int(sequence_cell_atoms(seq.tokens[:t])))
+                                         int(sequence_cell_atoms(seq.tokens[:t])), repel)
+                    repelled += bool(repel[0]) and int(kinds[0, t]) == COORD
                 else:
                     raw = _into_range(float(cont[0, t]), lo, hi, periodic=periodic)
                 assert _admissible_value(grammar, state, raw, lo, hi, rng) == pytest.approx(value, abs=1e-4)
@@ -235,6 +237,7 @@ def test_refilled_sequences_replay_exactly_on_a_full_forward(tiny_model, tiny_pa
             grammar.advance(state, token, value)
         assert grammar.is_complete(state) == seq.complete
     assert replayed_values > 0
+    assert head == "regression" or repelled > 0  # repelled draws were replayed too
 
 
 def test_refill_keeps_the_batch_busier_than_cohorts(tiny_model) -> None:
