@@ -180,16 +180,40 @@ def _repel_candidates(group: int, index: int, axis: int, current: list[float],
     ops = position_ops(group)[index]
     rep, shift = ops.ops[0, :, :3], ops.ops[0, :, 3]
     rows, signs = np.asarray(ops.read_rows), np.asarray(ops.read_signs)
-    points = np.concatenate([_orbit(group, i, v) for i, v in sites])  # (n, 3) every earlier atom
-    free = np.mod(signs * (points[:, rows] - shift[rows]), 1.0)  # the free values each atom implies
-    free[:, :axis] = current[:axis]  # the site's values so far, with the atom's own last value
-    seed = np.zeros((len(points), 3))
-    seed[:, list(ops.free_axes)] = free
-    d = (seed @ rep.T + shift) - points
-    d -= np.rint(d)
-    weight = np.exp(-0.5 * (d**2).sum(axis=1) / AXIS_WIDTH**2)
-    keep = weight > 1e-3
-    reps, weights = free[keep, axis], weight[keep]
+    reps_all, weights_all = [np.zeros(0)], [np.zeros(0)]
+    if sites:
+        points = np.concatenate([_orbit(group, i, v) for i, v in sites])  # (n, 3) every earlier atom
+        free = np.mod(signs * (points[:, rows] - shift[rows]), 1.0)  # the free values each atom implies
+        free[:, :axis] = current[:axis]  # the site's values so far, with the atom's own last value
+        seed = np.zeros((len(points), 3))
+        seed[:, list(ops.free_axes)] = free
+        d = (seed @ rep.T + shift) - points
+        d -= np.rint(d)
+        reps_all.append(free[:, axis])
+        weights_all.append(np.exp(-0.5 * (d**2).sum(axis=1) / AXIS_WIDTH**2))
+    # the site's own orbit: values where another of its atoms lands on the first (the orbit
+    # collapses onto a special position); D_k(x) = w + u x between image k and the representative
+    seed0 = np.zeros(3)
+    seed0[list(ops.free_axes)[:axis]] = current[:axis]
+    unit = np.zeros(3)
+    unit[ops.free_axes[axis]] = 1.0
+    others = ops.ops[1:]
+    w = (others[:, :, :3] - rep) @ seed0 + others[:, :, 3] - shift  # (m-1, 3)
+    u = (others[:, :, :3] - rep) @ unit  # (m-1, 3), integers
+    for k, i in zip(*np.nonzero(np.abs(u) > 0.5), strict=True):
+        step = abs(int(round(u[k, i])))
+        x = np.mod((np.arange(step) - w[k, i]) / u[k, i], 1.0)
+        dd = w[k][None, :] + np.outer(x, u[k])
+        dd -= np.rint(dd)
+        reps_all.append(x)
+        weights_all.append(np.exp(-0.5 * (dd**2).sum(axis=1) / AXIS_WIDTH**2))
+    reps, weights = np.concatenate(reps_all), np.concatenate(weights_all)
+    keep = weights > 1e-3
+    reps, weights = reps[keep], weights[keep]
+    if len(reps):  # one entry per distinct value (images often repeat one), its largest weight
+        order = np.argsort(-weights, kind="stable")
+        reps, first = np.unique(np.round(reps[order], 6), return_index=True)
+        weights = weights[order][first]
     if len(reps) > MAX_REPEL:
         top = np.argsort(-weights)[:MAX_REPEL]
         reps, weights = reps[top], weights[top]
@@ -199,7 +223,8 @@ def _repel_candidates(group: int, index: int, axis: int, current: list[float],
 def repulsion_context(tokens, values) -> tuple[list[float], list[float]]:
     """For the next value of a prefix, when it is the *last* free value of a site: the values of it
     that would put the site's atom onto an earlier atom (an image of an earlier site under the
-    group), with weights for how exactly (the site's other values fixed). Empty otherwise. The
+    group) or onto another atom of its own orbit (a special position), with weights for how
+    exactly (the site's other values fixed). Empty otherwise. The
     model's coordinate head learns how strongly to keep away from them
     (``ModelConfig.coord_repulsion``)."""
     out = _repulsion_positions(np.asarray(tokens), np.asarray(values, dtype=np.float64), len(tokens))
@@ -213,7 +238,7 @@ def _repulsion_positions(tokens: np.ndarray, values: np.ndarray, upto: int) -> d
     vals = list(values[:upto]) + [np.nan]
     out: dict[int, tuple[list, list]] = {}
     for t, group, index, axis, current, sites in _site_walk(toks, vals):
-        if not sites or axis != position_free_count(group, index) - 1:
+        if axis != position_free_count(group, index) - 1:
             continue
         reps, weights = _repel_candidates(group, index, axis, current, sites)
         if reps:

@@ -525,8 +525,8 @@ class ValueMixture:
 
     Sampling at temperature T tempers every part alike: component weights ``w^(1/T)``,
     von Mises concentration ``kappa / T``, Gaussian deviation ``sigma * sqrt(T)`` (each the
-    component density raised to 1/T). The point value (metrics) is the location of the
-    heaviest component.
+    component density raised to 1/T). The point value (metrics) is the location of the component
+    with the highest peak density.
     """
 
     LOG_KAPPA = (-3.0, 10.0)
@@ -644,9 +644,15 @@ class ValueMixture:
         return torch.where(kinds > NONE, nll, torch.zeros_like(nll))
 
     def point(self, params: torch.Tensor, kinds: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
-        """The location of the heaviest component, in the values' units (NaN where NONE)."""
+        """The location of the component with the highest peak density (weight over width: the
+        mixture's approximate mode), in the values' units (NaN where NONE)."""
         block = self.select(params.float(), kinds)
-        top = block[..., 0, :].argmax(dim=-1, keepdim=True)
+        log_w = torch.log_softmax(block[..., 0, :], dim=-1)
+        kappa = block[..., 2, :].clamp(*self.LOG_KAPPA).exp()
+        peak_coord = log_w - torch.log(torch.special.i0e(kappa))  # von Mises peak: exp(kappa) / I0(kappa)
+        peak_gauss = log_w - block[..., 2, :].clamp(*self.LOG_SIGMA)  # Gaussian peak: 1 / sigma
+        peak = torch.where((kinds == COORD)[..., None], peak_coord, peak_gauss)
+        top = peak.argmax(dim=-1, keepdim=True)
         loc = block[..., 1, :].gather(-1, top).squeeze(-1)
         out = torch.where(kinds == COORD, torch.remainder(loc, 1.0),
                           torch.where(kinds == LENGTH,
@@ -714,7 +720,7 @@ def point_values(
     model: MatraTransformer, cont: torch.Tensor, kinds: torch.Tensor, atoms: torch.Tensor
 ) -> torch.Tensor:
     """The model's single value per slot (B, T), in the values' units: the regression output,
-    or the heaviest mixture component's location. ``atoms`` (B,): atoms in each row's cell."""
+    or the mixture's approximate mode (``ValueMixture.point``). ``atoms`` (B,): atoms in each row's cell."""
     if model.mixture is None:
         return cont.float()
     return model.mixture.point(cont, kinds.to(cont.device), atoms.to(cont.device)[:, None].expand(kinds.shape))

@@ -118,15 +118,18 @@ def test_sampling_follows_the_tempered_mixture():
     assert np.median(lengths) == pytest.approx(math.exp(0.5 * mix.length_scale + mix.length_loc), rel=0.01)
 
 
-def test_point_value_is_the_heaviest_component_in_the_values_units():
+def test_point_value_is_the_highest_peak_in_the_values_units():
     mix = _mixture(2)
     p = torch.stack([
         _params(mix, COORD, [0.0, 2.0], [0.3, 1.25], [0.0, 0.0]),
         _params(mix, LENGTH, [1.0, 0.0], [0.4, -1.0], [0.0, 0.0]),
         _params(mix, ANGLE, [0.0, 1.0], [0.0, 0.5], [0.0, 0.0]),
+        # a lighter but much narrower component has the higher peak
+        _params(mix, ANGLE, [0.0, 1.0], [-1.0, 0.5], [math.log(0.01), 0.0]),
     ])
-    point = mix.point(p, torch.tensor([COORD, LENGTH, ANGLE]))
-    expected = [0.25, math.exp(0.4 * mix.length_scale + mix.length_loc), mix.angle_loc + 0.5 * mix.angle_scale]
+    point = mix.point(p, torch.tensor([COORD, LENGTH, ANGLE, ANGLE]))
+    expected = [0.25, math.exp(0.4 * mix.length_scale + mix.length_loc), mix.angle_loc + 0.5 * mix.angle_scale,
+                mix.angle_loc - mix.angle_scale]
     assert point.tolist() == pytest.approx(expected, rel=1e-5)
     errors = value_abs_errors(np.array([0.98, 5.0, 95.0]), np.array([0.02, 4.0, 90.0]),
                               np.array([COORD, LENGTH, ANGLE]))
@@ -149,21 +152,23 @@ def test_repulsion_context_lists_the_values_that_land_on_earlier_atoms():
     assert positions["a"].n_free == 0 and positions["e"].n_free == 1
     head = [v.arity(1), v.element(26), v.count(13), v.spacegroup(221)]
     e_site = [v.wyckoff(221, "e"), v.element(26)]
+    # the site's own orbit collapses at x = 0 and 1/2 ((x,0,0) meets (-x,0,0)): always there
+    assert repulsion_context(head + e_site, [nan] * 6) == ([0.0, 0.5], [1.0, 1.0])
     # an earlier 6e site at x = 0.2 has atoms at (0.2, 0, 0) and (-0.2, 0, 0) on the line (x, 0, 0)
     tokens = head + e_site + [v.num] + e_site
     values = [nan] * 6 + [0.2, nan, nan]
     reps, weights = repulsion_context(tokens, values)
-    assert sorted(reps) == pytest.approx([0.2, 0.8]) and weights == pytest.approx([1.0, 1.0])
-    # an atom on 1a sits at x = 0 of that line: another token repels too
+    assert reps == pytest.approx([0.0, 0.2, 0.5, 0.8]) and weights == pytest.approx([1.0] * 4)
+    # an atom on 1a sits at x = 0 of that line: another token repels too (one entry per value)
     tokens = head + [v.wyckoff(221, "a"), v.element(26)] + e_site
     reps, weights = repulsion_context(tokens, [nan] * len(tokens))
-    assert reps == pytest.approx([0.0]) and weights == pytest.approx([1.0])
+    assert reps == pytest.approx([0.0, 0.5]) and weights == pytest.approx([1.0, 1.0])
     # the batch form gives the same lists at the value's position, nothing elsewhere
     full = tokens + [v.num, v.end]
     r, w = sequence_repulsion(np.array([full]), np.array([[nan] * len(tokens) + [0.31, nan]]))
     assert r[0, len(tokens), 0] == pytest.approx(0.0) and w[0, len(tokens), 0] == pytest.approx(1.0)
     assert (np.delete(w[0], len(tokens), axis=0) == 0).all()
-    assert repulsion_context(head + e_site, [nan] * 6) == ([], [])  # no earlier atom
+    assert repulsion_context(head, [nan] * 4) == ([], [])  # not a free value next
 
 
 def test_repelled_coordinates_are_a_density_and_keep_away():
