@@ -13,7 +13,7 @@ import json
 import os
 
 from matra_hpc.errors import UsageError
-from matra_hpc.evaluate.baseline import BaselineConfig
+from matra_hpc.evaluate.config import BaselineConfig
 from matra_hpc.launch.stages import SubmittableStage
 
 
@@ -47,7 +47,7 @@ def build_baseline_config(args: argparse.Namespace) -> BaselineConfig:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from matra_hpc.evaluate.baseline import run_baseline
+    from matra_hpc.evaluate.stage import run_baseline
     from matra_hpc.launch.environment import context_from_environment
 
     config = build_baseline_config(args)
@@ -96,7 +96,8 @@ def add_screen_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_recovery(args: argparse.Namespace) -> int:
-    from matra_hpc.evaluate.stage import RecoveryConfig, run_recovery
+    from matra_hpc.evaluate.config import RecoveryConfig
+    from matra_hpc.evaluate.stage import run_recovery
     from matra_hpc.generate.temperatures import parse_temperatures
     from matra_hpc.launch.environment import context_from_environment
 
@@ -132,7 +133,8 @@ def _labelled(pairs: list[str] | None) -> dict[str, str] | None:
 
 
 def cmd_conditioning(args: argparse.Namespace) -> int:
-    from matra_hpc.evaluate.stage import ConditioningConfig, run_conditioning
+    from matra_hpc.evaluate.config import ConditioningConfig
+    from matra_hpc.evaluate.stage import run_conditioning
     from matra_hpc.evaluate.stats import format_proportion, format_ratio
     from matra_hpc.launch.environment import context_from_environment
 
@@ -155,14 +157,17 @@ def cmd_conditioning(args: argparse.Namespace) -> int:
 
 
 def cmd_report_all(args: argparse.Namespace) -> int:
-    from matra_hpc.evaluate.report import ReportAllConfig, build_report_all, write_report_all
+    from matra_hpc.evaluate.config import ReportAllConfig
+    from matra_hpc.evaluate.stage import run_report_all
     from matra_hpc.evaluate.stats import format_ratio
+    from matra_hpc.launch.environment import context_from_environment
 
     config = ReportAllConfig(generated=args.generated, screened=args.screened, baseline=args.baseline,
                              recovery=args.recovery, conditioning=args.conditioning, checkpoint=args.checkpoint,
                              out=args.out)
-    report = build_report_all(config)
-    files = write_report_all(report, config.out_dir())
+    config.validate()
+    result = run_report_all(config, context_from_environment())
+    report, files = result["report"], result["files"]
     if "stable_ratio" in report:
         print(f"stable fraction (e_hull < 0.1 eV/atom) model / baseline: {format_ratio(report['stable_ratio'])}")
     print(f"wrote {files['html']}, {files['md']}, {files['json']} and {len(files['figures'])} PNGs")
@@ -241,7 +246,7 @@ SUBMIT_STAGES = [
         add_arguments=add_baseline_arguments,
         build_config=build_baseline_config,
         config_cls=BaselineConfig,
-        run="matra_hpc.evaluate.baseline:run_baseline",
+        run="matra_hpc.evaluate.stage:run_baseline",
         default_launch={"tasks_per_node": 2},
     )
 ]

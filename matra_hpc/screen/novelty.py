@@ -263,6 +263,9 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
         raise UsageError("give at least one index source (token, generated or screened store, or a structure folder)")
     root = Path(out).resolve()
     described = [describe_source(s) for s in sources]
+    for src in described:
+        if src.kind != "dataset" and (root == Path(src.path) or Path(src.path) in root.parents):
+            raise UsageError(f"--out {root} lies inside the source {src.path}: pick a folder outside it")
     kwargs = {} if rows_per_unit is None else {"rows_per_unit": rows_per_unit}
     units = plan_units(described, **kwargs)
     plan = plan_json(described, units)
@@ -277,20 +280,31 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
 
     built = 0
     all_done_at_start = all(fmt.part_done(root, u.name) for u in units)
-    for unit in units[ctx.rank::max(1, ctx.world_size)]:
-        if fmt.part_done(root, unit.name):
-            continue
-        m = _build_unit(root, described[unit.source], unit, ctx.rank)
-        built += 1
-        log.info("index part %s: %d entries (%d hashed)", unit.name, m["n"], m["n_hashed"])
+    mpi = ctx.comm is not None and ctx.world_size > 1
+    error: str | None = None
+    try:
+        for unit in units[ctx.rank::max(1, ctx.world_size)]:
+            if fmt.part_done(root, unit.name):
+                continue
+            m = _build_unit(root, described[unit.source], unit, ctx.rank)
+            built += 1
+            log.info("index part %s: %d entries (%d hashed)", unit.name, m["n"], m["n_hashed"])
+    except Exception as exc:
+        if not mpi:
+            raise
+        error = f"rank {ctx.rank}: {type(exc).__name__}: {exc}"
 
-    if ctx.comm is not None and ctx.world_size > 1:
-        ctx.comm.Barrier()
+    if mpi:
+        # Every rank learns about a failed one (instead of waiting for it at a barrier forever).
+        errors = [e for e in ctx.comm.allgather(error) if e]
+        if errors:
+            raise StoreError(f"index build failed ({'; '.join(errors)}); finished parts are kept, rerun to resume")
         n_total = sum(int(fmt.read_manifest(root, u.name)["n"]) for u in units)
         parts = list(range(1 << fmt.partition_bits(n_total, plan["partition_entries"])))[ctx.rank::ctx.world_size]
         index = _finalize(root, units, described, plan, partitions=parts)
         ctx.comm.Barrier()
         if ctx.rank == 0:
+            fmt.remove_partials(root)
             fmt.write_json_atomic(root / fmt.INDEX_FILE, index)
         ctx.comm.Barrier()
         return _summary(index, root, time.perf_counter() - start, built)
@@ -311,6 +325,7 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
             except FileExistsError:
                 return not_done
     index = _finalize(root, units, described, plan)
+    fmt.remove_partials(root)
     fmt.write_json_atomic(root / fmt.INDEX_FILE, index)
     return _summary(index, root, time.perf_counter() - start, built)
 

@@ -104,7 +104,7 @@ def test_a_job_ending_mid_run_records_the_candidate_and_resubmit_takes_it(tmp_pa
     scenarios.write_text(json.dumps({"default": [{"sleep": 120}]}))
     fake = Path(__file__).resolve().parent / "fake_vasp.py"
     config = VaspRunConfig(vasp_command=f"{sys.executable} {fake} {scenarios}", polling_s=0.1)
-    tasks = write_tasks_file(tmp_path, tree, manifest["source"]["path"], config, [[manifest["candidates"][0]["dir"]]])
+    tasks = write_tasks_file(tmp_path, tree, manifest, config, [[manifest["candidates"][0]["dir"]]])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     runner = subprocess.Popen([sys.executable, "-m", "matra_hpc.dft.runner", str(tasks), "0", "--job", "77_0"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

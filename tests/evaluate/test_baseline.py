@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from matra_hpc.cli import main
-from matra_hpc.evaluate.baseline import BaselineConfig, baseline_shard, is_charge_balanced
+from matra_hpc.evaluate.baseline import baseline_shard, is_charge_balanced
+from matra_hpc.evaluate.config import BaselineConfig
 from matra_hpc.generate import store as gstore
 
 ARGS = ["--n", "6", "--shards", "2", "--seed", "3", "--run-id", "base"]
