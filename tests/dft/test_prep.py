@@ -120,17 +120,17 @@ def test_refuses_other_settings_and_foreign_directories(store, tmp_path):
         read_tree_manifest(foreign)
 
 
-def test_cli_exit_codes(store, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "matra_hpc"]
-    bad = subprocess.run([*cmd, "vasp-prep", str(tmp_path / "nothing.zarr"), "--out", str(tmp_path / "v"), "--top", "2"],
-                         capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "not a Zarr store" in bad.stderr
-    bad = subprocess.run([*cmd, "vasp-prep", str(store), "--out", str(tmp_path / "v"), "--top", "0"],
-                         capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "--top" in bad.stderr
-    bad = subprocess.run([*cmd, "dft-report", str(tmp_path)], capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "not a VASP tree" in bad.stderr
+def test_cli_exit_codes(store, tmp_path, capsys):
+    from matra_hpc.cli import main
+
+    assert main(["vasp-prep", str(tmp_path / "nothing.zarr"), "--out", str(tmp_path / "v"), "--top", "2"]) == 2
+    assert "not a Zarr store" in capsys.readouterr().err
+    assert main(["vasp-prep", str(store), "--out", str(tmp_path / "v"), "--top", "0"]) == 2
+    assert "--top" in capsys.readouterr().err
+    assert main(["dft-report", str(tmp_path)]) == 2
+    assert "not a VASP tree" in capsys.readouterr().err
+    assert main(["status", str(tmp_path)]) == 2  # neither a run directory nor a VASP tree
+    assert not (tmp_path / "v").exists()
 
 
 def test_kill_9_during_prep_then_rerun_gives_the_identical_tree(tmp_path):
