@@ -33,6 +33,9 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-atoms", type=int, default=40, help="atoms in the conventional cell (default 40)")
     parser.add_argument("--max-sites", type=int, default=15, help="Wyckoff sites, as the training filter")
     parser.add_argument("--train-store", default=None, help="token store whose structures flag dup_train")
+    parser.add_argument("--systems-from", default=None, metavar="GEN",
+                        help="draw each row in the chemical system of a random valid row of this generated store "
+                             "(default: elements uniformly at random)")
     parser.add_argument("--run-id", default=None, help="id prefix of the rows (default: run dir name or time)")
 
 
@@ -40,7 +43,8 @@ def build_baseline_config(args: argparse.Namespace) -> BaselineConfig:
     config = BaselineConfig(
         out=_absolute(args.out), n=args.n, shards=args.shards, seed=args.seed, min_elements=args.min_elements,
         max_elements=args.max_elements, max_count=args.max_count, max_atoms=args.max_atoms,
-        max_sites=args.max_sites, train_store=_absolute(args.train_store), run_id=args.run_id,
+        max_sites=args.max_sites, train_store=_absolute(args.train_store),
+        systems_from=_absolute(args.systems_from), run_id=args.run_id,
     )
     config.validate()
     return config

@@ -7,7 +7,8 @@ Screening and the reports therefore treat it exactly like a model run.
 How one row is drawn (deterministic per (seed, shard)):
 1. a space group uniformly in 2..230;
 2. 2-3 elements (``min_elements``..``max_elements``) uniformly from those with ICSD oxidation
-   states in smact (noble gases and Pm have none; Z <= 83), one oxidation state each, and a
+   states in smact (noble gases and Pm have none; Z <= 83), or the chemical system of a random
+   valid row of ``systems_from`` (a model run), one oxidation state each, and a
    charge-neutral formula unit from ``smact.neutral_ratios`` (counts <= ``max_count``);
 3. a multiple of the formula unit with at most ``max_atoms`` atoms in the conventional cell that
    PyXtal can place on the group's Wyckoff positions (``pyxtal.from_random``, its default
@@ -25,13 +26,16 @@ import math
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from matra_hpc.errors import UsageError
 from matra_hpc.evaluate.config import METHOD, BaselineConfig
 
 log = logging.getLogger(__name__)
+
 
 @lru_cache(maxsize=1)
 def element_pool() -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -46,16 +50,24 @@ def element_pool() -> tuple[tuple[str, tuple[int, ...]], ...]:
     return tuple(pool)
 
 
-def charge_balanced_formula(rng: np.random.Generator, n_elements: int, max_count: int,
-                            tries: int = 50) -> tuple[list[str], list[int], list[int]] | None:
-    """(elements, oxidation states, counts of the reduced formula unit), charge neutral, or None."""
+def charge_balanced_formula(rng: np.random.Generator, n_elements: int, max_count: int, tries: int = 50,
+                            system: tuple[str, ...] | None = None) -> tuple[list[str], list[int], list[int]] | None:
+    """(elements, oxidation states, counts of the reduced formula unit), charge neutral, or None.
+
+    The elements are drawn from the pool, or are ``system`` when one is given (then only the
+    oxidation states are drawn).
+    """
     import smact
 
     pool = element_pool()
+    states_of = dict(pool)
     for _ in range(tries):
-        picks = rng.choice(len(pool), size=n_elements, replace=False)
-        symbols = [pool[i][0] for i in picks]
-        states = [int(rng.choice(pool[i][1])) for i in picks]
+        if system is None:
+            picks = rng.choice(len(pool), size=n_elements, replace=False)
+            symbols = [pool[i][0] for i in picks]
+        else:
+            symbols = list(system)
+        states = [int(rng.choice(states_of[el])) for el in symbols]
         if not (any(s > 0 for s in states) and any(s < 0 for s in states)):
             continue
         with warnings.catch_warnings():
@@ -93,7 +105,32 @@ class Draw:
     counts: list[int]
 
 
-def draw_crystal(rng: np.random.Generator, config: BaselineConfig, stats: dict[str, int]) -> Draw:
+def chemical_systems(store: str | Path, min_elements: int, max_elements: int) -> list[tuple[str, ...]]:
+    """The chemical system of every valid row of a generated store that the baseline can draw.
+
+    One entry per row (a system sampled often is drawn often); kept when it has min..max elements
+    that all have ICSD oxidation states. A store without one is a UsageError.
+    """
+    from pymatgen.core import Composition
+
+    from matra_hpc.generate import store as gstore
+
+    pool = dict(element_pool())
+    systems = []
+    for t in gstore.store_temperatures(store):
+        table = gstore.read_view(store, t)
+        for formula in table.formula[table.decodes.astype(bool)]:
+            system = tuple(sorted(el.symbol for el in Composition(str(formula)).elements))
+            if min_elements <= len(system) <= max_elements and all(el in pool for el in system):
+                systems.append(system)
+    if not systems:
+        raise UsageError(f"--systems-from {store}: no valid row with {min_elements}..{max_elements} elements "
+                         f"that all have oxidation states")
+    return systems
+
+
+def draw_crystal(rng: np.random.Generator, config: BaselineConfig, stats: dict[str, int],
+                 systems: list[tuple[str, ...]] | None = None) -> Draw:
     """One random symmetric, charge-balanced crystal; loops until one is found (counts failures)."""
     from pyxtal import pyxtal
 
@@ -103,7 +140,8 @@ def draw_crystal(rng: np.random.Generator, config: BaselineConfig, stats: dict[s
         for _ in range(config.attempts_per_group):
             stats["attempts"] = stats.get("attempts", 0) + 1
             k = int(rng.integers(config.min_elements, config.max_elements + 1))
-            formula = charge_balanced_formula(rng, k, config.max_count)
+            system = systems[int(rng.integers(len(systems)))] if systems else None
+            formula = charge_balanced_formula(rng, k, config.max_count, tries=5 if system else 50, system=system)
             if formula is None:
                 _count(stats, "no_neutral_formula")
                 continue
@@ -136,18 +174,21 @@ def _count(stats: dict[str, int], key: str) -> None:
     stats[key] = stats.get(key, 0) + 1
 
 
-def baseline_shard(config: BaselineConfig, run_id: str, shard: int, train_index=None):
+def baseline_shard(config: BaselineConfig, run_id: str, shard: int, train_index=None,
+                   systems: list[tuple[str, ...]] | None = None):
     """The rows of one shard as a ``GeneratedTable``, plus the shard's draw statistics."""
     from matra_hpc.generate.checks import check_sequence
     from matra_hpc.generate.table import TableBuilder
     from matra_hpc.tokens import encode
 
+    if systems is None and config.systems_from:
+        systems = chemical_systems(config.systems_from, config.min_elements, config.max_elements)
     rng = np.random.default_rng([config.seed, shard, 0x9A7A])
     stats: dict[str, int] = {}
     groups: list[int] = []
     builder = TableBuilder()
     while len(builder.rows) < config.shard_rows(shard):
-        draw = draw_crystal(rng, config, stats)
+        draw = draw_crystal(rng, config, stats, systems)
         try:
             seq = encode(draw.structure)
         except Exception as exc:  # e.g. spglib finds a description over the site limit

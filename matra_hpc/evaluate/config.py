@@ -40,6 +40,10 @@ class BaselineConfig:
     """Angstrom, the bond check of the generated rows."""
     train_store: str | None = None
     """Token store whose structures flag ``dup_train`` (as ``generate --train-store``)."""
+    systems_from: str | None = None
+    """A generated store: each row takes the chemical system of a random valid row of it (those with
+    min..max elements that all have ICSD oxidation states), so the baseline is drawn in the model's
+    chemistries (and its hull references are the model's); None: elements uniformly at random."""
     run_id: str | None = None
 
     def validate(self) -> None:
@@ -57,6 +61,8 @@ class BaselineConfig:
             raise UsageError(f"--attempts-per-group must be >= 1, got {self.attempts_per_group}")
         if self.train_store is not None and not (Path(self.train_store) / "zarr.json").is_file():
             raise UsageError(f"training store {self.train_store} is not a Zarr store")
+        if self.systems_from is not None and not (Path(self.systems_from) / "zarr.json").is_file():
+            raise UsageError(f"--systems-from {self.systems_from} is not a Zarr store")
 
     def shard_rows(self, shard: int) -> int:
         base, extra = divmod(self.n, self.shards)

@@ -73,7 +73,8 @@ def _prepare_baseline(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]
         "checkpoint": None,
         "baseline": {"method": METHOD, "pyxtal": pyxtal.__version__, "smact": smact.__version__,
                      "charge_balanced": True, "oxidation_states": "smact ICSD24",
-                     "spacegroups": "uniform 2..230", "elements": [config.min_elements, config.max_elements]},
+                     "spacegroups": "uniform 2..230", "elements": [config.min_elements, config.max_elements],
+                     "systems_from": str(Path(config.systems_from).resolve()) if config.systems_from else None},
         "train_store": ({"path": str(Path(config.train_store).resolve()), "fingerprint": train_fp}
                         if config.train_store else None),
         "temperatures": [BASELINE_TEMPERATURE],
@@ -101,6 +102,11 @@ def run_baseline(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]:
         from matra_hpc.generate.duplicates import TrainingIndex
 
         train_index = TrainingIndex(config.train_store)
+    systems = None
+    if config.systems_from:
+        from matra_hpc.evaluate.baseline import chemical_systems
+
+        systems = chemical_systems(config.systems_from, config.min_elements, config.max_elements)
     claims = gstore.TaskClaims(out, prep["attempt"])
     done, skipped = [], 0
     for shard in range(config.shards):
@@ -110,7 +116,7 @@ def run_baseline(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]:
         if not claims.claim(shard):
             continue
         started = time.time()
-        table, stats = baseline_shard(config, prep["run_id"], shard, train_index)
+        table, stats = baseline_shard(config, prep["run_id"], shard, train_index, systems)
         manifest = {"run_id": prep["run_id"], "temperature": BASELINE_TEMPERATURE, "shard": shard,
                     "seed": config.seed, "rank": ctx.rank, "seconds": round(time.time() - started, 3), **stats}
         gstore.write_shard(out, BASELINE_TEMPERATURE, shard, table, manifest)
