@@ -187,3 +187,16 @@ def test_two_trees_from_one_store_keep_their_own_states(store, tmp_path):
     append_events(store, "dft-test", [{"id": shared, "status": "converged"}], plan=a["plan_hash"])
     assert tree_states(a)[shared]["status"] == "converged"
     assert tree_states(b)[shared]["status"] == "prepped"
+
+
+def test_ncore_and_kpar_come_from_the_profile(store, tmp_path, capsys):
+    from matra_hpc.cli import main
+
+    profile = tmp_path / "site.yaml"
+    profile.write_text("vasp:\n  command: srun vasp_std\n  ncore: 8\n  kpar: 4\n")
+    out = tmp_path / "vasp"
+    assert main(["vasp-prep", str(store), "--top", "1", "--out", str(out), "--profile", str(profile)]) == 0
+    entry = read_tree_manifest(out)["candidates"][0]
+    incar = dict(line.split(" = ") for line in (out / entry["dir"] / "INCAR").read_text().splitlines())
+    assert (incar["NCORE"], incar["KPAR"]) == ("8", "4")
+    assert read_tree_manifest(out)["config"]["ncore"] == 8
