@@ -98,7 +98,8 @@ def test_quotas_filters_and_tie_break_are_configurable_and_recorded(store, tmp_p
 def test_ranks_split_the_work_into_the_same_tree(store, tmp_path):
     single, split = tmp_path / "single", tmp_path / "split"
     run_vasp_prep(VaspPrepConfig(store=str(store), out=str(single), top=5), local_context())
-    results = [run_vasp_prep(VaspPrepConfig(store=str(store), out=str(split), top=5, workers=1),
+    # rank 1 with a process pool of 2: the pool changes nothing either
+    results = [run_vasp_prep(VaspPrepConfig(store=str(store), out=str(split), top=5, workers=1 + r),
                              RunContext(rank=r, world_size=2)) for r in (0, 1)]
     assert [r["written_here"] for r in results] == [3, 2]
     assert not results[0]["complete"] and results[1]["complete"]
