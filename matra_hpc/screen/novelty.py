@@ -532,8 +532,9 @@ class NoveltyIndex:
         """Id of a known crystal that ``structure`` matches, else None.
 
         ``prototype_hash``: the structure's current hash when the caller already has it (saves
-        an encode); otherwise it is computed. The prototype bucket is searched first, then the
-        rest of the formula bucket, so a hash changed by lost symmetry still finds the crystal.
+        an encode); otherwise it is computed, unless no known crystal has the structure's
+        reduced formula (then it is novel at once). The prototype bucket is searched first, then
+        the rest of the formula bucket, so a hash changed by lost symmetry still finds the crystal.
         """
         self.stats["lookups"] += 1
         numbers = _numbers(structure)
