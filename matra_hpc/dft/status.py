@@ -2,9 +2,10 @@
 
 The DFT stage writes ``stage: dft`` events to ``<screened store>/status/dft-<writer>.jsonl``
 (one file per writing process, append-only): ``prepped``, ``submitted``, ``running``,
-``converged``, ``failed`` (with a reason from :data:`FAIL_REASONS` and a message). Times carry
-microseconds so the events of one candidate keep their order when several land in the same
-second; :func:`dft_states` orders a candidate's dft events by that time. A candidate of the tree
+``converged``, ``failed`` (with a reason from :data:`FAIL_REASONS` and a message). ``time`` is in
+whole seconds, as the screen stage writes it, so the store's ``read_status`` puts a dft event
+after a screen event of the same second; ``time_us`` adds microseconds, by which
+:func:`dft_states` orders a candidate's dft events when several land in one second. A candidate of the tree
 with no dft event yet counts as ``prepped`` (vasp-prep killed between its rename and its log line).
 """
 
@@ -30,8 +31,10 @@ FAIL_REASONS = (
 ACTIVE = ("submitted", "running")
 
 
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def utc_now() -> tuple[str, str]:
+    """(whole seconds, microseconds) of now, UTC, ISO 8601."""
+    now = dt.datetime.now(dt.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ"), now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def writer_name(*parts: object) -> str:
@@ -40,8 +43,12 @@ def writer_name(*parts: object) -> str:
     return "dft-" + re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
-def append_events(store: str | Path, writer: str, events: list[dict[str, Any]]) -> None:
-    """Append dft events (each needs id and status) through the screened store's own writer."""
+def append_events(store: str | Path, writer: str, events: list[dict[str, Any]], *, plan: str) -> None:
+    """Append dft events (each needs id and status) through the screened store's own writer.
+
+    ``plan`` (the tree's ``plan_hash``) marks which VASP tree an event belongs to: two trees
+    prepared from one store with other settings share ids but not states.
+    """
     from matra_hpc.screen.store import append_status
 
     if not events:
@@ -51,12 +58,16 @@ def append_events(store: str | Path, writer: str, events: list[dict[str, Any]]) 
             raise ValueError(f"unknown dft state {event.get('status')!r}; valid: {', '.join(STATES)}")
         if event["status"] == "failed" and event.get("reason") not in FAIL_REASONS:
             raise ValueError(f"unknown dft failure reason {event.get('reason')!r}")
-    stamped = [{"stage": "dft", "time": utc_now(), **event} for event in events]
+    seconds, micro = utc_now()
+    stamped = [{"stage": "dft", "time": seconds, "time_us": micro, "plan": plan, **event} for event in events]
     append_status(store, writer, stamped)
 
 
-def dft_states(store: str | Path, ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """The latest dft event per candidate id (by time, then file and line), from every dft log."""
+def dft_states(store: str | Path, ids: list[str] | None = None, plan: str | None = None) -> dict[str, dict[str, Any]]:
+    """The latest dft event per candidate id (by time, then file and line), from every dft log.
+
+    With ``plan``, only the events of that tree count.
+    """
     status_dir = Path(store) / "status"
     wanted = set(ids) if ids is not None else None
     latest: dict[str, tuple[tuple, dict[str, Any]]] = {}
@@ -73,7 +84,9 @@ def dft_states(store: str | Path, ids: list[str] | None = None) -> dict[str, dic
                     continue
                 if wanted is not None and event["id"] not in wanted:
                     continue
-                key = (str(event.get("time", "")), f_index, line_no)
+                if plan is not None and event.get("plan") != plan:
+                    continue
+                key = (str(event.get("time_us") or event.get("time", "")), f_index, line_no)
                 old = latest.get(event["id"])
                 if old is None or key >= old[0]:
                     latest[event["id"]] = (key, event)
@@ -84,5 +97,5 @@ def tree_states(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every candidate of a tree with its current dft event (``prepped`` when it has none)."""
     store = manifest["source"]["path"]
     ids = [c["id"] for c in manifest["candidates"]]
-    states = dft_states(store, ids)
+    states = dft_states(store, ids, plan=manifest["plan_hash"])
     return {cid: states.get(cid, {"id": cid, "stage": "dft", "status": "prepped", "reason": ""}) for cid in ids}

@@ -7,10 +7,11 @@ screen``), so the page's JSON holds the same numbers as the stage reports, uncha
 - Fig. 2, validity vs T, and SMACT validity: ``build_report`` of the generated store;
 - Table 1: the screen report of the model's screened store;
 - Fig. 3: the recovery curve of ``eval recovery``;
-- Fig. 4: e-hull distributions per T of the screened candidates (screened, novel, unique) against
-  the screened PyXtal baseline, each normalised to one as in the paper;
-- the stable fraction (e_hull <= 0.1 eV/atom among the candidates) of the model, all
-  temperatures pooled, over the baseline's, with its 95% interval (``stats.ratio``);
+- Fig. 4: e-hull distributions per T of the novel, unique candidates (the screen report's values)
+  against the screened PyXtal baseline, each normalised to one as in the paper;
+- the stable fraction (e_hull below 0.1 eV/atom among the novel, unique candidates: the screen
+  report's ``n_below_0.100`` / ``n_unique``) of the model, all temperatures pooled, over the
+  baseline's, with its 95% interval (``stats.ratio``);
 - the conditioning comparison of ``eval conditioning``;
 - t-SNE maps of the learned element and space-group embeddings of ``--checkpoint``.
 
@@ -31,41 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from matra_hpc.errors import StoreError, UsageError
+from matra_hpc.errors import StoreError
 from matra_hpc.evaluate import stats
+from matra_hpc.evaluate.config import ReportAllConfig
 
 STABLE_THRESHOLD = 0.1
 """eV/atom: the paper's 'stable' for the model / baseline ratio."""
 EHULL_BINS = np.round(np.arange(-0.2, 1.0 + 1e-9, 0.025), 3)
 """Fig. 4 bins, eV/atom; values outside are counted in the first/last bin."""
 BELOW_KEYS = ("n_below_0.001", "n_below_0.050", "n_below_0.100")
-
-
-@dataclass
-class ReportAllConfig:
-    generated: str
-    screened: str | None = None
-    baseline: str | None = None
-    """Screened store of the baseline (Fig. 4 and the ratio), or its generated store (validity only)."""
-    recovery: str | None = None
-    conditioning: str | None = None
-    checkpoint: str | None = None
-    out: str | None = None
-
-    def validate(self) -> None:
-        for name in ("generated", "screened", "baseline"):
-            path = getattr(self, name)
-            if path is not None and not (Path(path) / "zarr.json").is_file():
-                raise UsageError(f"--{name} {path} is not a Zarr store")
-        for name in ("recovery", "conditioning"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise UsageError(f"--{name} {path}: no such file (the JSON written by `eval {name}`)")
-        if self.checkpoint is not None and not Path(self.checkpoint).exists():
-            raise UsageError(f"--checkpoint {self.checkpoint} does not exist")
-
-    def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path(self.generated).resolve().parent / "report"
 
 
 # ------------------------------------------------------------------ reading the stage reports
@@ -89,29 +64,19 @@ def screen_counts(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def pooled_counts(report: dict[str, Any]) -> dict[str, int]:
-    """Counts of a screen report summed over its temperatures."""
-    total: dict[str, int] = {}
-    for entry in report["temperatures"]:
-        for key, value in screen_counts(entry).items():
-            if key.startswith("n_") and isinstance(value, int | np.integer):
-                total[key] = total.get(key, 0) + int(value)
-    return total
+    """The counts of a screen report over all its temperatures (its ``total``)."""
+    return dict(report["total"])
 
 
 def stable_fraction(counts: dict[str, int], threshold: float = STABLE_THRESHOLD) -> dict[str, Any]:
-    """Fraction of the candidates (screened, novel, unique) with e_hull <= threshold, with its interval."""
+    """Fraction of the candidates (novel, unique) with e_hull below threshold, with its interval."""
     return stats.proportion(counts[f"n_below_{threshold:.3f}"], counts["n_unique"])
 
 
-def candidate_ehull(store: str | Path) -> dict[float, np.ndarray]:
-    """e_hull (eV/atom) of the candidates of a screened store per temperature: the Fig. 4 samples."""
-    from matra_hpc.screen.store import iter_rows
-
-    out: dict[float, list[float]] = {}
-    for row in iter_rows(store):
-        if row.is_candidate and math.isfinite(row.e_hull):
-            out.setdefault(row.temperature, []).append(row.e_hull)
-    return {t: np.asarray(v) for t, v in sorted(out.items())}
+def candidate_ehull(report: dict[str, Any]) -> dict[float, np.ndarray]:
+    """e_hull (eV/atom) of the novel, unique candidates per temperature, as the screen report lists them."""
+    return {float(e["temperature"]): np.asarray(e["e_hull_novel_unique"]["values"], dtype=float)
+            for e in report["temperatures"]}
 
 
 def histogram(values: np.ndarray) -> list[int]:
@@ -154,23 +119,23 @@ def build_report_all(config: ReportAllConfig) -> dict[str, Any]:
         key = f"n_below_{STABLE_THRESHOLD:.3f}"
         report["stable_ratio"] = {
             "threshold_ev_per_atom": STABLE_THRESHOLD,
-            "definition": "fraction of candidates (screened, novel, unique) with e_hull <= threshold; "
-                          "model pooled over its temperatures, divided by the baseline's",
+            "definition": "fraction of the novel, unique candidates (relaxed, connected) with e_hull below the "
+                          "threshold; the model pooled over its temperatures, divided by the baseline's",
             **stats.ratio(model[key], model["n_unique"], base[key], base["n_unique"]),
             "per_temperature": [
                 {"temperature": e["temperature"],
                  **stats.ratio(screen_counts(e)[key], screen_counts(e)["n_unique"], base[key], base["n_unique"])}
                 for e in report["screen"]["temperatures"]],
         }
-    if config.screened:
-        model_ehull = candidate_ehull(config.screened)
+    if "screen" in report:
+        model_ehull = candidate_ehull(report["screen"])
         report["ehull_distribution"] = {
             "bins_ev_per_atom": [float(b) for b in EHULL_BINS],
             "model": [{"temperature": t, "n": int(len(v)), "counts": histogram(v)} for t, v in model_ehull.items()],
             "baseline": None,
         }
         if "baseline_screen" in report:
-            base_values = np.concatenate(list(candidate_ehull(config.baseline).values()) or [np.zeros(0)])
+            base_values = np.concatenate(list(candidate_ehull(report["baseline_screen"]).values()) or [np.zeros(0)])
             report["ehull_distribution"]["baseline"] = {"n": int(len(base_values)), "counts": histogram(base_values)}
     if config.recovery:
         report["recovery"] = json.loads(Path(config.recovery).read_text())
@@ -225,7 +190,7 @@ def plot_ehull(dist: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("fraction of candidates per bin")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="upper right", ncol=2)
-    ax.set_title("Fig. 4: e-hull of screened, novel, unique candidates", fontsize=9)
+    ax.set_title("Fig. 4: e-hull of novel, unique candidates", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -248,10 +213,11 @@ def plot_conditioning(result: dict[str, Any], path: Path) -> None:
             ys.append(100 * p["fraction"])
             lo.append(100 * (p["fraction"] - p["low"]))
             hi.append(100 * (p["high"] - p["fraction"]))
-        ax.bar(xs, ys, width=width, yerr=[lo, hi], capsize=3, label=f"e_hull <= {thr} eV/atom")
+        ax.bar(xs, ys, width=width, yerr=[lo, hi], capsize=3, label=f"e_hull < {thr} eV/atom")
     ax.set_xticks(range(len(rows)), [r["label"] for r in rows])
     ax.set_ylabel("% of candidates (95% interval)")
-    ax.set_title(f"conditioning at T={result['temperature']:.2f}", fontsize=9)
+    temps = result.get("temperatures") or [result["temperature"]]
+    ax.set_title("conditioning at T=" + ", ".join(f"{t:.2f}" for t in temps), fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
@@ -347,7 +313,7 @@ def write_report_all(report: dict[str, Any], out_dir: str | Path) -> dict[str, P
             rows.append([f"{entry['temperature']:.2f}", *[str(counts.get(k, "-")) for k in keys]])
         sections.append(Section("Table 1: screening per temperature",
                                 ["Counts are nested: each column is a subset of the one before; the "
-                                 "n_below columns count candidates (screened, novel, unique) by e_hull in eV/atom."],
+                                 "n_below columns count the novel, unique candidates by e_hull (eV/atom)."],
                                 rows, [("table1_funnel.png", "Table 1 as a funnel (log scale)")]))
     else:
         sections.append(Section("Table 1: screening per temperature", ["No screened store given (--screened)."]))
@@ -368,7 +334,7 @@ def write_report_all(report: dict[str, Any], out_dir: str | Path) -> dict[str, P
                 ["ratio model / baseline", "", stats.format_ratio(r)]]
         rows += [[f"ratio at T={p['temperature']:.2f}", f"{p['numerator']['k']} / {p['numerator']['n']}",
                   stats.format_ratio(p)] for p in r["per_temperature"]]
-        sections.append(Section(f"Stable fraction, model / baseline (e_hull <= {r['threshold_ev_per_atom']} eV/atom)",
+        sections.append(Section(f"Stable fraction, model / baseline (e_hull < {r['threshold_ev_per_atom']} eV/atom)",
                                 [r["definition"] + " (paper: 8x)."], rows))
 
     if "recovery" in report:
@@ -394,7 +360,7 @@ def write_report_all(report: dict[str, Any], out_dir: str | Path) -> dict[str, P
         cond = report["conditioning"]
         plot_conditioning(cond, out / "conditioning.png")
         thresholds = cond["thresholds_ev_per_atom"]
-        rows = [["condition", "candidates", *[f"e_hull <= {t}" for t in thresholds]]]
+        rows = [["condition", "candidates", *[f"e_hull < {t}" for t in thresholds]]]
         for row in cond["conditions"]:
             rows.append([row["label"], str(row["n_candidates"]),
                          *[stats.format_proportion(row["below"][f"{t:.3f}"]) for t in thresholds]])

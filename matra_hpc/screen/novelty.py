@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from array import array
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ class Confirm:
     A distortion that breaks a centring (noise of ~0.05-0.1 A on an F- or I-centred crystal)
     leaves a primitive cell 2-4 times the known one's, and StructureMatcher (without
     ``attempt_supercell``) then refuses on the site count alone. When the reduced cells differ
-    by an integer factor, the same tolerances are tried once more with ``attempt_supercell``,
+    by a factor 2, 3 or 4, the same tolerances are tried once more with ``attempt_supercell``,
     so such a structure is still the known crystal. ``supercell_retry=False`` gives pymatgen's
     plain verdict.
     """
@@ -103,7 +104,9 @@ class Confirm:
         if ref_key not in sizes:
             sizes[ref_key] = reduced_size(ref)
         a, b = sizes[query_key], sizes[ref_key]
-        if a == b or max(a, b) % min(a, b):
+        # Centrings multiply a primitive cell by 2 (A, B, C, I), 3 (R) or 4 (F): other ratios are
+        # other crystals, and the supercell search is the expensive part of a lookup.
+        if max(a, b) % min(a, b) or max(a, b) // min(a, b) not in (2, 3, 4):
             return False
         self.retries += 1
         return bool(self._retry_matcher().fit(query, ref))
@@ -260,6 +263,9 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
         raise UsageError("give at least one index source (token, generated or screened store, or a structure folder)")
     root = Path(out).resolve()
     described = [describe_source(s) for s in sources]
+    for src in described:
+        if src.kind != "dataset" and (root == Path(src.path) or Path(src.path) in root.parents):
+            raise UsageError(f"--out {root} lies inside the source {src.path}: pick a folder outside it")
     kwargs = {} if rows_per_unit is None else {"rows_per_unit": rows_per_unit}
     units = plan_units(described, **kwargs)
     plan = plan_json(described, units)
@@ -274,20 +280,31 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
 
     built = 0
     all_done_at_start = all(fmt.part_done(root, u.name) for u in units)
-    for unit in units[ctx.rank::max(1, ctx.world_size)]:
-        if fmt.part_done(root, unit.name):
-            continue
-        m = _build_unit(root, described[unit.source], unit, ctx.rank)
-        built += 1
-        log.info("index part %s: %d entries (%d hashed)", unit.name, m["n"], m["n_hashed"])
+    mpi = ctx.comm is not None and ctx.world_size > 1
+    error: str | None = None
+    try:
+        for unit in units[ctx.rank::max(1, ctx.world_size)]:
+            if fmt.part_done(root, unit.name):
+                continue
+            m = _build_unit(root, described[unit.source], unit, ctx.rank)
+            built += 1
+            log.info("index part %s: %d entries (%d hashed)", unit.name, m["n"], m["n_hashed"])
+    except Exception as exc:
+        if not mpi:
+            raise
+        error = f"rank {ctx.rank}: {type(exc).__name__}: {exc}"
 
-    if ctx.comm is not None and ctx.world_size > 1:
-        ctx.comm.Barrier()
+    if mpi:
+        # Every rank learns about a failed one (instead of waiting for it at a barrier forever).
+        errors = [e for e in ctx.comm.allgather(error) if e]
+        if errors:
+            raise StoreError(f"index build failed ({'; '.join(errors)}); finished parts are kept, rerun to resume")
         n_total = sum(int(fmt.read_manifest(root, u.name)["n"]) for u in units)
         parts = list(range(1 << fmt.partition_bits(n_total, plan["partition_entries"])))[ctx.rank::ctx.world_size]
         index = _finalize(root, units, described, plan, partitions=parts)
         ctx.comm.Barrier()
         if ctx.rank == 0:
+            fmt.remove_partials(root)
             fmt.write_json_atomic(root / fmt.INDEX_FILE, index)
         ctx.comm.Barrier()
         return _summary(index, root, time.perf_counter() - start, built)
@@ -308,6 +325,7 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
             except FileExistsError:
                 return not_done
     index = _finalize(root, units, described, plan)
+    fmt.remove_partials(root)
     fmt.write_json_atomic(root / fmt.INDEX_FILE, index)
     return _summary(index, root, time.perf_counter() - start, built)
 
@@ -514,11 +532,17 @@ class NoveltyIndex:
         """Id of a known crystal that ``structure`` matches, else None.
 
         ``prototype_hash``: the structure's current hash when the caller already has it (saves
-        an encode); otherwise it is computed. The prototype bucket is searched first, then the
-        rest of the formula bucket, so a hash changed by lost symmetry still finds the crystal.
+        an encode); otherwise it is computed, unless no known crystal has the structure's
+        reduced formula (then it is novel at once). The prototype bucket is searched first, then
+        the rest of the formula bucket, so a hash changed by lost symmetry still finds the crystal.
         """
         self.stats["lookups"] += 1
-        pkey, fkey = structure_keys(structure, prototype_hash)
+        numbers = _numbers(structure)
+        family = self.bucket(fmt.formula_key(numbers), "formula")
+        if not len(family):
+            return None  # no known crystal has this formula: no hash (an encode) needed
+        h = prototype_hash or structure_hash(structure)
+        pkey = fmt.proto_key(h, numbers) if h else None
         tried: set[int] = set()
         sizes = self._sizes
         sizes.pop("query", None)
@@ -529,7 +553,7 @@ class NoveltyIndex:
                 if self.confirm.same(structure, self.structure(e), sizes, "query", e):
                     self.stats["proto_hits"] += 1
                     return self.entry_id(e)
-        for e in self.bucket(fkey, "formula").tolist():
+        for e in family.tolist():
             if e in tried:
                 continue
             self.stats["fits"] += 1
@@ -545,36 +569,71 @@ class RunUniqueness:
     """Candidates of one run seen so far, under the index's two keys (in memory).
 
     Call ``first_seen`` in the run's fixed order (temperature, shard, row): the first of a set of
-    matching candidates is unique, each later one gets that first one's id.
+    matching candidates is unique, each later one gets that first one's id. Only unique
+    candidates are kept, as flat arrays (~100 + 13 x sites bytes each; a pymatgen Structure
+    costs ~1 kB per site), so a run of millions fits; structures are rebuilt on demand.
     """
 
-    def __init__(self, matcher=None, supercell_retry: bool = True) -> None:
+    def __init__(self, matcher=None, supercell_retry: bool = True, cache_size: int = 4096) -> None:
         self.confirm = Confirm(matcher, supercell_retry)
         self._sizes: dict[Any, int] = {}
         self._proto: dict[int, list[int]] = defaultdict(list)
         self._formula: dict[int, list[int]] = defaultdict(list)
         self._ids: list[str] = []
-        self._structures: list[Any] = []
+        self._lattice = array("d")
+        self._frac = array("f")
+        self._numbers = array("B")
+        self._offsets = array("q", [0])
+        self._cache: OrderedDict[int, Any] = OrderedDict()
+        self._cache_size = cache_size
 
     def __len__(self) -> int:
         return len(self._ids)
 
+    def _structure(self, j: int):
+        got = self._cache.get(j)
+        if got is not None:
+            self._cache.move_to_end(j)
+            return got
+        from pymatgen.core import Lattice, Structure
+
+        a, b = self._offsets[j], self._offsets[j + 1]
+        lattice = np.frombuffer(self._lattice, dtype=np.float64)[9 * j:9 * j + 9].reshape(3, 3).copy()
+        frac = np.frombuffer(self._frac, dtype=np.float32)[3 * a:3 * b].reshape(-1, 3).astype(np.float64)
+        numbers = np.frombuffer(self._numbers, dtype=np.uint8)[a:b].tolist()
+        got = Structure(Lattice(lattice), numbers, frac)
+        self._remember(j, got)
+        return got
+
+    def _remember(self, j: int, structure) -> None:
+        self._cache[j] = structure
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
     def first_seen(self, candidate_id: str, structure, *, prototype_hash: str | None = None) -> str | None:
         """Id of an earlier candidate this one matches; else None, and it is remembered."""
-        pkey, fkey = structure_keys(structure, prototype_hash)
-        tried: set[int] = set()
+        numbers = _numbers(structure)
+        fkey = fmt.formula_key(numbers)
+        family = self._formula.get(fkey, [])
+        pkey = None
         i = len(self._ids)  # this candidate's slot if it is new; its size memo key meanwhile
-        self._sizes.pop(i, None)
-        if pkey is not None:
-            for j in self._proto.get(pkey, ()):
-                tried.add(j)
-                if self.confirm.same(structure, self._structures[j], self._sizes, i, j):
+        if family or prototype_hash:
+            # The hash only orders the matcher's work, so a first of its formula skips the encode.
+            h = prototype_hash or structure_hash(structure)
+            pkey = fmt.proto_key(h, numbers) if h else None
+        if family:
+            self._sizes.pop(i, None)
+            same_proto = self._proto.get(pkey, []) if pkey is not None else []
+            first = set(same_proto)
+            rest = [j for j in family if j not in first]
+            for j in [*same_proto, *rest]:
+                if self.confirm.same(structure, self._structure(j), self._sizes, i, j):
                     return self._ids[j]
-        for j in self._formula.get(fkey, ()):
-            if j not in tried and self.confirm.same(structure, self._structures[j], self._sizes, i, j):
-                return self._ids[j]
         self._ids.append(candidate_id)
-        self._structures.append(structure)
+        self._lattice.extend(np.asarray(structure.lattice.matrix, dtype=np.float64).ravel().tolist())
+        self._frac.extend(np.asarray(structure.frac_coords, dtype=np.float64).ravel().tolist())
+        self._numbers.extend(numbers.tolist())
+        self._offsets.append(self._offsets[-1] + len(structure))
         if pkey is not None:
             self._proto[pkey].append(i)
         self._formula[fkey].append(i)

@@ -98,7 +98,8 @@ def test_quotas_filters_and_tie_break_are_configurable_and_recorded(store, tmp_p
 def test_ranks_split_the_work_into_the_same_tree(store, tmp_path):
     single, split = tmp_path / "single", tmp_path / "split"
     run_vasp_prep(VaspPrepConfig(store=str(store), out=str(single), top=5), local_context())
-    results = [run_vasp_prep(VaspPrepConfig(store=str(store), out=str(split), top=5, workers=1),
+    # rank 1 with a process pool of 2: the pool changes nothing either
+    results = [run_vasp_prep(VaspPrepConfig(store=str(store), out=str(split), top=5, workers=1 + r),
                              RunContext(rank=r, world_size=2)) for r in (0, 1)]
     assert [r["written_here"] for r in results] == [3, 2]
     assert not results[0]["complete"] and results[1]["complete"]
@@ -120,37 +121,94 @@ def test_refuses_other_settings_and_foreign_directories(store, tmp_path):
         read_tree_manifest(foreign)
 
 
-def test_cli_exit_codes(store, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "matra_hpc"]
-    bad = subprocess.run([*cmd, "vasp-prep", str(tmp_path / "nothing.zarr"), "--out", str(tmp_path / "v"), "--top", "2"],
-                         capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "not a Zarr store" in bad.stderr
-    bad = subprocess.run([*cmd, "vasp-prep", str(store), "--out", str(tmp_path / "v"), "--top", "0"],
-                         capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "--top" in bad.stderr
-    bad = subprocess.run([*cmd, "dft-report", str(tmp_path)], capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "not a VASP tree" in bad.stderr
+def test_cli_exit_codes(store, tmp_path, capsys):
+    from matra_hpc.cli import main
+
+    assert main(["vasp-prep", str(tmp_path / "nothing.zarr"), "--out", str(tmp_path / "v"), "--top", "2"]) == 2
+    assert "not a Zarr store" in capsys.readouterr().err
+    assert main(["vasp-prep", str(store), "--out", str(tmp_path / "v"), "--top", "0"]) == 2
+    assert "--top" in capsys.readouterr().err
+    assert main(["dft-report", str(tmp_path)]) == 2
+    assert "not a VASP tree" in capsys.readouterr().err
+    assert main(["status", str(tmp_path)]) == 2  # neither a run directory nor a VASP tree
+    assert not (tmp_path / "v").exists()
 
 
 def test_kill_9_during_prep_then_rerun_gives_the_identical_tree(tmp_path):
     rows = [dict(structure=si(5.3 + 0.01 * i) if i % 2 else mgo(4.0 + 0.01 * i), e_hull=0.001 * i)
-            for i in range(30)]
+            for i in range(12)]
     store = build_screened_store(tmp_path / "screened.zarr", rows)
+    clean, killed, held = tmp_path / "clean", tmp_path / "killed", tmp_path / "held"
+    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(clean), top=12), local_context())
+    args = [sys.executable, "-m", "matra_hpc", "vasp-prep", str(store), "--top", "12", "--out", str(killed)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
-    args = [sys.executable, "-m", "matra_hpc", "vasp-prep", str(store), "--top", "30", "--out"]
-    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(clean), top=30), local_context())
-    proc = subprocess.Popen([*args, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(killed.glob("b0000/*/candidate.json"))) < 3:
+    # held in the 5th candidate: its inputs written into a partial folder, its candidate.json not yet
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**env, "MATRA_HPC_HOLD": f"vasp-prep-candidate:5:{held}"})
+    deadline = time.monotonic() + 240
+    while not held.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "vasp-prep never reached the hold point"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    partial = len(list(killed.glob("b0000/*/candidate.json")))
-    assert 3 <= partial < 30, "the kill came too late to test anything"
+    assert len(list(killed.glob("b0000/*/candidate.json"))) == 4
+    assert len(list(killed.glob("b0000/.partial-*"))) == 1
     assert not (killed / "manifest.json").exists()
     with pytest.raises(TreeError, match="did not finish"):
         read_tree_manifest(killed)
-    subprocess.run([*args, str(killed)], check=True, capture_output=True, env=env)
+    subprocess.run(args, check=True, capture_output=True, env=env)
     assert tree_digest(killed) == tree_digest(clean)
+
+
+@pytest.mark.mpi
+def test_mpirun_ranks_write_the_same_tree(store, tmp_path):
+    single, ranks = tmp_path / "single", tmp_path / "ranks"
+    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(single), top=5), local_context())
+    mpirun = Path(sys.executable).parent / "mpirun"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([str(mpirun), "-n", "2", sys.executable, "-m", "matra_hpc", "vasp-prep", str(store),
+                           "--top", "5", "--out", str(ranks)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["complete"]  # rank 0 prints after the barrier
+    assert tree_digest(ranks) == tree_digest(single)
+    writers = sorted(p.name for p in (store / "status").glob("dft-prep-r*.jsonl"))
+    assert any(w.startswith("dft-prep-r0-") for w in writers) and any(w.startswith("dft-prep-r1-") for w in writers)
+
+
+def test_two_trees_from_one_store_keep_their_own_states(store, tmp_path):
+    from matra_hpc.dft.status import append_events
+
+    small, large = tmp_path / "small", tmp_path / "large"
+    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(small), top=2), local_context())
+    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(large), top=3), local_context())
+    a, b = read_tree_manifest(small), read_tree_manifest(large)
+    assert a["plan_hash"] != b["plan_hash"]
+    shared = a["candidates"][0]["id"]
+    assert shared == b["candidates"][0]["id"]
+    append_events(store, "dft-test", [{"id": shared, "status": "converged"}], plan=a["plan_hash"])
+    assert tree_states(a)[shared]["status"] == "converged"
+    assert tree_states(b)[shared]["status"] == "prepped"
+
+
+def test_ncore_and_kpar_come_from_the_profile(store, tmp_path, capsys):
+    from matra_hpc.cli import main
+
+    profile = tmp_path / "site.yaml"
+    profile.write_text("vasp:\n  command: srun vasp_std\n  ncore: 8\n  kpar: 4\n")
+    out = tmp_path / "vasp"
+    assert main(["vasp-prep", str(store), "--top", "1", "--out", str(out), "--profile", str(profile)]) == 0
+    entry = read_tree_manifest(out)["candidates"][0]
+    incar = dict(line.split(" = ") for line in (out / entry["dir"] / "INCAR").read_text().splitlines())
+    assert (incar["NCORE"], incar["KPAR"]) == ("8", "4")
+    assert read_tree_manifest(out)["config"]["ncore"] == 8
+
+
+def test_the_stores_own_reader_sees_dft_after_screen_in_the_same_second(store, tmp_path):
+    from matra_hpc.dft.status import append_events, utc_now
+    from matra_hpc.screen.store import append_status
+
+    cid = "gen-test:T0.70:s0:0"
+    seconds, _ = utc_now()
+    append_status(store, "screen-test", [{"id": cid, "stage": "screen", "status": "screened", "time": seconds}])
+    append_events(store, "dft-test-same-second", [{"id": cid, "status": "submitted", "time": seconds}], plan="p")
+    assert read_status(store)[cid]["stage"] == "dft"

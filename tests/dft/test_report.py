@@ -119,8 +119,8 @@ def test_stable_bundle_and_missing_references(tree, tmp_path):
     e_si = ref.energy_per_atom
     ref = type(ref)(ref.structure, (e_si - 0.04) * ref.composition.num_atoms, parameters=ref.parameters)
     refs = write_refs(tmp_path / "refs.json", [ref])
-    summary = run_dft_report(DftReportConfig(tree=str(tree), hull_reference=str(refs), stable_threshold=0.05),
-                             local_context())
+    summary = run_dft_report(DftReportConfig(tree=str(tree), hull_reference=str(refs), stable_threshold=0.05,
+                                             workers=2), local_context())
     assert summary["stable"] == 2
     with zipfile.ZipFile(tree / "dft-stable-cif.zip") as bundle:
         names = sorted(bundle.namelist())
@@ -161,6 +161,16 @@ def test_mp2020_is_applied_exactly_once(tmp_path):
     assert cleaned[0].energy == pytest.approx(expected)
 
 
+def test_entries_without_run_parameters_are_refused_unless_taken_as_given(tmp_path):
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    bare = write_refs(tmp_path / "bare.json", [ComputedEntry("Si2", -10.0)])
+    entries, info = load_references(bare)
+    assert entries == [] and info["refused_by_mp2020"] == 1
+    entries, info = load_references(bare, "none")
+    assert [e.energy for e in entries] == [-10.0] and info["correction"] == "none"
+
+
 def test_bad_reference_files_are_usage_errors(tmp_path):
     from matra_hpc.errors import UsageError
 
@@ -169,3 +179,18 @@ def test_bad_reference_files_are_usage_errors(tmp_path):
         load_references(tmp_path / "bad.json")
     with pytest.raises(UsageError):
         load_references(tmp_path / "absent.json")
+
+
+def test_e_hull_uses_compounds_of_the_system():
+    from pymatgen.core import Composition
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    from matra_hpc.dft.report import _hulls
+
+    refs = [ComputedEntry(Composition("Fe"), -8.0), ComputedEntry(Composition("O2"), -9.8),
+            ComputedEntry(Composition("FeO"), -15.0), ComputedEntry(Composition("Si"), -5.0)]
+    candidate = fe2o3_entry(-7.0 * 30)  # 30 atoms at -7.0 eV/atom, oxygen fraction 0.6
+    row = {"id": "c", "state": "converged", "entry": candidate.as_dict(), "e_hull_dft": None}
+    _hulls([row], refs)
+    # hull at x(O) = 0.6 lies on the FeO (0.5, -7.5) -- O (1, -4.9) tie line: -7.5 + 0.2 * 2.6 = -6.98
+    assert row["e_hull_dft"] == pytest.approx(-7.0 - (-6.98))

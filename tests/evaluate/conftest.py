@@ -30,11 +30,16 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def generated_store(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2 temperatures x 4 rows sampled by the generate stage's own command."""
+def held_out_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four crystals prepared by `data prepare`; the two of exactly Al-Ca-Cu are held out."""
+    from stores import cscl_alcu, heusler, rock_salt
+
     from matra_hpc.cli import main
 
-    out = tmp_path_factory.mktemp("gen") / "gen.zarr"
-    assert main(["generate", "--checkpoint", str(checkpoint), "--out", str(out), "--temps", "0.7,1.3",
-                 "--per-temp", "4", "--batch-size", "4", "--seed", "1", "--run-id", "ev"]) == 0
+    folder = tmp_path_factory.mktemp("cifs")
+    for name, structure in (("nacl", rock_salt()), ("heusler", heusler()), ("heusler-t", heusler(1.3)),
+                            ("alcu", cscl_alcu())):
+        structure.to(filename=str(folder / f"{name}.cif"))
+    out = tmp_path_factory.mktemp("tok") / "tokens.zarr"
+    assert main(["data", "prepare", f"folder:demo={folder}", "--out", str(out), "--hold-out-system", "Cu-Al-Ca"]) == 0
     return out

@@ -11,17 +11,29 @@ from matra_hpc.generate import store as gstore
 from matra_hpc.generate.checks import StructureCheck
 from matra_hpc.generate.table import TableBuilder
 
+FCC = [[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
+
+
+def _fcc(a: float, basis: list[tuple[str, list[float]]]) -> Structure:
+    """A cubic F cell with the given basis (site lists written out: from_spacegroup is slow)."""
+    species, coords = [], []
+    for element, offset in basis:
+        for t in FCC:
+            species.append(element)
+            coords.append([(t[i] + offset[i]) % 1.0 for i in range(3)])
+    return Structure(Lattice.cubic(a), species, coords)
+
 
 def heusler(c_over_a: float = 1.0) -> Structure:
     """AlCaCu2 in the full-Heusler arrangement (Fm-3m; tetragonal I4/mmm when c/a != 1)."""
-    cubic = Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.1), ["Cu", "Al", "Ca"],
-                                      [[0.25, 0.25, 0.25], [0, 0, 0], [0.5, 0.5, 0.5]])
+    cubic = _fcc(6.1, [("Al", [0, 0, 0]), ("Ca", [0.5, 0.5, 0.5]), ("Cu", [0.25, 0.25, 0.25]),
+                       ("Cu", [0.75, 0.75, 0.75])])
     cubic.apply_strain([0, 0, c_over_a - 1])
     return cubic
 
 
 def rock_salt(a: float = 5.6) -> Structure:
-    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    return _fcc(a, [("Na", [0, 0, 0]), ("Cl", [0.5, 0.5, 0.5])])
 
 
 def cscl_alcu() -> Structure:
@@ -61,4 +73,34 @@ def write_generated(path: Path, rows: dict[float, list[Structure | None]], run_i
             builder.add(f"{run_id}:T{t:.2f}:s0:{i}", [1, 2, 3], [np.nan] * 3, _check(structure), dup_train=False)
         gstore.write_shard(path, t, 0, builder.build(), {"seconds": 0.0})
     gstore.consolidate(path)
+    return path
+
+
+class _AllUnique:
+    """Uniqueness that treats every relaxed row as new (the tests set what they count)."""
+
+    def first_seen(self, candidate_id: str, structure) -> None:
+        return None
+
+
+def write_screened(path: Path, rows: dict[float, list[tuple[str, str, float]]], run_id: str = "s") -> Path:
+    """A screened store: per temperature, rows of (status, reason, e_hull); relaxed rows are NaCl.
+
+    ``screened`` and ``rejected`` rows count as relaxed; ``screened`` ones are connected and novel.
+    """
+    from matra_hpc.screen import store as sstore
+
+    temps = sorted(rows)
+    sstore.init_store(path, {"schema": sstore.SCHEMA, "run_id": run_id, "shards": 1, "temperatures": temps},
+                      {"test": run_id}, temps)
+    for t in temps:
+        builder = sstore.RowBuilder()
+        for i, (status, reason, e_hull) in enumerate(rows[t]):
+            relaxed = status in ("screened", "rejected")
+            builder.add(id=f"{run_id}:T{t:.2f}:s0:{i}", status=status, reason=reason,
+                        structure=rock_salt(5.6 + 0.01 * i) if relaxed else None, relaxed=relaxed,
+                        e_hull=e_hull, connected=status == "screened", novel=status == "screened",
+                        n_components=1 if status == "screened" else 2, potential="test")
+        sstore.write_shard(path, t, 0, builder.build(), {"seconds": 0.0})
+    sstore.consolidate(path, uniqueness=_AllUnique())
     return path

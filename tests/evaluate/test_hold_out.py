@@ -13,18 +13,6 @@ from matra_hpc.cli import main
 from matra_hpc.data.store import open_token_store
 
 
-@pytest.fixture(scope="module")
-def held_out_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four crystals; the two of exactly Al-Ca-Cu are held out, AlCu (a subsystem) is kept."""
-    folder = tmp_path_factory.mktemp("cifs")
-    for name, structure in (("nacl", rock_salt()), ("heusler", heusler()), ("heusler-t", heusler(1.3)),
-                            ("alcu", cscl_alcu())):
-        structure.to(filename=str(folder / f"{name}.cif"))
-    out = tmp_path_factory.mktemp("tok") / "tokens.zarr"
-    assert main(["data", "prepare", f"folder:demo={folder}", "--out", str(out), "--hold-out-system", "Cu-Al-Ca"]) == 0
-    return out
-
-
 def test_held_out_structures_are_recorded_and_not_trained_on(held_out_store: Path) -> None:
     root = open_token_store(held_out_store)
     ids = set(root["id"][...].tolist())
@@ -70,3 +58,20 @@ def test_recovery_refuses_a_wrong_system(held_out_store: Path, tmp_path: Path, a
 def test_a_bad_hold_out_system_is_a_usage_error(tmp_path: Path) -> None:
     assert main(["data", "prepare", "flla", "--out", str(tmp_path / "t.zarr"), "--hold-out-system", "Al-Al"]) == 2
     assert not (tmp_path / "t.zarr").exists()
+
+
+def test_recovery_samples_the_held_out_system_through_the_generate_stage(held_out_store: Path, checkpoint: Path,
+                                                                          tmp_path: Path) -> None:
+    from matra_hpc.generate import store as gstore
+
+    out = tmp_path / "rec"
+    assert main(["eval", "recovery", "--system", "Al-Ca-Cu", "--held-out", str(held_out_store), "--checkpoint",
+                 str(checkpoint), "--n", "3", "--batch-size", "3", "--out", str(out)]) == 0
+    gen = out / "generated.zarr"
+    assert gstore.open_root(gen).attrs["fingerprint"]["condition"] == "elements=Al,Ca,Cu"
+    table = gstore.read_view(gen, 1.0)
+    for r in range(len(table)):
+        if table.decodes[r]:
+            assert {e.symbol for e in table.row_structure(r).composition.elements} == {"Al", "Ca", "Cu"}
+    result = json.loads((out / "recovery.json").read_text())
+    assert result["n_sampled"] == 3 and result["generated"] == str(gen.resolve())

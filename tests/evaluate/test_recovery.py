@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
+from stores import heusler
 
 from matra_hpc.errors import UsageError
 from matra_hpc.evaluate.recovery import HeldOut, match_recovery, parse_system
@@ -13,11 +14,6 @@ from matra_hpc.evaluate.recovery import HeldOut, match_recovery, parse_system
 def perovskite(a: float = 3.9) -> Structure:
     return Structure(Lattice.cubic(a), ["Ca", "Ti", "O", "O", "O"],
                      [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-
-
-def heusler() -> Structure:
-    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.1), ["Cu", "Al", "Ca"],
-                                     [[0.25, 0.25, 0.25], [0, 0, 0], [0.5, 0.5, 0.5]])
 
 
 def disguised(structure: Structure, seed: int) -> Structure:

@@ -272,15 +272,30 @@ def test_folder_and_generated_sources(tmp_path) -> None:
     with bz2.open(alex / "alexandria_000.json.bz2", "wt") as fh:
         json.dump({"entries": entries}, fh)
 
+    # A screened store: only the `screened` row is a known crystal (consolidate runs RunUniqueness).
+    from matra_hpc.screen import store as sstore
+
+    screened = tmp_path / "screened.zarr"
+    sstore.init_store(screened, {"schema": sstore.SCHEMA, "run_id": "old", "temperatures": [1.0], "shards": 1},
+                      {"generated": "x", "shards": 1}, [1.0])
+    rows = sstore.RowBuilder()
+    kbr = Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.6), ["K", "Br"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    rows.add(id="old:T1.00:s0:0", status="screened", structure=lowered(kbr), relaxed=True)
+    rows.add(id="old:T1.00:s0:1", status="failed", reason="relax_unconverged", structure=crystals["fes2"],
+             relaxed=True)
+    sstore.write_shard(screened, 1.0, 0, rows.build(), {"rank": 0})
+    sstore.consolidate(screened)
+
     out = tmp_path / "mixed.index"
-    summary = build_index([str(folder), str(gen), f"alexandria={alex}"], out)
-    assert summary["n_entries"] == 5 and summary["n_hashed"] == 4  # the P1 cell has no prototype hash
-    assert summary["skipped"] == {"parse_error": 1, "not_decoded": 1}
+    summary = build_index([str(folder), str(gen), f"alexandria={alex}", str(screened)], out)
+    assert summary["n_entries"] == 6 and summary["n_hashed"] == 4  # P1 cells have no prototype hash
+    assert summary["skipped"] == {"parse_error": 1, "not_decoded": 1, "not_screened": 1}
     index = NoveltyIndex.open(out)
     assert index.find(shifted_supercell_shuffled(crystals["zno"])) == "cifs/sub/zno.cif"
     assert index.find(lowered(crystals["rutile"])) == "run:T0.70:s0:0"
     assert index.find(crystals["cscl"]) == "alex:agm001"
     assert index.find(p1) == "alex:agm002"
+    assert index.find(shifted_supercell_shuffled(kbr)) == "old:T1.00:s0:0"
     assert index.find(crystals["fes2"]) is None
 
 
@@ -317,6 +332,8 @@ def test_refusals(token_store, index_path, tmp_path) -> None:
     known_crystals()["cscl"].to(filename=str(folder / "b.cif"))
     with pytest.raises(UsageError, match="other sources"):
         build_index([str(folder)], tmp_path / "few.index")
+    with pytest.raises(UsageError, match="inside the source"):
+        build_index([str(folder)], folder / "ref.index")
 
 
 def test_cli_build_info_find(token_store, tmp_path, capsys) -> None:

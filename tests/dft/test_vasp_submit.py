@@ -78,3 +78,62 @@ def test_profile_key_vasp(tmp_path):
     profile.write_text("vasp:\n  command: vasp_std\n  ncore: 0\n")
     with pytest.raises(UsageError, match="ncore"):
         resolve_launch_config(str(profile), {})
+
+
+def test_a_job_ending_mid_run_records_the_candidate_and_resubmit_takes_it(tmp_path):
+    """SIGTERM (what Slurm sends at the time limit) while VASP runs: failed/job_ended, VASP stopped."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dft_helpers import build_screened_store, fixture_structure
+
+    from matra_hpc.context import local_context
+    from matra_hpc.dft import VaspPrepConfig, read_tree_manifest, run_vasp_prep, tree_states
+    from matra_hpc.dft.config import VaspRunConfig
+    from matra_hpc.dft.submit import write_tasks_file
+
+    store = build_screened_store(tmp_path / "s.zarr", [dict(structure=fixture_structure("Si.relax.vasprun.xml.gz"))])
+    tree = tmp_path / "vasp"
+    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(tree), top=1), local_context())
+    manifest = read_tree_manifest(tree)
+    scenarios = tmp_path / "scenarios.json"
+    scenarios.write_text(json.dumps({"default": [{"sleep": 120}]}))
+    fake = Path(__file__).resolve().parent / "fake_vasp.py"
+    config = VaspRunConfig(vasp_command=f"{sys.executable} {fake} {scenarios}", polling_s=0.1)
+    tasks = write_tasks_file(tmp_path, tree, manifest, config, [[manifest["candidates"][0]["dir"]]])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    runner = subprocess.Popen([sys.executable, "-m", "matra_hpc.dft.runner", str(tasks), "0", "--job", "77_0"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = tree / manifest["candidates"][0]["dir"] / ".fake_vasp" / "INCAR.0"
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline:  # VASP has started
+        time.sleep(0.1)
+    assert marker.exists()
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=60) == 128 + signal.SIGTERM
+    state = tree_states(manifest)[manifest["candidates"][0]["id"]]
+    assert (state["status"], state["reason"], state["job"]) == ("failed", "job_ended", "77_0")
+    deadline = time.monotonic() + 10
+    while subprocess.run(["pgrep", "-f", str(scenarios)], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "the fake VASP outlived its runner"
+        time.sleep(0.1)
+    picked = pick_candidates(manifest, tree_states(manifest), resubmit=True, job_ended=lambda e: True)
+    assert [e["id"] for e in picked] == [manifest["candidates"][0]["id"]]
+
+
+def test_no_potcar_library_is_a_reason_not_a_crash(tmp_path):
+    from dft_helpers import fixture_structure
+
+    from matra_hpc.dft.config import VaspRunConfig
+    from matra_hpc.dft.inputs import write_inputs
+    from matra_hpc.dft.runner import run_candidate
+
+    write_inputs(fixture_structure("Si.relax.vasprun.xml.gz"), tmp_path / "c")
+    (tmp_path / "library").mkdir()
+    event = run_candidate(tmp_path / "c", VaspRunConfig(vasp_command="vasp_std", potcar_dir=str(tmp_path / "library")))
+    assert (event["status"], event["reason"]) == ("failed", "no_potcar")
+    assert "Si" in event["message"] and not (tmp_path / "c" / "POTCAR").exists()
