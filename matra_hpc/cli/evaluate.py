@@ -46,7 +46,6 @@ def build_baseline_config(args: argparse.Namespace) -> BaselineConfig:
         max_sites=args.max_sites, train_store=_absolute(args.train_store),
         systems_from=_absolute(args.systems_from), run_id=args.run_id,
     )
-    config.validate()
     return config
 
 
@@ -112,7 +111,6 @@ def cmd_recovery(args: argparse.Namespace) -> int:
         generated=_absolute(args.generated), screened=_absolute(args.screened),
         screen=_screen_options(args.screen_option, args.relax),
     )
-    config.validate()
     ctx = context_from_environment()
     result = run_recovery(config, ctx)
     if ctx.is_main:
@@ -147,7 +145,6 @@ def cmd_conditioning(args: argparse.Namespace) -> int:
         shards=args.shards, seed=args.seed, batch_size=args.batch_size, train_store=_absolute(args.train_store),
         screen=_screen_options(args.screen_option, args.relax) or {}, screened=_labelled(args.screened),
     )
-    config.validate()
     ctx = context_from_environment()
     result = run_conditioning(config, ctx)
     if ctx.is_main:
@@ -169,7 +166,6 @@ def cmd_report_all(args: argparse.Namespace) -> int:
     config = ReportAllConfig(generated=args.generated, screened=args.screened, baseline=args.baseline,
                              recovery=args.recovery, conditioning=args.conditioning, checkpoint=args.checkpoint,
                              out=args.out)
-    config.validate()
     result = run_report_all(config, context_from_environment())
     report, files = result["report"], result["files"]
     if "stable_ratio" in report:
