@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,29 @@ def git_revision(root: Path | str = REPO_ROOT) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+HOLD_VARIABLE = "MATRA_HPC_HOLD"
+_hold_counts: dict[str, int] = {}
+
+
+def hold_point(name: str) -> None:
+    """A named point where a test may stop this process, to kill -9 it at a known moment.
+
+    With ``MATRA_HPC_HOLD=NAME:N:FILE`` in the environment, the Nth call of
+    ``hold_point(NAME)`` in this process creates FILE and then blocks for good, so the test
+    waits for FILE and kills a process whose progress it knows exactly, instead of racing the
+    clock. Without the variable (every real run) this is one dictionary lookup.
+    """
+    spec = os.environ.get(HOLD_VARIABLE)
+    if not spec:
+        return
+    hold_name, count, path = spec.split(":", 2)
+    if hold_name != name:
+        return
+    _hold_counts[name] = _hold_counts.get(name, 0) + 1
+    if _hold_counts[name] != int(count):
+        return
+    Path(path).write_text(f"{os.getpid()}\n")
+    while True:  # held until the test kills the process
+        time.sleep(60)

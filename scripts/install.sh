@@ -23,4 +23,10 @@ fi
 # torch first and pinned on its own: a looser request would pull the multi-GB CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".${extras}"
+# The report page test opens the HTML in a real headless browser: Debian's chromium and its
+# driver (selenium drives it through the executable path; browser downloads are not needed).
+if [ -n "$extras" ] && ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "[install] apt-get install chromium chromium-driver (report page test)"
+  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null
+fi
 echo "[install] matra-hpc $(.venv/bin/python -c 'import matra_hpc; print(matra_hpc.__version__)') in $(pwd)/.venv"

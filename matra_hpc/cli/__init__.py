@@ -16,7 +16,7 @@ from matra_hpc import __version__
 from matra_hpc.errors import MatraError
 
 # Order is the order in ``--help``: the pipeline order.
-GROUP_MODULES = ["demo", "tokens", "data", "train", "generate", "index", "evaluate", "report", "jobs", "later", "dft"]
+GROUP_MODULES = ["demo", "tokens", "data", "train", "generate", "index", "screen", "evaluate", "report", "jobs", "dft"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,9 @@ import time
 from matra_hpc.data.prepare import DataPrepareConfig
 from matra_hpc.launch.stages import SubmittableStage
 
+HOLD_OUT_HELP = ("keep every structure of exactly this chemical system (e.g. Cd-I) out of the store, "
+                 "recorded in its attrs for `eval recovery`")
+
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="+", metavar="SOURCE",
@@ -30,13 +33,14 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="read only the first N records of each source")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a store at --out that was made from other inputs or settings")
+    parser.add_argument("--hold-out-system", default=None, metavar="A-B-C", help=HOLD_OUT_HELP)
 
 
 def build_prepare_config(args: argparse.Namespace) -> DataPrepareConfig:
     config = DataPrepareConfig(
         sources=list(args.sources), out=args.out, max_wyckoff=args.max_wyckoff, max_ehull=args.max_ehull,
         val_frac=args.val_frac, seed=args.seed, workers=args.workers, shard_size=args.shard_size,
-        limit=args.limit, overwrite=args.overwrite,
+        limit=args.limit, overwrite=args.overwrite, hold_out_system=args.hold_out_system,
     )
     config.validate()
     return config
@@ -71,6 +75,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     config = demo_config(args.out, workers=args.workers)
     config.overwrite = args.overwrite
+    config.hold_out_system = args.hold_out_system
+    config.validate()
     report = run_data_prepare(config, local_context())
     summary = _summary(report)
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
@@ -117,6 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", required=True, help="token store to write")
     demo.add_argument("--workers", type=int, default=None, help="processes (default: min(8, CPUs))")
     demo.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+    demo.add_argument("--hold-out-system", default=None, metavar="A-B-C", help=HOLD_OUT_HELP)
     demo.set_defaults(func=cmd_demo)
 
     consolidate = cmds.add_parser("consolidate", help="rebuild the top-level view of a store from its shards")

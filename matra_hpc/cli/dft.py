@@ -55,9 +55,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("tree", help="VASP tree written by vasp-prep")
     report.add_argument("--hull-reference", default=None,
                         help="JSON (or .json.gz) of ComputedStructureEntry: MP or Alexandria entries")
+    report.add_argument("--reference-correction", default="auto", choices=["auto", "none"],
+                        help="auto: apply MP2020 to reference entries that lack it (once); none: take their "
+                             "energies as given")
     report.add_argument("--stable-threshold", type=float, default=0.001,
                         help="e-hull (eV/atom) at or below which a candidate goes into the CIF/extxyz bundle")
     report.add_argument("--workers", type=int, default=1, help="processes parsing vasprun.xml files")
+    report.add_argument("--no-static", action="store_true",
+                        help="the runs stopped after the double relaxation (submit vasp --no-static)")
     report.set_defaults(func=cmd_dft_report)
 
 
@@ -113,32 +118,44 @@ def cmd_dft_report(args: argparse.Namespace) -> int:
     from matra_hpc.dft import DftReportConfig, run_dft_report
 
     config = DftReportConfig(tree=args.tree, hull_reference=args.hull_reference,
+                             reference_correction=args.reference_correction, static=not args.no_static,
                              stable_threshold=args.stable_threshold, workers=args.workers)
     summary = run_dft_report(config, local_context())
+    refs = summary["energy"]["references"]
+    if refs and refs["refused_by_mp2020"]:
+        print(f"warning: MP2020 refused {refs['refused_by_mp2020']} of {refs['entries']} reference entries "
+              "(no run parameters?); --reference-correction none takes them as given", file=sys.stderr)
     print(json.dumps({k: summary[k] for k in ("counts", "stable", "unknown_directories")}, indent=1))
     print(f"report: {Path(args.tree) / 'dft-report.json'}")
     return 0
 
 
 class _JobStates:
-    """Whether the job of a status event has ended (cached per run directory)."""
+    """Whether the job of a status event has ended (run states cached per run directory)."""
 
     def __init__(self) -> None:
-        self.cache: dict[str, dict[str, Any]] = {}
+        self.cache: dict[str, list[Any]] = {}
 
     def ended(self, event: dict[str, Any]) -> bool:
         from matra_hpc.launch import run_status
 
-        run, job = event.get("run"), str(event.get("job") or "")
+        run = event.get("run")
         if not run:
             return True
         if run not in self.cache:
             try:
-                self.cache[run] = {s.job_id: s for s in run_status(run)}
-            except UsageError:
-                self.cache[run] = {}
+                self.cache[run] = list(run_status(run))
+            except UsageError:  # no manifest: the submission never got to sbatch
+                self.cache[run] = []
         statuses = self.cache[run]
-        status = statuses.get(job) or statuses.get(job.split("_")[0])
+        job = str(event.get("job") or "")
+        if job:  # the runner's events name their array task
+            status = next((s for s in statuses if s.job_id in (job, job.split("_")[0])), None)
+        elif len(statuses) == 1:  # the local executor: one job runs every task
+            status = statuses[0]
+        else:  # a submitted event: its task's position among the array tasks
+            task = int(event.get("task", -1))
+            status = statuses[task] if 0 <= task < len(statuses) else None
         return status is None or status.done
 
 
@@ -171,7 +188,7 @@ def cmd_submit_vasp(args: argparse.Namespace) -> int:
         raise UsageError(f"nothing to submit in {tree}: no candidate waits for a run{hint}")
     tasks = pack_tasks(entries, args.per_task)
     run_path = create_run_dir(Path(args.run_dir) if args.run_dir else default_run_dir("vasp"))
-    tasks_file = write_tasks_file(run_path, tree, manifest["source"]["path"], run_config, tasks)
+    tasks_file = write_tasks_file(run_path, tree, manifest, run_config, tasks)
     slurm = launch.cluster == "slurm"
     limit = max_array_size() if slurm else DEFAULT_MAX_ARRAY_SIZE
     scripts = []
@@ -182,14 +199,15 @@ def cmd_submit_vasp(args: argparse.Namespace) -> int:
             log_dir=str((run_path / "logs").resolve()), job_name="matra-vasp", python=launch.python or sys.executable,
             slurm=slurm))
         scripts.append((script, count))
-    jobs = submit_arrays(run_path, scripts, launch, stage="vasp",
-                         config={"tree": str(tree.resolve()), "tasks_file": str(tasks_file), "tasks": len(tasks),
-                                 "candidates": len(entries), "resubmit": args.resubmit, "max_array_size": limit},
-                         command_line=["matra-hpc", *sys.argv[1:]])
-    job_of_task = [j["job_id"] for j in jobs] if slurm else [jobs[0]["job_id"]] * len(tasks)
+    # logged before sbatch: a job that starts at once must find its candidates already "submitted"
+    # (a later "submitted" would hide its "running"); the task index finds the array task later
     events = [{"id": e["id"], "status": "submitted", "dir": e["dir"], "run": str(run_path.resolve()),
-               "job": job_of_task[i // args.per_task]} for i, e in enumerate(entries)]
-    append_events(manifest["source"]["path"], writer_name("submit", run_path.name), events)
+               "task": i // args.per_task} for i, e in enumerate(entries)]
+    append_events(manifest["source"]["path"], writer_name("submit", run_path.name), events, plan=manifest["plan_hash"])
+    submit_arrays(run_path, scripts, launch, stage="vasp",
+                  config={"tree": str(tree.resolve()), "tasks_file": str(tasks_file), "tasks": len(tasks),
+                          "candidates": len(entries), "resubmit": args.resubmit, "max_array_size": limit},
+                  command_line=["matra-hpc", *sys.argv[1:]])
     print(f"run directory: {run_path}")
     print(f"{len(entries)} candidate(s) in {len(tasks)} array task(s), {len(scripts)} array job(s)")
     wait = args.wait if args.wait is not None else not slurm

@@ -1,8 +1,9 @@
 """`matra-hpc index build|info|find`: the novelty index of known crystals.
 
 ``build`` runs in this process, also under ``mpirun -n N`` (ranks share the work units and
-merge the tables together); ``matra-hpc submit index-build ...`` runs it as an MPI job, or as a
-job array (``--array N``: each task builds its units, the last to finish merges).
+merge the tables together); ``matra-hpc submit index-build ...`` runs it as an MPI job, and
+``matra-hpc submit index-build-array --array N ...`` as a job array (each task builds its units,
+the last to finish merges).
 """
 
 from __future__ import annotations
@@ -103,5 +104,15 @@ SUBMIT_STAGES = [
         config_cls=IndexBuildConfig,
         run="matra_hpc.screen.novelty:run_index_build",
         default_launch={"tasks_per_node": 2},
-    )
+    ),
+    SubmittableStage(
+        name="index-build-array",
+        kind="function",
+        help="build a novelty index as a job array (--array N: task i builds units i, i+N, ...; the last "
+             "task to finish merges)",
+        add_arguments=add_arguments,
+        build_config=build_config,
+        config_cls=IndexBuildConfig,
+        run="matra_hpc.screen.novelty:run_index_build",
+    ),
 ]

@@ -123,6 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     cancel = sub.add_parser("cancel", help="stop every job of a run directory")
     cancel.add_argument("run_dir")
+    cancel.add_argument("--grace", type=float, default=15.0,
+                        help="local jobs: seconds to stop after SIGINT before SIGKILL (default %(default)s)")
     cancel.set_defaults(func=cmd_cancel)
 
 
@@ -170,7 +172,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from matra_hpc.launch import cancel_run
 
-    cancelled = cancel_run(args.run_dir)
+    cancelled = cancel_run(args.run_dir, grace_s=args.grace)
     if cancelled:
         print(f"cancelled {len(cancelled)} job(s): {' '.join(cancelled)}")
     else:

@@ -1,4 +1,4 @@
-"""`matra-hpc report`: reports of a stage's store (`report generate STORE`; later screen, dft, all)."""
+"""`matra-hpc report`: reports of a stage's store (`report generate|screen|all STORE`)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="path prefix of the files (default: next to the store, STORE.report.{json,csv,png})")
     gen.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     gen.set_defaults(func=cmd_report_generate)
+
+    from matra_hpc.cli.screen import add_report as add_report_screen
+
+    add_report_screen(kinds)
+
+    from matra_hpc.cli.evaluate import register_report_all
+
+    register_report_all(kinds)

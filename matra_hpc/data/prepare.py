@@ -46,13 +46,13 @@ from matra_hpc.data.readers import (
     read_units,
 )
 from matra_hpc.errors import MatraError, StoreError, UsageError
-from matra_hpc.util import file_sha256, git_revision, write_json_atomic
+from matra_hpc.util import file_sha256, git_revision, hold_point, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 REJECTION_REASONS = ("parse_error", "not_periodic", "nan_or_inf", "disordered", "unknown_element",
                      "symmetry_failed", "spacegroup_1", "too_many_sites")
-FILTER_REASONS = ("above_max_ehull",)
+FILTER_REASONS = ("above_max_ehull", "held_out_system")
 
 # Settings that change the content of the store: a resumed run must use the same ones.
 _CONTENT_KEYS = ("sources", "limit", "max_wyckoff", "max_ehull", "ehull_filter_kinds", "val_frac", "seed",
@@ -83,6 +83,10 @@ class DataPrepareConfig:
     """Read only the first N records of each source (smoke runs, benchmarks)."""
     overwrite: bool = False
     """Delete an existing store at ``out`` that was made with other settings, instead of refusing."""
+    hold_out_system: str | None = None
+    """Chemical system ``A-B-C``: every structure whose element set is exactly {A, B, C} is kept out
+    of the store (reason ``held_out_system``) and recorded in its attrs ``held_out`` with its
+    structure, so ``eval recovery`` can count what conditioned generation finds again."""
 
     def validate(self) -> None:
         if not self.sources:
@@ -99,6 +103,20 @@ class DataPrepareConfig:
             raise UsageError(f"--limit must be >= 1, got {self.limit}")
         if not math.isfinite(self.max_ehull):
             raise UsageError("--max-ehull must be a finite number of eV/atom")
+        if self.hold_out_system is not None:
+            held_out_elements(self.hold_out_system)
+
+
+def held_out_elements(system: str) -> frozenset[str]:
+    """The element set of ``A-B-C``; a UsageError names what is wrong."""
+    from pymatgen.core.periodic_table import Element
+
+    parts = [p.strip() for p in str(system).split("-")]
+    bad = [p for p in parts if not Element.is_valid_symbol(p)]
+    if not parts or bad or len(set(parts)) != len(parts):
+        raise UsageError(f"--hold-out-system {system!r}: expected distinct element symbols joined by '-', "
+                         f"e.g. Al-Ca-Cu")
+    return frozenset(parts)
 
 
 def split_of(prototype_hash: str, val_frac: float, seed: int) -> str:
@@ -188,6 +206,8 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
     rows = st.ShardRows()
     rejected: dict[str, list[str]] = {}
     filtered: dict[str, list[str]] = {}
+    held_out: list[dict[str, Any]] = []
+    hold_out = held_out_elements(cfg["hold_out_system"]) if cfg.get("hold_out_system") else None
     for item in task.items:
         loaded = load_item(item, task.summary)
         if loaded.reason is not None:
@@ -219,6 +239,11 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
             rejected.setdefault("symmetry_failed", []).append(loaded.id)
             continue
         phash = prototype_hash(seq)
+        if hold_out is not None and {e.symbol for e in loaded.structure.composition.elements} == hold_out:
+            # held out only once it would have been a training row, so the model could have made it
+            filtered.setdefault("held_out_system", []).append(loaded.id)
+            held_out.append(_held_out_record(loaded, group, ehull))
+            continue
         rows.add(
             tokens=tokens, values=np.asarray(seq.values, dtype=np.float64), id=loaded.id, source=item.source,
             split=split_of(phash, cfg["val_frac"], cfg["seed"]),
@@ -237,12 +262,22 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
         "first_item": [task.items[0].file, task.items[0].index] if task.items else None,
         "rejected": rejected,
         "filtered": filtered,
+        **({"held_out": held_out} if hold_out is not None else {}),
         "split_counts": {s: int(np.sum(arrays["split"] == s)) for s in ("train", "val")},
         "seconds": round(time.perf_counter() - start, 3),
         "pid": os.getpid(),
     }
     st.write_shard(task.store, task.shard_id, arrays, manifest)
     return manifest
+
+
+def _held_out_record(loaded: Any, group: int, ehull: float) -> dict[str, Any]:
+    """A held-out structure as the source gave it (JSON: id, formula, group, e-hull, cell, sites)."""
+    structure = loaded.structure
+    return {"id": loaded.id, "formula": structure.composition.reduced_formula, "spacegroup": group,
+            "e_above_hull": ehull if math.isfinite(ehull) else None,
+            "lattice": structure.lattice.matrix.tolist(), "numbers": [int(z) for z in structure.atomic_numbers],
+            "frac_coords": structure.frac_coords.tolist()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,7 +331,10 @@ def _plan_shards(specs: list[SourceSpec], shard_size: int, limit: int | None = N
 
 def _content_config(config: DataPrepareConfig) -> dict[str, Any]:
     d = asdict(config)
-    return {k: d[k] for k in _CONTENT_KEYS}
+    content = {k: d[k] for k in _CONTENT_KEYS}
+    if config.hold_out_system:  # only when set, so stores made before the option still resume
+        content["hold_out_system"] = "-".join(sorted(held_out_elements(config.hold_out_system)))
+    return content
 
 
 def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str | None = None) -> None:
@@ -375,6 +413,7 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
             if pool is None:
                 process_shard(task)
                 done_here += 1
+                hold_point("data-shard")
                 continue
             pending.add(pool.submit(process_shard, task))
             if len(pending) >= 2 * config.workers:  # bound the items held in memory
@@ -475,6 +514,15 @@ def build_report(store: str, seconds: float, ctx: RunContext | None = None, work
         "workers_per_rank": workers,
         "content_hash": summary["content_hash"],
     }
+    held_out = [h for m in manifests for h in m.get("held_out", [])]
+    system = st._open_root(Path(store), "r").attrs.get("config", {}).get("content", {}).get("hold_out_system")
+    if system:
+        import zarr
+
+        # attrs are outside the content hash: the rows of the store are the same with or without them
+        zarr.open_group(str(store), mode="r+").attrs["held_out"] = {
+            "system": system, "structures": sorted(held_out, key=lambda h: h["id"])}
+        report["held_out"] = {"system": system, "count": len(held_out), "ids": sorted(h["id"] for h in held_out)}
     write_json_atomic(Path(store) / "report.json", report)
     if summary["n_rows"]:
         from matra_hpc.data.plots import plot_token_store

@@ -1,6 +1,6 @@
 """The DFT stage: screened candidates -> MP-compatible VASP inputs -> custodian job arrays -> e-hull report.
 
-Public API (see docs/contracts.md section K and docs/architecture.md):
+Public API (see docs/contracts.md section L and docs/architecture.md):
 
 - ``VaspPrepConfig``, ``VaspRunConfig``, ``DftReportConfig``: the stage's settings and defaults;
 - ``run_vasp_prep(config, ctx)``, ``run_dft_report(config, ctx)``: the stage entry points;

@@ -138,12 +138,20 @@ class DftReportConfig:
     tree: str
     hull_reference: str | None = None
     """JSON of ComputedStructureEntry (MP or Alexandria, optionally gzipped); None: no e-hull."""
+    reference_correction: str = "auto"
+    """``auto``: MP2020 once (entries already carrying it as they are, others corrected here);
+    ``none``: energies as given (a file already MP2020-compatible whose entries lack the run
+    parameters the scheme needs, e.g. some Alexandria exports)."""
     thresholds: tuple[float, ...] = (0.001, 0.050, 0.100)
+    static: bool = True
+    """The energy comes from the static run (False: from the second relaxation, for ``--no-static`` runs)."""
     stable_threshold: float = 0.001
     """Candidates at or below this e-hull (eV/atom) go into the CIF bundle and the extxyz."""
     workers: int = 1
 
     def validate(self) -> None:
+        if self.reference_correction not in ("auto", "none"):
+            raise UsageError(f"reference correction must be auto or none, got {self.reference_correction!r}")
         if any(not (math.isfinite(t) and t >= 0) for t in self.thresholds):
             raise UsageError(f"thresholds must be >= 0: {self.thresholds}")
         if not math.isfinite(self.stable_threshold):

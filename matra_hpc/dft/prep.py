@@ -10,6 +10,8 @@ candidates by rank order (``i % world_size``); each rank may use a process pool.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -36,7 +38,7 @@ from matra_hpc.dft.layout import (
 )
 from matra_hpc.dft.select import Choice, load_structures, select_candidates
 from matra_hpc.dft.status import append_events, writer_name
-from matra_hpc.util import git_revision
+from matra_hpc.util import git_revision, hold_point
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,12 @@ def _plan(config: VaspPrepConfig, ctx: RunContext) -> dict[str, Any]:
     return read_json(plan_path)
 
 
+def plan_hash(plan: dict[str, Any]) -> str:
+    """A tree's identity in the status log: a function of its plan, so it survives moving the tree."""
+    text = json.dumps(plan, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _write_one(job: dict[str, Any]) -> str:
     """Write one candidate's directory (runs in a pool worker); returns its relative path."""
     from pymatgen.core import Structure
@@ -110,6 +118,7 @@ def _write_one(job: dict[str, Any]) -> str:
     structure = Structure.from_dict(job["structure"])
     symbols = write_inputs(structure, partial, kpoints_per_atom=job["kpoints_per_atom"], incar=job["incar"],
                            potcar_dir=job["potcar_dir"])
+    hold_point("vasp-prep-candidate")  # tests kill -9 here: inputs written, candidate.json not yet
     entry = job["entry"]
     record = {
         "id": entry["id"],
@@ -174,7 +183,7 @@ def prepare_tree(config: VaspPrepConfig, ctx: RunContext) -> dict[str, Any]:
                 written += done
                 # log after the renames: a kill in between leaves dirs without events, read as prepped
                 append_events(config.store, writer, [{"id": j["entry"]["id"], "status": "prepped",
-                                                      "dir": j["entry"]["dir"]} for j in chunk])
+                                                      "dir": j["entry"]["dir"]} for j in chunk], plan=plan_hash(plan))
         finally:
             if pool:
                 pool.shutdown()
@@ -183,6 +192,7 @@ def prepare_tree(config: VaspPrepConfig, ctx: RunContext) -> dict[str, Any]:
     complete = all(_done(tree, e) for e in entries)
     if complete and (ctx.comm is None or ctx.is_main):
         manifest = {key: plan[key] for key in ("schema", "source", "config", "selection", "layout", "candidates")}
+        manifest["plan_hash"] = plan_hash(plan)
         manifest["created_by"] = {"package": __version__, "git": git_revision()}
         manifest["potcar"] = "POTCAR" if config.potcar_dir else "POTCAR.spec"
         if not (tree / MANIFEST).is_file() or read_json(tree / MANIFEST) != manifest:

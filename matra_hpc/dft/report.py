@@ -33,6 +33,7 @@ import warnings
 import zipfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,11 @@ def _is_mp2020_corrected(entry: Any) -> bool:
     return any(str(adj.name).startswith("MP2020") for adj in getattr(entry, "energy_adjustments", []))
 
 
-def load_references(path: str | Path) -> tuple[list[Any], dict[str, Any]]:
-    """MP2020-corrected reference entries from a JSON (optionally gzipped) of ComputedStructureEntry."""
+def load_references(path: str | Path, correction: str = "auto") -> tuple[list[Any], dict[str, Any]]:
+    """MP2020-corrected reference entries from a JSON (optionally gzipped) of ComputedStructureEntry.
+
+    ``correction="none"`` takes every entry's energy as it is (the file vouches for MP2020).
+    """
     from monty.json import MontyDecoder
     from pymatgen.entries.compatibility import CompatibilityError, MaterialsProject2020Compatibility
 
@@ -80,7 +84,7 @@ def load_references(path: str | Path) -> tuple[list[Any], dict[str, Any]]:
         for entry in decoded:
             if not hasattr(entry, "energy_per_atom") or not hasattr(entry, "composition"):
                 raise UsageError(f"hull reference {path} holds something that is not an entry: {type(entry)}")
-            if _is_mp2020_corrected(entry):
+            if _is_mp2020_corrected(entry) or correction == "none":
                 kept.append(entry)
                 already += 1
                 continue
@@ -91,7 +95,8 @@ def load_references(path: str | Path) -> tuple[list[Any], dict[str, Any]]:
                 continue
             kept.append(entry)
             corrected += 1
-    info = {"path": str(path.resolve()), "entries": len(decoded), "used": len(kept), "already_mp2020": already,
+    info = {"path": str(path.resolve()), "correction": correction, "entries": len(decoded), "used": len(kept),
+            "already_mp2020": already,
             "corrected_here": corrected, "refused_by_mp2020": refused}
     return kept, info
 
@@ -158,7 +163,10 @@ def _hulls(rows: list[dict[str, Any]], references: list[Any]) -> None:
             entry = ComputedStructureEntry.from_dict(row["entry"])
             row["_entry"] = entry
             by_system.setdefault(frozenset(el.symbol for el in entry.composition.elements), []).append(row)
-    elemental = {ref.composition.elements[0].symbol for ref in references if len(ref.composition.elements) == 1}
+    by_refsystem: dict[frozenset[str], list[Any]] = {}
+    for ref in references:
+        by_refsystem.setdefault(frozenset(el.symbol for el in ref.composition.elements), []).append(ref)
+    elemental = {next(iter(system)) for system in by_refsystem if len(system) == 1}
     for system, members in by_system.items():
         missing = sorted(system - elemental)
         if missing:
@@ -166,7 +174,10 @@ def _hulls(rows: list[dict[str, Any]], references: list[Any]) -> None:
                 row.update(state="failed", reason="no_reference",
                            message=f"no reference entry for element(s) {', '.join(missing)}")
             continue
-        subset = [ref for ref in references if {el.symbol for el in ref.composition.elements} <= system]
+        # the references of every sub-system (at most 2^8 for 8 elements), not a scan of all of them
+        elements = sorted(system)
+        subset = [ref for size in range(1, len(elements) + 1) for combo in combinations(elements, size)
+                  for ref in by_refsystem.get(frozenset(combo), ())]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             diagram = PhaseDiagram(subset)
@@ -284,8 +295,9 @@ def build_report(config: DftReportConfig) -> dict[str, Any]:
     config.validate()
     tree = Path(config.tree)
     manifest = read_tree_manifest(tree)
-    references, ref_info = load_references(config.hull_reference) if config.hull_reference else ([], None)
-    jobs = [{"tree": str(tree), "entry": entry, "static": True} for entry in manifest["candidates"]]
+    references, ref_info = (load_references(config.hull_reference, config.reference_correction)
+                            if config.hull_reference else ([], None))
+    jobs = [{"tree": str(tree), "entry": entry, "static": config.static} for entry in manifest["candidates"]]
     if config.workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(config.workers) as pool:
             rows = list(pool.map(_candidate_row, jobs, chunksize=16))
@@ -305,7 +317,8 @@ def build_report(config: DftReportConfig) -> dict[str, Any]:
         "schema": REPORT_SCHEMA,
         "tree": str(tree.resolve()),
         "source": manifest["source"],
-        "config": {"hull_reference": config.hull_reference, "thresholds": list(config.thresholds),
+        "config": {"hull_reference": config.hull_reference, "reference_correction": config.reference_correction,
+                   "static": config.static, "thresholds": list(config.thresholds),
                    "stable_threshold": config.stable_threshold},
         "energy": {"functional": "PBE (+U as MP)", "correction_scheme": "MP2020 (MaterialsProject2020Compatibility)",
                    "references": ref_info},

@@ -27,7 +27,7 @@ from typing import Any
 
 from matra_hpc.dft.config import VaspRunConfig
 from matra_hpc.dft.inputs import PotcarError, build_potcar
-from matra_hpc.dft.layout import CANDIDATE_FILE, read_json
+from matra_hpc.dft.layout import CANDIDATE_FILE, id_from_name, read_json
 from matra_hpc.dft.outputs import assess
 from matra_hpc.dft.status import append_events, writer_name
 
@@ -36,6 +36,8 @@ log = logging.getLogger("matra_hpc.dft.runner")
 INPUTS = ("INCAR", "KPOINTS", "POSCAR", "POTCAR")
 KEEP = set(INPUTS) | {"POTCAR.spec", CANDIDATE_FILE, "attempts"}
 TASKS_FILE = "vasp-tasks.json"
+# custodian's jobs of the candidate in flight: a SIGTERM stops their VASP (its own session) too
+_ACTIVE_JOBS: list[Any] = []
 
 
 def handlers() -> list[Any]:
@@ -198,8 +200,10 @@ def run_candidate(directory: Path, config: VaspRunConfig) -> dict[str, Any]:
         else:
             log.warning("%s: no POTCAR and no vasp.potcar_dir; VASP gets POTCAR.spec only", directory)
     ediffg = float(Incar.from_file(str(directory / "INCAR")).get("EDIFFG", -0.005))
+    jobs = vasp_jobs(config, ediffg)
+    _ACTIVE_JOBS[:] = jobs
     custodian = Custodian(
-        handlers(), vasp_jobs(config, ediffg), validators=validators(), max_errors=config.max_errors,
+        handlers(), jobs, validators=validators(), max_errors=config.max_errors,
         polling_time_step=config.polling_s, monitor_freq=config.monitor_freq,
         gzipped_output=False, directory=str(directory),
     )
@@ -238,32 +242,49 @@ def run_task(tasks_file: str | Path, index: int, job: str | None = None) -> int:
     config.validate()
     tree = Path(spec["tree"])
     store = spec["store"]
+    plan = spec["plan"]
     dirs = spec["tasks"][index]
     writer = writer_name("run", job or f"pid{os.getpid()}", f"t{index}")
     run_dir = str(Path(tasks_file).resolve().parent)
     current: dict[str, Any] = {}
 
     def on_term(signum: int, _frame: Any) -> None:
+        for vasp_job in _ACTIVE_JOBS:
+            process = getattr(vasp_job, "_vasp_process", None)
+            if process is not None and process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         if current:
             append_events(store, writer, [{"id": current["id"], "status": "failed", "reason": "job_ended",
                                            "message": f"signal {signum} (time limit or cancel) during the run",
-                                           "run": run_dir, "job": job}])
+                                           "run": run_dir, "job": job}], plan=plan)
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
     failed = 0
     for rel in dirs:
         directory = tree / rel
-        cid = read_json(directory / CANDIDATE_FILE)["id"]
+        try:
+            cid = read_json(directory / CANDIDATE_FILE)["id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            # a folder damaged since vasp-prep: record it by the id its name encodes, run the rest
+            cid = id_from_name(Path(rel).name)
+            append_events(store, writer, [{"id": cid, "status": "failed", "reason": "runner_error", "dir": rel,
+                                           "message": f"{directory / CANDIDATE_FILE} is missing or unreadable",
+                                           "run": run_dir, "job": job}], plan=plan)
+            failed += 1
+            continue
         current.update(id=cid)
-        append_events(store, writer, [{"id": cid, "status": "running", "dir": rel, "run": run_dir, "job": job}])
+        append_events(store, writer, [{"id": cid, "status": "running", "dir": rel, "run": run_dir, "job": job}], plan=plan)
         try:
             event = run_candidate(directory, config)
         except Exception as exc:  # keep going: the next candidates of the task are independent
             event = {"status": "failed", "reason": "runner_error", "message": f"{type(exc).__name__}: {exc}"}
         current.clear()
         failed += event["status"] != "converged"
-        append_events(store, writer, [{"id": cid, "dir": rel, "run": run_dir, "job": job, **event}])
+        append_events(store, writer, [{"id": cid, "dir": rel, "run": run_dir, "job": job, **event}], plan=plan)
         print(f"[matra-hpc] {cid}: {event['status']} {event.get('reason', '')}".rstrip(), flush=True)
     return failed
 

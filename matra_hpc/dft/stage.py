@@ -1,6 +1,6 @@
 """Entry points of the DFT stage: ``run_vasp_prep(config, ctx)`` and ``run_dft_report(config, ctx)``.
 
-Contract (docs/contracts.md, section K): vasp-prep reads a screened store (section J) and writes
+Contract (docs/contracts.md, section L): vasp-prep reads a screened store (section J) and writes
 a VASP tree; the job array (``submit vasp``) runs each candidate under custodian and appends its
 states to the screened store's status log; dft-report reads the tree and writes the DFT report.
 A candidate keeps its generated id throughout: directory names are that id made safe.

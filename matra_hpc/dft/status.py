@@ -40,8 +40,12 @@ def writer_name(*parts: object) -> str:
     return "dft-" + re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
-def append_events(store: str | Path, writer: str, events: list[dict[str, Any]]) -> None:
-    """Append dft events (each needs id and status) through the screened store's own writer."""
+def append_events(store: str | Path, writer: str, events: list[dict[str, Any]], *, plan: str) -> None:
+    """Append dft events (each needs id and status) through the screened store's own writer.
+
+    ``plan`` (the tree's ``plan_hash``) marks which VASP tree an event belongs to: two trees
+    prepared from one store with other settings share ids but not states.
+    """
     from matra_hpc.screen.store import append_status
 
     if not events:
@@ -51,12 +55,15 @@ def append_events(store: str | Path, writer: str, events: list[dict[str, Any]]) 
             raise ValueError(f"unknown dft state {event.get('status')!r}; valid: {', '.join(STATES)}")
         if event["status"] == "failed" and event.get("reason") not in FAIL_REASONS:
             raise ValueError(f"unknown dft failure reason {event.get('reason')!r}")
-    stamped = [{"stage": "dft", "time": utc_now(), **event} for event in events]
+    stamped = [{"stage": "dft", "time": utc_now(), "plan": plan, **event} for event in events]
     append_status(store, writer, stamped)
 
 
-def dft_states(store: str | Path, ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """The latest dft event per candidate id (by time, then file and line), from every dft log."""
+def dft_states(store: str | Path, ids: list[str] | None = None, plan: str | None = None) -> dict[str, dict[str, Any]]:
+    """The latest dft event per candidate id (by time, then file and line), from every dft log.
+
+    With ``plan``, only the events of that tree count.
+    """
     status_dir = Path(store) / "status"
     wanted = set(ids) if ids is not None else None
     latest: dict[str, tuple[tuple, dict[str, Any]]] = {}
@@ -73,6 +80,8 @@ def dft_states(store: str | Path, ids: list[str] | None = None) -> dict[str, dic
                     continue
                 if wanted is not None and event["id"] not in wanted:
                     continue
+                if plan is not None and event.get("plan") != plan:
+                    continue
                 key = (str(event.get("time", "")), f_index, line_no)
                 old = latest.get(event["id"])
                 if old is None or key >= old[0]:
@@ -84,5 +93,5 @@ def tree_states(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every candidate of a tree with its current dft event (``prepped`` when it has none)."""
     store = manifest["source"]["path"]
     ids = [c["id"] for c in manifest["candidates"]]
-    states = dft_states(store, ids)
+    states = dft_states(store, ids, plan=manifest["plan_hash"])
     return {cid: states.get(cid, {"id": cid, "stage": "dft", "status": "prepped", "reason": ""}) for cid in ids}

@@ -74,11 +74,11 @@ def array_chunks(n_tasks: int, max_array_size: int) -> list[tuple[int, int]]:
     return [(start, min(max_array_size, n_tasks - start)) for start in range(0, n_tasks, max_array_size)]
 
 
-def write_tasks_file(run_dir: Path, tree: Path, store: str, config: VaspRunConfig,
+def write_tasks_file(run_dir: Path, tree: Path, manifest: dict[str, Any], config: VaspRunConfig,
                      tasks: list[list[str]]) -> Path:
     path = Path(run_dir) / TASKS_FILE
-    write_json_atomic(path, {"tree": str(Path(tree).resolve()), "store": store, "config": asdict(config),
-                             "tasks": tasks})
+    write_json_atomic(path, {"tree": str(Path(tree).resolve()), "store": manifest["source"]["path"],
+                             "plan": manifest["plan_hash"], "config": asdict(config), "tasks": tasks})
     return path
 
 

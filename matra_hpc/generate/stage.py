@@ -27,7 +27,7 @@ from matra_hpc.generate import store as gstore
 from matra_hpc.generate.checks import StructureCheck
 from matra_hpc.generate.config import GenerateConfig, task_seed
 from matra_hpc.generate.temperatures import temperature_group
-from matra_hpc.util import git_revision
+from matra_hpc.util import git_revision, hold_point
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,11 @@ def run_generate(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
             # One task deep: the checks of this task run in the pool while the next one samples.
             if pending is not None:
                 done_here.append(_finish_task(pending, config, out, ctx.rank, train_index))
+                hold_point("generate-shard")
             pending = task
         if pending is not None:
             done_here.append(_finish_task(pending, config, out, ctx.rank, train_index))
+            hold_point("generate-shard")
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

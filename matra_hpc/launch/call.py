@@ -30,12 +30,16 @@ import submitit
 
 from matra_hpc.errors import UsageError
 from matra_hpc.launch import environment
-from matra_hpc.launch.rundir import read_task_record, task_record_path, utc_now
+from matra_hpc.launch.rundir import cancel_marker_path, read_task_record, task_record_path, utc_now
 from matra_hpc.util import write_json_atomic
 
 
 class JobFailed(RuntimeError):
     """A launched program (torchrun, MPI ranks) exited non-zero; the message holds its error."""
+
+
+class JobCancelled(RuntimeError):
+    """``cancel`` reached the job before its stage started: nothing ran."""
 
 
 def import_object(dotted: str) -> Any:
@@ -108,9 +112,17 @@ class StageCall(submitit.helpers.Checkpointable):
             started=record.get("started") or utc_now(),
             last_start=utc_now(),
             state="RUNNING",
+            pid=os.getpid(),
         )
         record_path = task_record_path(run_dir, job_id)
         write_json_atomic(record_path, record)
+        # Record first, then look for the marker; cancel writes the marker, then reads the
+        # record. Whichever comes second sees the other, so a cancel landing while the job
+        # starts is never lost: either the job stops here or cancel finds its pid.
+        if cancel_marker_path(run_dir, job_id).exists():
+            record.update(state="CANCELLED", ended=utc_now())
+            write_json_atomic(record_path, record)
+            raise JobCancelled(f"job {job_id} was cancelled before its stage started")
         try:
             result = self._run(shard, job_id)
         except BaseException as exc:

@@ -93,6 +93,11 @@ def write_manifest(run_dir: Path | str, manifest: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / MANIFEST, manifest)
 
 
+def cancel_marker_path(run_dir: Path | str, job_id: str) -> Path:
+    """Written by ``cancel`` before it signals a local job; a job that starts later sees it."""
+    return Path(run_dir) / "tasks" / f"{job_id}.cancelled"
+
+
 def task_record_path(run_dir: Path | str, job_id: str) -> Path:
     return Path(run_dir) / "tasks" / f"{job_id}.json"
 

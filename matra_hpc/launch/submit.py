@@ -27,6 +27,7 @@ from matra_hpc.errors import MatraError, UsageError
 from matra_hpc.launch.call import StageCall, dotted_name, write_spec
 from matra_hpc.launch.config import LaunchConfig
 from matra_hpc.launch.rundir import (
+    cancel_marker_path,
     create_run_dir,
     default_run_dir,
     new_manifest,
@@ -330,8 +331,14 @@ def wait_run(run_dir: Path | str, poll_s: float = 2.0, timeout_s: float | None =
         time.sleep(poll_s)
 
 
-def cancel_run(run_dir: Path | str) -> list[str]:
-    """Stop every job of the run that has not ended; returns the ids that were signalled."""
+def cancel_run(run_dir: Path | str, grace_s: float = 15.0) -> list[str]:
+    """Stop every job of the run that has not ended; returns the ids that were signalled.
+
+    Slurm: ``scancel`` (Slurm itself sends SIGKILL after KillWait). Local: a marker file, then
+    SIGINT to the controller (submitit stops its tasks); whatever of the job's processes is
+    still alive after ``grace_s`` is killed with SIGKILL, and the job's record is read again
+    for a task that started meanwhile. On return no process of a local job is left.
+    """
     run_path = Path(run_dir)
     manifest = read_manifest(run_path)
     statuses = {s.job_id: s for s in run_status(run_path)}
@@ -347,7 +354,7 @@ def cancel_run(run_dir: Path | str) -> list[str]:
     else:
         for entry in pending:
             # a marker file, not a manifest field: a concurrent status/wait rewrites the manifest
-            _cancel_marker(run_path, entry["job_id"]).write_text(utc_now() + "\n")
+            cancel_marker_path(run_path, entry["job_id"]).write_text(utc_now() + "\n")
             try:
                 if manifest["kind"] == "program":
                     # started in its own session: the group holds the script and its MPI ranks
@@ -357,11 +364,49 @@ def cancel_run(run_dir: Path | str) -> list[str]:
                     os.kill(int(entry["job_id"]), signal.SIGINT)
             except ProcessLookupError:
                 pass
+        for entry in pending:
+            _stop_local_job(run_path, entry["job_id"], grace_s)
+        run_status(run_path)  # the manifest shows the ended states
     return [e["job_id"] for e in pending]
 
 
-def _cancel_marker(run_path: Path, job_id: str) -> Path:
-    return run_path / "tasks" / f"{job_id}.cancelled"
+def _job_processes(run_path: Path, job_id: str) -> set[int]:
+    """The live processes of a local job: its controller, its task (from the record), their children."""
+    roots = {int(job_id)}
+    task_pid = read_task_record(run_path, job_id).get("pid")
+    if task_pid:
+        roots.add(int(task_pid))
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in found:
+            continue
+        found.add(pid)
+        todo += children.get(pid, [])
+    return {pid for pid in found if _local_alive(pid)}
+
+
+def _stop_local_job(run_path: Path, job_id: str, grace_s: float) -> None:
+    """Wait ``grace_s`` for a signalled job to end, then SIGKILL what is left, until nothing is."""
+    deadline = time.monotonic() + grace_s
+    while _job_processes(run_path, job_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for _ in range(50):  # a task may start (and record its pid) while we kill: look again
+        alive = _job_processes(run_path, job_id)
+        if not alive:
+            return
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    raise MatraError(f"job {job_id} still has live processes after SIGKILL: {sorted(_job_processes(run_path, job_id))}")
 
 
 def _job_error(run_path: Path, job_id: str, record: dict[str, Any]) -> str | None:
@@ -410,10 +455,10 @@ def _local_state(run_path: Path, entry: dict[str, Any], kind: str) -> dict[str, 
             code = exit_file.read_text().strip()
             if code == "0":
                 return {"state": "COMPLETED"}
-            return {"state": "CANCELLED" if _cancel_marker(run_path, job_id).exists() else "FAILED"}
+            return {"state": "CANCELLED" if cancel_marker_path(run_path, job_id).exists() else "FAILED"}
         if alive:
             return {"state": "RUNNING"}
-        return {"state": "CANCELLED" if _cancel_marker(run_path, job_id).exists() else "FAILED"}
+        return {"state": "CANCELLED" if cancel_marker_path(run_path, job_id).exists() else "FAILED"}
     result = JobPaths(run_path / "logs", job_id, task_id=0).result_pickle
     alive = _local_alive(int(job_id))
     if result.exists() and not alive:
@@ -424,11 +469,11 @@ def _local_state(run_path: Path, entry: dict[str, Any], kind: str) -> dict[str, 
             outcome = "error"
         if outcome == "success":
             return {"state": "COMPLETED"}
-        return {"state": "CANCELLED" if _cancel_marker(run_path, job_id).exists() else "FAILED"}
+        return {"state": "CANCELLED" if cancel_marker_path(run_path, job_id).exists() else "FAILED"}
     if alive:
         record = read_task_record(run_path, job_id)
         return {"state": "RUNNING" if record else "PENDING"}
-    if _cancel_marker(run_path, job_id).exists():
+    if cancel_marker_path(run_path, job_id).exists():
         return {"state": "CANCELLED"}
     return {"state": "FAILED"}
 

@@ -144,6 +144,12 @@ def write_part(root: Path, unit: str, arrays: dict[str, np.ndarray], ids_blob: b
         shutil.rmtree(partial, ignore_errors=True)  # another writer finished the same unit first
 
 
+def remove_partials(root: Path) -> None:
+    """Folders that killed writers left in ``parts/`` (called once every part is done)."""
+    for d in (root / "parts").glob(".partial-*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def read_manifest(root: Path, unit: str) -> dict:
     return json.loads((part_dir(root, unit) / MANIFEST).read_text())
 

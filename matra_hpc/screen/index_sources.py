@@ -1,8 +1,11 @@
 """Sources of a novelty index: what each path holds, its work units, and reading one unit.
 
 A source is a token store (``matra-hpc/tokens/1``), a generated store (``generated/1``: rows
-that decoded), a screened store (``screened/1``: rows whose status is ``screened``), or a
-folder or file of structures (CIF, POSCAR/.vasp, extxyz/.xyz, pymatgen JSON). A work unit is a
+that decoded), a screened store (``screened/1``: rows whose status is ``screened``), a
+folder or file of structures (CIF, POSCAR/.vasp, extxyz/.xyz, pymatgen JSON), or a raw data set
+named as ``data prepare`` names it (``alexandria=DIR``, ``mp=DIR``, ``wbm=DIR``, ``folder=DIR``,
+``flla``), read with the data stage's readers and without its filters (no e-hull cut, no site
+limit), so an index can hold a whole reference set such as Alexandria. A work unit is a
 fixed slice of one source (rows of a store group, or files of a folder), a function of the
 sources only, so any rank layout builds the same parts.
 """
@@ -39,9 +42,11 @@ class Unit:
 @dataclass
 class Source:
     path: str
-    kind: str  # tokens | generated | screened | files
+    kind: str  # tokens | generated | screened | files | dataset
     label: str
-    groups: dict[str, int] = field(default_factory=dict)  # group -> rows (stores) ; "" -> files
+    groups: dict[str, int] = field(default_factory=dict)  # group -> rows (stores); "" -> files
+    spec: dict[str, Any] | None = None  # dataset sources: the data stage's SourceSpec
+    fingerprint: Any = None  # what changes when the source's content does (stores)
 
 
 @dataclass
@@ -86,6 +91,13 @@ def _structure_files(path: Path) -> list[Path]:
 def describe_source(raw: str) -> Source:
     """What a source path holds and how many rows or files each of its groups has."""
     path = Path(raw)
+    if not path.exists() and ("=" in raw or raw in ("flla", "demo")):
+        from matra_hpc.data.readers import parse_source, read_units
+
+        spec = parse_source(raw)
+        spec = type(spec)(spec.kind, spec.name, tuple(str(Path(p).resolve()) for p in spec.paths),
+                          str(Path(spec.summary).resolve()) if spec.summary else None)
+        return Source(raw, "dataset", spec.name, {"": len(read_units(spec))}, spec.to_dict())
     if not path.exists():
         raise UsageError(f"index source {raw} does not exist")
     path = path.resolve()
@@ -94,21 +106,24 @@ def describe_source(raw: str) -> Source:
         from matra_hpc.data.store import open_token_store
 
         root = open_token_store(path)
-        return Source(str(path), "tokens", path.name, {"": int(root.attrs["n_rows"])})
+        return Source(str(path), "tokens", path.name, {"": int(root.attrs["n_rows"])},
+                      fingerprint=root.attrs.get("content_hash"))
     if schema in (SCHEMA_GENERATED, SCHEMA_SCREENED):
         import zarr
 
         root = zarr.open_group(str(path), mode="r")
-        groups = {}
         from matra_hpc.generate.temperatures import temperature_group
 
+        groups, views = {}, {}
         for t in root.attrs.get("temperatures") or root.attrs.get("fingerprint", {}).get("temperatures", []):
             name = temperature_group(float(t))
             if name not in root or "view" not in root[name].attrs:
                 raise StoreError(f"{path}/{name} has no consolidated view: finish that run (its consolidate step) "
                                  f"before indexing it")
             groups[name] = int(root[name]["id"].shape[0])
-        return Source(str(path), "generated" if schema == SCHEMA_GENERATED else "screened", path.name, groups)
+            views[name] = root[name].attrs["view"]
+        return Source(str(path), "generated" if schema == SCHEMA_GENERATED else "screened", path.name, groups,
+                      fingerprint={"run_id": root.attrs.get("run_id"), "views": views})
     if (path / "zarr.json").is_file():
         raise UsageError(f"{path} is a Zarr store with schema {schema!r}: an index reads token, generated or "
                          f"screened stores")
@@ -122,7 +137,8 @@ def plan_units(sources: list[Source], rows_per_unit: int = STORE_ROWS_PER_UNIT,
                files_per_unit: int = FILES_PER_UNIT) -> list[Unit]:
     units = []
     for i, src in enumerate(sources):
-        step = files_per_unit if src.kind == "files" else rows_per_unit
+        # A data set file is read as a stream, so it is one unit (Alexandria: ~100k entries each).
+        step = {"files": files_per_unit, "dataset": 1}.get(src.kind, rows_per_unit)
         for group, n in src.groups.items():
             for k, start in enumerate(range(0, n, step)):
                 tag = group or src.kind
@@ -179,7 +195,27 @@ def _structure(lattice: np.ndarray, numbers: np.ndarray, frac: np.ndarray):
 def read_unit(source: Source, unit: Unit) -> Rows:
     if source.kind == "files":
         return _read_files(source, unit)
+    if source.kind == "dataset":
+        return _read_dataset(source, unit)
     return _read_store(source, unit)
+
+
+def _read_dataset(source: Source, unit: Unit) -> Rows:
+    from matra_hpc.data.readers import SourceSpec, iter_unit_items, load_item
+
+    assert source.spec is not None
+    spec = SourceSpec(source.spec["kind"], source.spec["name"], tuple(source.spec["paths"]), source.spec["summary"])
+    rows = Rows()
+    for k in range(unit.start, unit.stop):
+        for item in iter_unit_items(spec, k):
+            loaded = load_item(item)  # no summary: the index needs no energies
+            if loaded.reason:
+                rows.skip(loaded.reason)
+                continue
+            s = loaded.structure
+            numbers = np.array([sp.Z for sp in s.species], dtype=np.int64)
+            rows.add(loaded.id, s.lattice.matrix, s.frac_coords, numbers, structure_hash(s))
+    return rows
 
 
 def _read_store(source: Source, unit: Unit) -> Rows:

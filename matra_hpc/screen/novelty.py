@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from array import array
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,60 @@ def default_matcher():
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     return StructureMatcher()
+
+
+def reduced_size(structure) -> int:
+    """Sites of the cell StructureMatcher compares (Niggli, then primitive, as it reduces)."""
+    return len(structure.get_reduced_structure(reduction_algo="niggli").get_primitive_structure())
+
+
+class Confirm:
+    """StructureMatcher's verdict inside a bucket, with one retry for a lost centring.
+
+    A distortion that breaks a centring (noise of ~0.05-0.1 A on an F- or I-centred crystal)
+    leaves a primitive cell 2-4 times the known one's, and StructureMatcher (without
+    ``attempt_supercell``) then refuses on the site count alone. When the reduced cells differ
+    by a factor 2, 3 or 4, the same tolerances are tried once more with ``attempt_supercell``,
+    so such a structure is still the known crystal. ``supercell_retry=False`` gives pymatgen's
+    plain verdict.
+    """
+
+    def __init__(self, matcher=None, supercell_retry: bool = True) -> None:
+        self._matcher = matcher
+        self._retry = None
+        self.supercell_retry = supercell_retry
+        self.retries = 0
+
+    @property
+    def matcher(self):
+        if self._matcher is None:  # pymatgen loads only when a lookup needs the matcher
+            self._matcher = default_matcher()
+        return self._matcher
+
+    def _retry_matcher(self):
+        if self._retry is None:
+            from pymatgen.analysis.structure_matcher import StructureMatcher
+
+            self._retry = StructureMatcher.from_dict({**self.matcher.as_dict(), "attempt_supercell": True})
+        return self._retry
+
+    def same(self, query, ref, sizes: dict[Any, int], query_key: Any, ref_key: Any) -> bool:
+        """Whether ``query`` is the crystal ``ref``; ``sizes`` memoises reduced cell sizes by key."""
+        if self.matcher.fit(query, ref):
+            return True
+        if not self.supercell_retry:
+            return False
+        if query_key not in sizes:
+            sizes[query_key] = reduced_size(query)
+        if ref_key not in sizes:
+            sizes[ref_key] = reduced_size(ref)
+        a, b = sizes[query_key], sizes[ref_key]
+        # Centrings multiply a primitive cell by 2 (A, B, C, I), 3 (R) or 4 (F): other ratios are
+        # other crystals, and the supercell search is the expensive part of a lookup.
+        if max(a, b) % min(a, b) or max(a, b) // min(a, b) not in (2, 3, 4):
+            return False
+        self.retries += 1
+        return bool(self._retry_matcher().fit(query, ref))
 
 
 def _numbers(structure) -> np.ndarray:
@@ -208,6 +263,9 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
         raise UsageError("give at least one index source (token, generated or screened store, or a structure folder)")
     root = Path(out).resolve()
     described = [describe_source(s) for s in sources]
+    for src in described:
+        if src.kind != "dataset" and (root == Path(src.path) or Path(src.path) in root.parents):
+            raise UsageError(f"--out {root} lies inside the source {src.path}: pick a folder outside it")
     kwargs = {} if rows_per_unit is None else {"rows_per_unit": rows_per_unit}
     units = plan_units(described, **kwargs)
     plan = plan_json(described, units)
@@ -221,37 +279,53 @@ def build_index(sources: list[str], out: str | Path, *, ctx: RunContext | None =
     (root / "parts").mkdir(exist_ok=True)
 
     built = 0
-    for unit in units[ctx.rank::max(1, ctx.world_size)]:
-        if fmt.part_done(root, unit.name):
-            continue
-        m = _build_unit(root, described[unit.source], unit, ctx.rank)
-        built += 1
-        log.info("index part %s: %d entries (%d hashed)", unit.name, m["n"], m["n_hashed"])
+    all_done_at_start = all(fmt.part_done(root, u.name) for u in units)
+    mpi = ctx.comm is not None and ctx.world_size > 1
+    error: str | None = None
+    try:
+        for unit in units[ctx.rank::max(1, ctx.world_size)]:
+            if fmt.part_done(root, unit.name):
+                continue
+            m = _build_unit(root, described[unit.source], unit, ctx.rank)
+            built += 1
+            log.info("index part %s: %d entries (%d hashed)", unit.name, m["n"], m["n_hashed"])
+    except Exception as exc:
+        if not mpi:
+            raise
+        error = f"rank {ctx.rank}: {type(exc).__name__}: {exc}"
 
-    if ctx.comm is not None and ctx.world_size > 1:
-        ctx.comm.Barrier()
+    if mpi:
+        # Every rank learns about a failed one (instead of waiting for it at a barrier forever).
+        errors = [e for e in ctx.comm.allgather(error) if e]
+        if errors:
+            raise StoreError(f"index build failed ({'; '.join(errors)}); finished parts are kept, rerun to resume")
         n_total = sum(int(fmt.read_manifest(root, u.name)["n"]) for u in units)
         parts = list(range(1 << fmt.partition_bits(n_total, plan["partition_entries"])))[ctx.rank::ctx.world_size]
         index = _finalize(root, units, described, plan, partitions=parts)
         ctx.comm.Barrier()
         if ctx.rank == 0:
+            fmt.remove_partials(root)
             fmt.write_json_atomic(root / fmt.INDEX_FILE, index)
         ctx.comm.Barrier()
         return _summary(index, root, time.perf_counter() - start, built)
 
     if ctx.world_size > 1:
         # Independent array tasks: the last one to finish its units merges. Whoever wrote last
-        # sees every part; if two see them at once, the O_EXCL claim picks one.
+        # sees every part; if two see them at once, the O_EXCL claim picks one. A task that found
+        # every part already there (a rerun after the merging task died) merges too: merges write
+        # identical files atomically, so a second one only costs time.
+        not_done = {"out": str(root), "finalized": False, "parts_built_here": built,
+                    "seconds": round(time.perf_counter() - start, 2)}
         if not all(fmt.part_done(root, u.name) for u in units):
-            return {"out": str(root), "finalized": False, "parts_built_here": built,
-                    "seconds": round(time.perf_counter() - start, 2)}
-        try:
-            fd = os.open(root / ".finalize-claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.close(fd)
-        except FileExistsError:
-            return {"out": str(root), "finalized": False, "parts_built_here": built,
-                    "seconds": round(time.perf_counter() - start, 2)}
+            return not_done
+        if not all_done_at_start:
+            try:
+                fd = os.open(root / ".finalize-claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.close(fd)
+            except FileExistsError:
+                return not_done
     index = _finalize(root, units, described, plan)
+    fmt.remove_partials(root)
     fmt.write_json_atomic(root / fmt.INDEX_FILE, index)
     return _summary(index, root, time.perf_counter() - start, built)
 
@@ -291,15 +365,39 @@ def run_index_build(config: IndexBuildConfig, ctx: RunContext | None = None) -> 
 # Reading
 
 
+def _check_files(root: Path, meta: dict[str, Any]) -> None:
+    """Refuse an index whose tables or parts are missing or cut (reads only the .npy headers)."""
+    want = {"proto": int(meta["n_hashed"]), "formula": int(meta["n_entries"])}
+    try:
+        for table, n in want.items():
+            total = 0
+            for p in range(1 << int(meta["partition_bits"])):
+                kpath, epath = fmt.table_paths(root, table, p)
+                keys, entries = np.load(kpath, mmap_mode="r"), np.load(epath, mmap_mode="r")
+                if keys.shape != entries.shape:
+                    raise ValueError(f"{kpath.name} and {epath.name} differ in length")
+                total += len(keys)
+            if total != n:
+                raise ValueError(f"table {table} holds {total} keys, index.json says {n}")
+        for part in meta["parts"]:
+            if not (fmt.part_dir(root, part["unit"]) / fmt.MANIFEST).is_file():
+                raise ValueError(f"part {part['unit']} is missing")
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{root} is damaged ({exc}): rebuild it with `matra-hpc index build` into a new --out") \
+            from None
+
+
 class NoveltyIndex:
     """A finished index, memory-mapped: key lookups in sorted arrays, structures read on demand."""
 
-    def __init__(self, root: Path, meta: dict[str, Any], matcher=None, cache_size: int = 4096) -> None:
+    def __init__(self, root: Path, meta: dict[str, Any], matcher=None, cache_size: int = 4096,
+                 supercell_retry: bool = True) -> None:
         self.root = root
         self.meta = meta
         self.bits = int(meta["partition_bits"])
         self._shift = 64 - self.bits
-        self._matcher = matcher
+        self.confirm = Confirm(matcher, supercell_retry)
+        self._sizes: OrderedDict[Any, int] = OrderedDict()
         self._tables: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
         # Open parts, least recently used out: each map holds a file descriptor, and an index of
         # 10^8 entries has ~1,500 parts of 10 arrays.
@@ -312,12 +410,10 @@ class NoveltyIndex:
 
     @property
     def matcher(self):
-        if self._matcher is None:  # pymatgen loads only when a lookup needs the matcher
-            self._matcher = default_matcher()
-        return self._matcher
+        return self.confirm.matcher
 
     @classmethod
-    def open(cls, path: str | Path, matcher=None) -> NoveltyIndex:
+    def open(cls, path: str | Path, matcher=None, supercell_retry: bool = True) -> NoveltyIndex:
         root = Path(path)
         index = root / fmt.INDEX_FILE
         if not index.is_file():
@@ -326,14 +422,18 @@ class NoveltyIndex:
                                  f"{root}` (finished parts are kept)")
             raise StoreError(f"{root} is not a novelty index (no {fmt.INDEX_FILE}): build one with "
                              f"`matra-hpc index build SOURCES --out {root}`")
-        meta = json.loads(index.read_text())
+        try:
+            meta = json.loads(index.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{root}/{fmt.INDEX_FILE} is unreadable ({type(exc).__name__}): rebuild the index") from None
         if meta.get("schema") != fmt.SCHEMA:
             raise StoreError(f"{root} has schema {meta.get('schema')!r}, expected {fmt.SCHEMA!r}")
         current = _hash_version()
         if meta.get("hash_version") != current:
             raise StoreError(f"{root} was built with prototype hash {meta.get('hash_version')}, this code computes "
                              f"{current}: rebuild it with `matra-hpc index build` into a new --out")
-        return cls(root, meta, matcher)
+        _check_files(root, meta)
+        return cls(root, meta, matcher, supercell_retry=supercell_retry)
 
     def __len__(self) -> int:
         return int(self.meta["n_entries"])
@@ -438,20 +538,24 @@ class NoveltyIndex:
         self.stats["lookups"] += 1
         pkey, fkey = structure_keys(structure, prototype_hash)
         tried: set[int] = set()
+        sizes = self._sizes
+        sizes.pop("query", None)
         if pkey is not None:
             for e in self.bucket(pkey, "proto").tolist():
                 tried.add(e)
                 self.stats["fits"] += 1
-                if self.matcher.fit(structure, self.structure(e)):
+                if self.confirm.same(structure, self.structure(e), sizes, "query", e):
                     self.stats["proto_hits"] += 1
                     return self.entry_id(e)
         for e in self.bucket(fkey, "formula").tolist():
             if e in tried:
                 continue
             self.stats["fits"] += 1
-            if self.matcher.fit(structure, self.structure(e)):
+            if self.confirm.same(structure, self.structure(e), sizes, "query", e):
                 self.stats["formula_hits"] += 1
                 return self.entry_id(e)
+        while len(sizes) > self._cache_size:  # reduced sizes of entries, oldest out
+            sizes.popitem(last=False)
         return None
 
 
@@ -459,34 +563,66 @@ class RunUniqueness:
     """Candidates of one run seen so far, under the index's two keys (in memory).
 
     Call ``first_seen`` in the run's fixed order (temperature, shard, row): the first of a set of
-    matching candidates is unique, each later one gets that first one's id.
+    matching candidates is unique, each later one gets that first one's id. Only unique
+    candidates are kept, as flat arrays (~100 + 13 x sites bytes each; a pymatgen Structure
+    costs ~1 kB per site), so a run of millions fits; structures are rebuilt on demand.
     """
 
-    def __init__(self, matcher=None) -> None:
-        self.matcher = matcher or default_matcher()
+    def __init__(self, matcher=None, supercell_retry: bool = True, cache_size: int = 4096) -> None:
+        self.confirm = Confirm(matcher, supercell_retry)
+        self._sizes: dict[Any, int] = {}
         self._proto: dict[int, list[int]] = defaultdict(list)
         self._formula: dict[int, list[int]] = defaultdict(list)
         self._ids: list[str] = []
-        self._structures: list[Any] = []
+        self._lattice = array("d")
+        self._frac = array("f")
+        self._numbers = array("B")
+        self._offsets = array("q", [0])
+        self._cache: OrderedDict[int, Any] = OrderedDict()
+        self._cache_size = cache_size
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def _structure(self, j: int):
+        got = self._cache.get(j)
+        if got is not None:
+            self._cache.move_to_end(j)
+            return got
+        from pymatgen.core import Lattice, Structure
+
+        a, b = self._offsets[j], self._offsets[j + 1]
+        lattice = np.frombuffer(self._lattice, dtype=np.float64)[9 * j:9 * j + 9].reshape(3, 3).copy()
+        frac = np.frombuffer(self._frac, dtype=np.float32)[3 * a:3 * b].reshape(-1, 3).astype(np.float64)
+        numbers = np.frombuffer(self._numbers, dtype=np.uint8)[a:b].tolist()
+        got = Structure(Lattice(lattice), numbers, frac)
+        self._remember(j, got)
+        return got
+
+    def _remember(self, j: int, structure) -> None:
+        self._cache[j] = structure
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
     def first_seen(self, candidate_id: str, structure, *, prototype_hash: str | None = None) -> str | None:
         """Id of an earlier candidate this one matches; else None, and it is remembered."""
         pkey, fkey = structure_keys(structure, prototype_hash)
         tried: set[int] = set()
+        i = len(self._ids)  # this candidate's slot if it is new; its size memo key meanwhile
+        self._sizes.pop(i, None)
         if pkey is not None:
-            for i in self._proto.get(pkey, ()):
-                tried.add(i)
-                if self.matcher.fit(structure, self._structures[i]):
-                    return self._ids[i]
-        for i in self._formula.get(fkey, ()):
-            if i not in tried and self.matcher.fit(structure, self._structures[i]):
-                return self._ids[i]
-        i = len(self._ids)
+            for j in self._proto.get(pkey, ()):
+                tried.add(j)
+                if self.confirm.same(structure, self._structure(j), self._sizes, i, j):
+                    return self._ids[j]
+        for j in self._formula.get(fkey, ()):
+            if j not in tried and self.confirm.same(structure, self._structure(j), self._sizes, i, j):
+                return self._ids[j]
         self._ids.append(candidate_id)
-        self._structures.append(structure)
+        self._lattice.extend(np.asarray(structure.lattice.matrix, dtype=np.float64).ravel().tolist())
+        self._frac.extend(np.asarray(structure.frac_coords, dtype=np.float64).ravel().tolist())
+        self._numbers.extend(_numbers(structure).tolist())
+        self._offsets.append(self._offsets[-1] + len(structure))
         if pkey is not None:
             self._proto[pkey].append(i)
         self._formula[fkey].append(i)

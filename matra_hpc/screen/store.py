@@ -46,8 +46,8 @@ SCREEN_STATUS_FILE = "screen.jsonl"
 STATUSES = ("not_screened", "failed", "rejected", "screened")
 REASONS: dict[str, tuple[str, ...]] = {
     "screened": ("",),
-    "not_screened": ("not_decoded", "not_screened_bonds", "not_screened_dup_train", "bad_geometry",
-                     "unsupported_element", "too_many_atoms"),
+    "not_screened": ("not_decoded", "not_screened_bonds", "not_screened_dup_train", "not_screened_limit",
+                     "bad_geometry", "unsupported_element", "too_many_atoms"),
     "failed": ("relax_nan", "relax_exploded", "relax_volume", "relax_overlap", "relax_unconverged",
                "relax_error"),
     "rejected": ("disconnected", "no_reference"),

@@ -53,6 +53,7 @@ from matra_hpc.model.checkpoint import (
 )
 from matra_hpc.train.config import TrainConfig
 from matra_hpc.train.metrics import PLOT_FILE, MetricsLog, plot_loss_curve
+from matra_hpc.util import hold_point
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,7 @@ class _Trainer:
             }
             path = save_checkpoint(self.out, self.model, state, self._meta(), self.config.keep_checkpoints)
             self.last_checkpoint = str(path)
+            hold_point("train-checkpoint")
         self.last_ckpt_time = time.monotonic()
         self.ckpt_step = self.step
         self._barrier()

@@ -8,7 +8,8 @@ of the program in that directory replays step n (the last step repeats). A step 
 - ``vasprun``: a recorded ``vasprun.xml(.gz)`` under tests/dft/files, written as ``vasprun.xml``
   (omit it for a run that dies before writing one);
 - ``stdout``: a recorded VASP standard output (error messages custodian's handlers look for);
-- ``exit``: the exit code (default 0).
+- ``exit``: the exit code (default 0);
+- ``sleep``: seconds to run first (a calculation still running when its job ends).
 
 Like real VASP it refuses a folder without INCAR, KPOINTS or POSCAR, and it keeps what it was
 given (``.fake_vasp/INCAR.<n>``, ``KPOINTS.<n>``, ``POSCAR.<n>``) so tests can check the inputs
@@ -22,6 +23,7 @@ import json
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 FILES = Path(__file__).resolve().parent / "files"
@@ -63,6 +65,8 @@ def main(argv: list[str]) -> int:
     candidate = json.loads((here / "candidate.json").read_text())["id"] if (here / "candidate.json").is_file() else ""
     steps = scenarios.get(candidate) or scenarios["default"]
     step = steps[min(calls, len(steps) - 1)]
+    if step.get("sleep"):
+        time.sleep(float(step["sleep"]))
     stdout = (FILES / step["stdout"]).read_text() if step.get("stdout") else NORMAL_STDOUT
     sys.stdout.write(stdout)
     sys.stdout.flush()

@@ -135,22 +135,55 @@ def test_cli_exit_codes(store, tmp_path):
 
 def test_kill_9_during_prep_then_rerun_gives_the_identical_tree(tmp_path):
     rows = [dict(structure=si(5.3 + 0.01 * i) if i % 2 else mgo(4.0 + 0.01 * i), e_hull=0.001 * i)
-            for i in range(30)]
+            for i in range(12)]
     store = build_screened_store(tmp_path / "screened.zarr", rows)
+    clean, killed, held = tmp_path / "clean", tmp_path / "killed", tmp_path / "held"
+    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(clean), top=12), local_context())
+    args = [sys.executable, "-m", "matra_hpc", "vasp-prep", str(store), "--top", "12", "--out", str(killed)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
-    args = [sys.executable, "-m", "matra_hpc", "vasp-prep", str(store), "--top", "30", "--out"]
-    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(clean), top=30), local_context())
-    proc = subprocess.Popen([*args, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(killed.glob("b0000/*/candidate.json"))) < 3:
+    # held in the 5th candidate: its inputs written into a partial folder, its candidate.json not yet
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**env, "MATRA_HPC_HOLD": f"vasp-prep-candidate:5:{held}"})
+    deadline = time.monotonic() + 240
+    while not held.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "vasp-prep never reached the hold point"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    partial = len(list(killed.glob("b0000/*/candidate.json")))
-    assert 3 <= partial < 30, "the kill came too late to test anything"
+    assert len(list(killed.glob("b0000/*/candidate.json"))) == 4
+    assert len(list(killed.glob("b0000/.partial-*"))) == 1
     assert not (killed / "manifest.json").exists()
     with pytest.raises(TreeError, match="did not finish"):
         read_tree_manifest(killed)
-    subprocess.run([*args, str(killed)], check=True, capture_output=True, env=env)
+    subprocess.run(args, check=True, capture_output=True, env=env)
     assert tree_digest(killed) == tree_digest(clean)
+
+
+@pytest.mark.mpi
+def test_mpirun_ranks_write_the_same_tree(store, tmp_path):
+    single, ranks = tmp_path / "single", tmp_path / "ranks"
+    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(single), top=5), local_context())
+    mpirun = Path(sys.executable).parent / "mpirun"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([str(mpirun), "-n", "2", sys.executable, "-m", "matra_hpc", "vasp-prep", str(store),
+                           "--top", "5", "--out", str(ranks)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["complete"]  # rank 0 prints after the barrier
+    assert tree_digest(ranks) == tree_digest(single)
+    writers = sorted(p.name for p in (store / "status").glob("dft-prep-r*.jsonl"))
+    assert any(w.startswith("dft-prep-r0-") for w in writers) and any(w.startswith("dft-prep-r1-") for w in writers)
+
+
+def test_two_trees_from_one_store_keep_their_own_states(store, tmp_path):
+    from matra_hpc.dft.status import append_events
+
+    small, large = tmp_path / "small", tmp_path / "large"
+    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(small), top=2), local_context())
+    run_vasp_prep(VaspPrepConfig(store=str(store), out=str(large), top=3), local_context())
+    a, b = read_tree_manifest(small), read_tree_manifest(large)
+    assert a["plan_hash"] != b["plan_hash"]
+    shared = a["candidates"][0]["id"]
+    assert shared == b["candidates"][0]["id"]
+    append_events(store, "dft-test", [{"id": shared, "status": "converged"}], plan=a["plan_hash"])
+    assert tree_states(a)[shared]["status"] == "converged"
+    assert tree_states(b)[shared]["status"] == "prepped"

@@ -103,21 +103,20 @@ def test_two_mpi_ranks_write_the_same_shards_as_one(reference_store: Path, check
 
 def test_resume_after_kill_9_completes_without_holes(reference_store: Path, checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed.zarr"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    held = tmp_path / "held"  # the run stops for good after writing its first shard
+    env = dict(os.environ, OMP_NUM_THREADS="1", MATRA_HPC_HOLD=f"generate-shard:1:{held}")
     proc = subprocess.Popen(
         [sys.executable, "-m", "matra_hpc", "generate", "--checkpoint", str(checkpoint), "--out", str(out), *GEN_ARGS],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and sum(len(gstore.finished_shards(out, t)) for t in TEMPS) >= 1:
-            break
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not held.exists():
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    assert held.exists(), "the run ended before it reached its first shard"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = sum(len(gstore.finished_shards(out, t)) for t in TEMPS)
-    assert 1 <= done_before < 4
+    assert done_before == 1
     rerun = cli("generate", "--checkpoint", str(checkpoint), "--out", str(out), *GEN_ARGS, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout)

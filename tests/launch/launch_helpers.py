@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 
-def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``matra-hpc ARGS`` in a fresh process, as a user runs it."""
+def cli(*args: str, cwd: Path, timeout: float = 300, ignore_sigint: bool = False) -> subprocess.CompletedProcess:
+    """``matra-hpc ARGS`` in a fresh process, as a user runs it (``ignore_sigint``: as ``cmd &`` does)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "matra_hpc", *args], cwd=cwd, capture_output=True, text=True,
         timeout=timeout, env=env,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None,
     )
 
 

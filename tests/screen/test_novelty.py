@@ -6,6 +6,7 @@ the data stage, so the index reads exactly what a user's store holds.
 
 from __future__ import annotations
 
+import bz2
 import json
 import os
 import subprocess
@@ -24,6 +25,7 @@ from matra_hpc.screen.index_sources import structure_hash
 from matra_hpc.screen.novelty import NoveltyIndex, RunUniqueness, build_index
 
 warnings.filterwarnings("ignore", message=".*(fractional coordinates|electronegativity).*")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pymatgen's CIF parser on the broken file
 
 
 def known_crystals() -> dict[str, Structure]:
@@ -73,12 +75,12 @@ def shifted_supercell_shuffled(s: Structure, seed: int = 0) -> Structure:
     return Structure.from_sites([out[i] for i in order])
 
 
-def lowered(s: Structure, seed: int = 1) -> Structure:
+def lowered(s: Structure, seed: int = 1, sigma: float = 0.04) -> Structure:
     """What a relaxation that breaks symmetry leaves: every atom moved a little, the cell strained."""
     out = s.copy()
     rng = np.random.default_rng(seed)
     for i in range(len(out)):
-        out.translate_sites([i], rng.normal(0, 0.04, 3), frac_coords=False)
+        out.translate_sites([i], rng.normal(0, sigma, 3), frac_coords=False)
     out.apply_strain([0.012, -0.008, 0.02])
     return out
 
@@ -98,6 +100,14 @@ def test_known_crystal_in_another_setting_and_lower_symmetry_is_not_novel(index_
         # ... and the formula bucket with StructureMatcher still finds the crystal.
         assert index.find(low) == want
         assert index.stats["formula_hits"] == before + 1
+    # Noise that breaks rock salt's F centring: pymatgen's plain verdict is "different" (reduced
+    # cells of 8 and 2 sites); the retry with attempt_supercell still finds the crystal.
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    broken = lowered(crystals["nacl"], seed=0, sigma=0.08)
+    assert not StructureMatcher().fit(broken, crystals["nacl"])
+    assert index.find(broken) == _id_of(index, "nacl")
+    assert NoveltyIndex.open(index_path, supercell_retry=False).find(broken) is None
     # Same formula, other structure: NaCl in the CsCl type; TiO2 as anatase; unknown chemistry.
     nacl_b2 = Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     anatase = Structure.from_spacegroup("I4_1/amd", Lattice.tetragonal(3.785, 9.514), ["Ti", "O"],
@@ -118,6 +128,7 @@ def test_run_uniqueness_first_seen_across_settings() -> None:
     assert seen.first_seen("run:T0.70:s0:1", crystals["nacl"]) is None
     assert seen.first_seen("run:T1.00:s1:0", shifted_supercell_shuffled(crystals["rutile"], 3)) == "run:T0.70:s0:0"
     assert seen.first_seen("run:T1.00:s1:1", lowered(crystals["nacl"])) == "run:T0.70:s0:1"
+    assert seen.first_seen("run:T1.00:s1:3", lowered(crystals["nacl"], seed=0, sigma=0.08)) == "run:T0.70:s0:1"
     anatase = Structure.from_spacegroup("I4_1/amd", Lattice.tetragonal(3.785, 9.514), ["Ti", "O"],
                                         [[0, 0.75, 0.125], [0, 0.75, 0.3333]])
     assert seen.first_seen("run:T1.00:s1:2", anatase) is None
@@ -153,6 +164,12 @@ def test_array_tasks_partitions_and_resume_give_the_same_index(token_store, inde
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     # A rerun of a finished build returns it without touching it.
     assert build_index([token_store], out, rows_per_unit=2)["parts_built_here"] == 0
+    # The merging task died after its claim: a rerun of the array merges again.
+    (out / fmt.INDEX_FILE).unlink()
+    assert (out / ".finalize-claim").exists()
+    again = build_index([token_store], out, ctx=RunContext(rank=0, world_size=2), rows_per_unit=2)
+    assert again["finalized"] is True and again["parts_built_here"] == 0
+    assert NoveltyIndex.open(out).entry_id(0) == serial.entry_id(0)
 
     # Many partitions (tiny target size): same answers as one partition.
     many = tmp_path / "many.index"
@@ -162,6 +179,21 @@ def test_array_tasks_partitions_and_resume_give_the_same_index(token_store, inde
     keys = np.concatenate([np.load(fmt.table_paths(Path(index_path), "proto", 0)[0]), [np.uint64(12345)]])
     assert index.count_keys(keys).tolist() == serial.count_keys(keys).tolist() == [1] * (len(keys) - 1) + [0]
     assert index.find(lowered(known_crystals()["zno"])) == _id_of(index, "zno")
+
+
+def test_stored_hashes_of_an_older_version_are_recomputed(token_store, tmp_path, monkeypatch) -> None:
+    import matra_hpc.tokens.hashing as hashing
+
+    monkeypatch.setattr(hashing, "HASH_VERSION", "v9")  # the store holds v1 hashes: all stale now
+    out = tmp_path / "v9.index"
+    summary = build_index([token_store], out)
+    assert summary["hash_version"] == "v9" and summary["n_hashed"] == len(known_crystals())
+    index = NoveltyIndex.open(out)
+    rutile = known_crystals()["rutile"]
+    h = structure_hash(rutile)
+    assert h.startswith("v9:")
+    key = fmt.proto_key(h, [site.specie.Z for site in rutile])
+    assert [index.entry_id(e) for e in index.bucket(key)] == [_id_of(index, "rutile")]
 
 
 @pytest.mark.mpi
@@ -183,6 +215,23 @@ def test_two_mpi_ranks_share_units_and_merge(token_store, index_path, tmp_path) 
     for table in fmt.TABLES:
         assert index.count_keys(probe, table).tolist() == serial.count_keys(probe, table).tolist()
     assert index.find(lowered(known_crystals()["rutile"])) == _id_of(index, "rutile")
+
+
+@pytest.mark.slurm
+def test_slurm_job_array_builds_the_same_index(token_store, index_path, tmp_path, slurm) -> None:
+    out, run_dir = tmp_path / "slurm.index", tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "matra_hpc", "submit", "index-build-array", token_store, "--out",
+                           str(out), "--rows-per-unit", "2", "--array", "2", "--cluster", "slurm", "--profile",
+                           "localci", "--run-dir", str(run_dir), "--wait"],
+                          cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = json.loads((run_dir / "manifest.json").read_text())["jobs"]
+    assert len(jobs) == 2 and all(j["state"] == "COMPLETED" for j in jobs)
+    meta = json.loads((out / fmt.INDEX_FILE).read_text())
+    assert {fmt.read_manifest(out, p["unit"])["rank"] for p in meta["parts"]} == {0, 1}
+    a, b = _tables(out), _tables(Path(index_path))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_folder_and_generated_sources(tmp_path) -> None:
@@ -210,14 +259,43 @@ def test_folder_and_generated_sources(tmp_path) -> None:
     write_shard(gen, 0.7, 0, builder.build(), {})
     consolidate(gen)
 
+    # A raw Alexandria file, read by the data stage's reader without its filters: a 2x2x2 supercell
+    # of CsCl has 16 atoms, still one Wyckoff orbit per element, and a big P1 cell is kept by formula.
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
+
+    alex = tmp_path / "alex"
+    alex.mkdir()
+    p1 = lowered(crystals["srtio3"] * (2, 2, 2))
+    entries = [ComputedStructureEntry(s, -1.0 * len(s), data={"mat_id": mid}).as_dict()
+               for s, mid in ((crystals["cscl"] * (2, 2, 2), "agm001"), (p1, "agm002"))]
+    with bz2.open(alex / "alexandria_000.json.bz2", "wt") as fh:
+        json.dump({"entries": entries}, fh)
+
+    # A screened store: only the `screened` row is a known crystal (consolidate runs RunUniqueness).
+    from matra_hpc.screen import store as sstore
+
+    screened = tmp_path / "screened.zarr"
+    sstore.init_store(screened, {"schema": sstore.SCHEMA, "run_id": "old", "temperatures": [1.0], "shards": 1},
+                      {"generated": "x", "shards": 1}, [1.0])
+    rows = sstore.RowBuilder()
+    kbr = Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.6), ["K", "Br"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    rows.add(id="old:T1.00:s0:0", status="screened", structure=lowered(kbr), relaxed=True)
+    rows.add(id="old:T1.00:s0:1", status="failed", reason="relax_unconverged", structure=crystals["fes2"],
+             relaxed=True)
+    sstore.write_shard(screened, 1.0, 0, rows.build(), {"rank": 0})
+    sstore.consolidate(screened)
+
     out = tmp_path / "mixed.index"
-    summary = build_index([str(folder), str(gen)], out)
-    assert summary["n_entries"] == 3
-    assert summary["skipped"] == {"parse_error": 1, "not_decoded": 1}
+    summary = build_index([str(folder), str(gen), f"alexandria={alex}", str(screened)], out)
+    assert summary["n_entries"] == 6 and summary["n_hashed"] == 4  # P1 cells have no prototype hash
+    assert summary["skipped"] == {"parse_error": 1, "not_decoded": 1, "not_screened": 1}
     index = NoveltyIndex.open(out)
     assert index.find(shifted_supercell_shuffled(crystals["zno"])) == "cifs/sub/zno.cif"
     assert index.find(lowered(crystals["rutile"])) == "run:T0.70:s0:0"
-    assert index.find(crystals["cscl"]) is None
+    assert index.find(crystals["cscl"]) == "alex:agm001"
+    assert index.find(p1) == "alex:agm002"
+    assert index.find(shifted_supercell_shuffled(kbr)) == "old:T1.00:s0:0"
+    assert index.find(crystals["fes2"]) is None
 
 
 def test_refusals(token_store, index_path, tmp_path) -> None:
@@ -239,6 +317,22 @@ def test_refusals(token_store, index_path, tmp_path) -> None:
     (stale / fmt.INDEX_FILE).write_text(json.dumps(meta))
     with pytest.raises(StoreError, match="rebuild"):
         NoveltyIndex.open(stale)
+    # A table file lost after the build.
+    damaged = tmp_path / "damaged.index"
+    build_index([token_store], damaged)
+    fmt.table_paths(damaged, "formula", 0)[1].unlink()
+    with pytest.raises(StoreError, match="damaged"):
+        NoveltyIndex.open(damaged)
+    # A folder that gained a file since its parts were built is another source: refused.
+    folder = tmp_path / "few"
+    folder.mkdir()
+    known_crystals()["nacl"].to(filename=str(folder / "a.cif"))
+    build_index([str(folder)], tmp_path / "few.index")
+    known_crystals()["cscl"].to(filename=str(folder / "b.cif"))
+    with pytest.raises(UsageError, match="other sources"):
+        build_index([str(folder)], tmp_path / "few.index")
+    with pytest.raises(UsageError, match="inside the source"):
+        build_index([str(folder)], folder / "ref.index")
 
 
 def test_cli_build_info_find(token_store, tmp_path, capsys) -> None:

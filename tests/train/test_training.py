@@ -85,20 +85,19 @@ def test_run_killed_mid_epoch_resumes_to_the_same_steps(store, tmp_path):
     command = [PYTHON, "-m", "matra_hpc", "train", "--data", str(store), "--out", str(out), "--model", "tiny",
                "--epochs", "50", "--global-batch", "32", "--lr-max", "3e-3", "--log-every", "1",
                "--schedule-steps", "40", "--ckpt-every-steps", "3", "--ckpt-every-minutes", "60"]
+    held = tmp_path / "held"  # training stops for good after its 2nd checkpoint (step 6)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
+    proc = subprocess.Popen(command, cwd=ROOT, env={**env, "MATRA_HPC_HOLD": f"train-checkpoint:2:{held}"},
+                            start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = find_latest_valid(out) if (out / "checkpoints").exists() else None
-        if found is not None and found.step >= 6:
-            break
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not held.exists():
         time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    assert held.exists(), proc.stderr.read().decode()[-2000:]
     os.kill(proc.pid, signal.SIGKILL)  # mid-epoch: an epoch is 12 steps
     proc.wait()
     killed_at = find_latest_valid(out).step
-    assert 6 <= killed_at < 12
+    assert killed_at == 6
     resumed = subprocess.run([*command, "--max-steps", "16"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert '"step": 16' in resumed.stdout and ref.step == 16

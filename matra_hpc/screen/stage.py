@@ -1,0 +1,453 @@
+"""The screen stage: relax generated candidates with ML potentials, check connectivity, novelty
+and uniqueness, and place them against an ML convex hull.
+
+Input: a consolidated generated store (contract G). Output: the screened store (contract J),
+one row per generated row of the selected temperatures, ids unchanged.
+
+Invariants:
+- a task is one (temperature, shard): a fixed slice of that temperature's generated rows; its
+  shard is written aside and renamed into place with its manifest, so a kill -9 loses at most
+  the tasks in flight and a rerun redoes only those;
+- which rows are relaxed (``--limit``) is a function of the generated store alone, computed
+  identically by every process;
+- MPI ranks pull tasks from a queue (atomic claim files); job-array tasks take every n-th task;
+  whoever finds every shard finished consolidates (under a lock file), which also marks
+  ``unique`` over the whole run in (T, shard, row) order and writes ``status/screen.jsonl``;
+- hull references are relaxed once per protocol and cached in the store (ranks split them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from matra_hpc import __version__
+from matra_hpc.context import RunContext
+from matra_hpc.errors import StoreError, UsageError
+from matra_hpc.generate.temperatures import temperature_group
+from matra_hpc.screen import store as sstore
+from matra_hpc.screen.config import ScreenConfig
+from matra_hpc.util import git_revision
+
+log = logging.getLogger(__name__)
+
+CLAIMS_DIR = ".claims"
+CONSOLIDATE_LOCK = ".consolidate.lock"
+
+
+# ---------------------------------------------------------------- input
+
+
+def generated_temperatures(config: ScreenConfig) -> list[float]:
+    """Temperatures to screen: the generated store's, or the requested subset of them."""
+    from matra_hpc.generate import store as gstore
+
+    available = gstore.store_temperatures(Path(config.generated))
+    wanted = config.selected_temperatures()
+    if wanted is None:
+        temps = available
+    else:
+        missing = [t for t in wanted if t not in available]
+        if missing:
+            raise UsageError(f"--temps: {', '.join(temperature_group(t) for t in missing)} not in {config.generated} "
+                             f"(it has {', '.join(temperature_group(t) for t in available)})")
+        temps = wanted
+    for t in temps:
+        if not gstore.view_is_current(Path(config.generated), t):
+            raise StoreError(f"{config.generated}/{temperature_group(t)} has no current consolidated view: finish "
+                             "the generation first (rerun it to resume)")
+    return temps
+
+
+def screenable(table) -> np.ndarray:
+    """Rows that generation let through: decoded, bonds ok, not a training duplicate."""
+    return np.asarray(table.decodes, bool) & np.asarray(table.bonds_ok, bool) & ~np.asarray(table.dup_train, bool)
+
+
+def plan_rows(generated: str | Path, temperatures: list[float], limit: int | None) -> dict[float, np.ndarray]:
+    """Per temperature, which rows are relaxed: screenable, and among the first ``limit`` of the run."""
+    from matra_hpc.generate import store as gstore
+
+    plan, left = {}, limit
+    for t in temperatures:
+        table = gstore.read_view(Path(generated), t)
+        ok = screenable(table)
+        if left is not None:
+            picked = np.zeros_like(ok)
+            idx = np.flatnonzero(ok)[:left]
+            picked[idx] = True
+            left -= len(idx)
+            ok = picked
+        plan[t] = ok
+    return plan
+
+
+def shard_bounds(n_rows: int, shards: int, shard: int) -> tuple[int, int]:
+    base, extra = divmod(n_rows, shards)
+    lo = shard * base + min(shard, extra)
+    return lo, lo + base + (1 if shard < extra else 0)
+
+
+# ---------------------------------------------------------------- store preparation
+
+
+def _fingerprint(config: ScreenConfig, gen_attrs: dict, weights: dict[str, str], ref_fp: str | None,
+                 temperatures: list[float]) -> dict[str, Any]:
+    from matra_hpc.screen.potentials import weights_sha256
+
+    return {
+        "generated": {"run_id": gen_attrs.get("run_id"), "fingerprint": gen_attrs.get("fingerprint")},
+        "relax": config.relax, "max_steps": config.max_steps,
+        "weights": {k: weights_sha256(v) for k, v in weights.items()},
+        "hull_reference": ref_fp, "reference_max_ehull": config.reference_max_ehull,
+        "novelty_index": str(Path(config.novelty_index).resolve()) if config.novelty_index else None,
+        "temperatures": temperatures, "limit": config.limit, "shards": config.shards,
+        "max_atoms": config.max_atoms, "primitive": config.primitive,
+    }
+
+
+def _prepare_store(config: ScreenConfig, ctx: RunContext) -> dict[str, Any]:
+    from matra_hpc.generate import store as gstore
+    from matra_hpc.screen.connectivity import BOND_SCALE
+    from matra_hpc.screen.hull import CORRECTION_SCHEME, reference_fingerprint
+    from matra_hpc.screen.potentials import weights_sha256
+
+    temps = generated_temperatures(config)
+    gen_attrs = dict(gstore.open_root(Path(config.generated)).attrs)
+    weights = config.weight_paths()
+    ref_fp = reference_fingerprint(config.hull_reference) if config.hull_reference else None
+    steps = config.protocol()
+    label = ",".join(s.label() for s in steps)
+    attrs = {
+        "schema": sstore.SCHEMA,
+        "created_by": {"package": __version__, "git": git_revision(), "run_dir": ctx.run_dir},
+        "config": asdict(config),
+        "generated": {"path": str(Path(config.generated).resolve()), "run_id": gen_attrs.get("run_id"),
+                      "fingerprint": gen_attrs.get("fingerprint")},
+        "vocab_hash": gen_attrs.get("vocab_hash"),
+        "run_id": config.run_id or gen_attrs.get("run_id"),
+        "temperatures": temps,
+        "shards": config.shards,
+        "relax": [{"potential": s.potential, "fmax": s.fmax, "max_steps": s.max_steps, "weights": weights[s.potential],
+                   "sha256": weights_sha256(weights[s.potential])} for s in steps],
+        "energy": {"potential": label,
+                   "functional": f"ML ({label}) trained on PBE/PBE+U (MP) energies",
+                   "correction_scheme": CORRECTION_SCHEME,
+                   "hull_reference": ({"path": str(Path(config.hull_reference).resolve()), "fingerprint": ref_fp,
+                                       "max_ehull": config.reference_max_ehull}
+                                      if config.hull_reference else None),
+                   "ase_references": "ase.build.bulk for elements without an elemental reference"},
+        "novelty_index": {"path": str(Path(config.novelty_index).resolve())} if config.novelty_index else None,
+        "connectivity": {"bond_scale": BOND_SCALE, "radii": "covalent radii, Cordero et al. 2008 (ase.data)"},
+    }
+    root_attrs = sstore.init_store(Path(config.out), attrs, _fingerprint(config, gen_attrs, weights, ref_fp, temps),
+                                   temps)
+    return {"temperatures": temps, "run_id": root_attrs.get("run_id"), "attempt": uuid.uuid4().hex}
+
+
+# ---------------------------------------------------------------- the screener
+
+
+class Screener:
+    """Potentials, hull and novelty index of one process; screens one task at a time."""
+
+    def __init__(self, config: ScreenConfig, device: str, writer: str) -> None:
+        from matra_hpc.screen.hull import HullCalculator, ReferenceCache, load_references, protocol_key
+        from matra_hpc.screen.relax import BatchStats, protocol_label
+
+        self.config = config
+        self.device = device
+        self.steps = config.protocol()
+        self.label = protocol_label(self.steps)
+        self.weights = config.weight_paths()
+        self.stats = BatchStats()
+        refs = load_references(config.hull_reference, config.reference_max_ehull) if config.hull_reference else []
+        cache = ReferenceCache(Path(config.out) / "references" / protocol_key(self.label, self.weights), writer)
+        hull_kind = "PhaseDiagram per chemical system"
+        self.method = f"{self.label}|MP2020|{hull_kind}" + ("" if config.hull_reference else "|elements only")
+        self.hull = HullCalculator(refs, cache, self._relax, self._single_point, self.method)
+        self.index = None
+        if config.novelty_index:
+            from matra_hpc.screen.novelty import NoveltyIndex
+
+            self.index = NoveltyIndex.open(config.novelty_index)
+
+    def potential(self, name: str):
+        from matra_hpc.screen.potentials import load_potential
+
+        return load_potential(name, self.weights[name], self.device)
+
+    def _relax(self, structures: list) -> list:
+        from matra_hpc.screen.relax import relax_structures
+
+        return relax_structures(structures, self.steps, self.potential, batched=self.config.batched,
+                                max_atoms_in_batch=self.config.batch_atoms, stats=self.stats)
+
+    def _single_point(self, structure) -> float:
+        """Energy per atom of the protocol's last potential, structure as given."""
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        atoms = AseAtomsAdaptor.get_atoms(structure)
+        atoms.calc = self.potential(self.steps[-1].potential).calculator()
+        try:
+            return float(atoms.get_potential_energy()) / len(atoms)
+        except Exception:
+            return float("nan")
+
+    def candidate_structure(self, table, r: int):
+        structure = table.row_structure(r)
+        if structure is not None and self.config.primitive:
+            try:
+                structure = structure.get_primitive_structure()
+            except Exception:  # keep the cell as generated; the prechecks judge it
+                pass
+        return structure
+
+    def precheck(self, structure) -> str:
+        from matra_hpc.screen.relax import precheck
+
+        reason = precheck(structure, None, self.config.max_atoms)
+        if reason:
+            return reason
+        for name in sorted({s.potential for s in self.steps}):
+            if self.potential(name).unsupported(structure.atomic_numbers):
+                return "unsupported_element"
+        return ""
+
+    def screen_task(self, table, plan: np.ndarray, lo: int, hi: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Screen rows lo..hi of a temperature's generated view; returns (columns, manifest extras)."""
+        from matra_hpc.screen.connectivity import n_components
+
+        rows: dict[int, dict[str, Any]] = {}
+        todo: list[tuple[int, Any]] = []
+        for r in range(lo, hi):
+            base = {"id": str(table.id[r]), "prototype_hash": str(table.prototype_hash[r]),
+                    "formula": str(table.formula[r]), "potential": self.label}
+            if not table.decodes[r]:
+                rows[r] = {**base, "status": "not_screened", "reason": "not_decoded"}
+                continue
+            structure = table.row_structure(r)
+            if not table.bonds_ok[r]:
+                reason = "not_screened_bonds"
+            elif table.dup_train[r]:
+                reason = "not_screened_dup_train"
+            elif not plan[r]:
+                reason = "not_screened_limit"
+            else:
+                structure = self.candidate_structure(table, r)
+                reason = self.precheck(structure)
+            if reason:
+                rows[r] = {**base, "status": "not_screened", "reason": reason,
+                           "structure": structure if _finite(structure) else None}
+            else:
+                rows[r] = base
+                todo.append((r, structure))
+        results = self._relax([s for _r, s in todo]) if todo else []
+        errors = {}
+        for (r, _s), res in zip(todo, results, strict=True):
+            row = rows[r]
+            s = res.structure
+            row.update(structure=s, relaxed=s is not None, energy_per_atom=res.energy_per_atom,
+                       n_steps=res.n_steps, max_force=res.max_force, volume_change=res.volume_change)
+            if res.error:
+                errors[row["id"]] = res.error
+            if s is not None:
+                comps = n_components(s)
+                row.update(n_components=comps, connected=comps == 1)
+            # an exploded or NaN relaxation has no meaningful energy to place on the hull
+            if s is not None and np.isfinite(res.energy_per_atom) and res.reason not in ("relax_nan", "relax_exploded"):
+                e_hull, hull_reason = self.hull.e_hull(s, res.energy_per_atom, row["id"])
+                row.update(e_hull=e_hull, e_hull_method=self.hull.method_for(s) if np.isfinite(e_hull) else "")
+            else:
+                hull_reason = "no_reference"
+            if res.reason:
+                row.update(status="failed", reason=res.reason)
+                continue
+            if self.index is not None:
+                match = self.index.find(s)
+                row.update(novel=match is None, novel_match=match or "")
+            else:
+                row.update(novel=True)
+            if not row["connected"]:
+                row.update(status="rejected", reason="disconnected")
+            elif hull_reason:
+                row.update(status="rejected", reason=hull_reason)
+            else:
+                row.update(status="screened", reason="")
+        builder = sstore.RowBuilder()
+        for r in range(lo, hi):
+            builder.add(**rows[r])
+        return builder.build(), {"relaxed": len(todo), "errors": errors}
+
+    def prepare_hull(self, systems: set[frozenset[str]], share: tuple[int, int]) -> int:
+        return self.hull.prepare(systems, share)
+
+
+def _finite(structure) -> bool:
+    if structure is None:
+        return False
+    return bool(np.all(np.isfinite(structure.lattice.matrix)) and np.all(np.isfinite(structure.frac_coords)))
+
+
+# ---------------------------------------------------------------- tasks and consolidation
+
+
+def _claim(out: Path, attempt: str, index: int) -> bool:
+    folder = out / CLAIMS_DIR / attempt
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(folder / str(index), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _all_done(out: Path, temperatures: list[float], shards: int) -> bool:
+    return all(sstore.shard_done(out, t, s) for t in temperatures for s in range(shards))
+
+
+def consolidate_if_complete(out: Path, temperatures: list[float], shards: int) -> dict[str, Any] | None:
+    """Consolidate when every shard is finished, under a lock file; None if not (yet) this process's turn."""
+    if not _all_done(out, temperatures, shards):
+        return None
+    lock = out / CONSOLIDATE_LOCK
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        if time.time() - lock.stat().st_mtime < 3600:
+            return None  # another task consolidates right now
+        lock.unlink(missing_ok=True)  # left by a killed consolidation: take over
+        return consolidate_if_complete(out, temperatures, shards)
+    os.close(fd)
+    try:
+        summary = sstore.consolidate(out)
+    finally:
+        lock.unlink(missing_ok=True)
+    import shutil
+
+    shutil.rmtree(out / CLAIMS_DIR, ignore_errors=True)
+    return summary
+
+
+def run_screen(config: ScreenConfig, ctx: RunContext) -> dict[str, Any]:
+    """Screen every (temperature, shard) task not yet in the store; consolidate when all are done."""
+    from matra_hpc.generate import store as gstore
+    from matra_hpc.screen.hull import chemsys
+
+    config.validate()
+    out = Path(config.out)
+    mpi = ctx.comm is not None and ctx.world_size > 1
+    array = ctx.comm is None and ctx.world_size > 1
+    if array:
+        # Independent array tasks: no rank 0 to wait for. The store must exist, or be created by
+        # whichever task comes first (init_store refuses a different fingerprint either way).
+        prep = _prepare_array(config, ctx)
+    else:
+        prep = ctx.on_rank0(_prepare_store, config, ctx)
+    temps, attempt = prep["temperatures"], prep["attempt"]
+    device = config.device or ctx.device
+    writer = f"r{ctx.rank}-{uuid.uuid4().hex[:8]}"
+    plan = plan_rows(config.generated, temps, config.limit)
+    tasks = [(t, s) for t in temps for s in range(config.shards)]
+    mine = tasks[ctx.rank::ctx.world_size] if array else tasks
+    screener = Screener(config, device, writer)
+    started = time.time()
+
+    # Hull references of every chemical system this process may meet, relaxed once (ranks split them).
+    tables = {t: gstore.read_view(Path(config.generated), t) for t in sorted({t for t, _s in mine})}
+    systems: set[frozenset[str]] = set()
+    for t, s in mine:
+        table = tables[t]
+        lo, hi = shard_bounds(len(table), config.shards, s)
+        for r in np.flatnonzero(plan[t][lo:hi]) + lo:
+            structure = table.row_structure(int(r))
+            if structure is not None:
+                systems.add(chemsys(structure))
+    share = (ctx.rank, ctx.world_size) if mpi else (0, 1)
+    n_refs = screener.prepare_hull(systems, share)
+    if mpi:
+        ctx.comm.Barrier()
+        screener.hull.reload()
+        if ctx.rank != 0:
+            n_refs = 0
+
+    done_here, skipped = [], 0
+    for index, (t, s) in enumerate(tasks):
+        if (t, s) not in mine:
+            continue
+        if sstore.shard_done(out, t, s):
+            skipped += 1
+            continue
+        if mpi and not _claim(out, attempt, index):
+            continue
+        table = tables[t]
+        lo, hi = shard_bounds(len(table), config.shards, s)
+        t0 = time.time()
+        data, extra = screener.screen_task(table, plan[t], lo, hi)
+        manifest = {"run_id": prep.get("run_id"), "temperature": t, "shard": s, "rank": ctx.rank,
+                    "rows": hi - lo, "row_range": [lo, hi], "seconds": round(time.time() - t0, 3),
+                    "device": device, **extra}
+        sstore.write_shard(out, t, s, data, manifest)
+        done_here.append(f"{temperature_group(t)}/s{s}")
+        log.info("rank %d: %s shard %d: %d rows, %d relaxed in %.1fs", ctx.rank, temperature_group(t), s, hi - lo,
+                 extra["relaxed"], manifest["seconds"])
+    if mpi:
+        ctx.comm.Barrier()
+    summary = None
+    if not mpi or ctx.rank == 0:
+        summary = consolidate_if_complete(out, temps, config.shards)
+    result = {"store": str(out), "rank": ctx.rank, "tasks_done_here": done_here, "tasks_skipped": skipped,
+              "references_relaxed_here": n_refs, "seconds": round(time.time() - started, 1),
+              "batch": {k: v for k, v in asdict(screener.stats).items() if k != "errors"},
+              "consolidated": summary is not None}
+    if summary is not None:
+        result.update(summary)
+    return result
+
+
+def _prepare_array(config: ScreenConfig, ctx: RunContext) -> dict[str, Any]:
+    """Array tasks start independently: the first creates the store; later ones reopen it."""
+    lock = Path(str(config.out) + ".init-lock")
+    for _attempt in range(600):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if time.time() - lock.stat().st_mtime > 600:
+                lock.unlink(missing_ok=True)
+            time.sleep(1.0)
+            continue
+        os.close(fd)
+        try:
+            if (Path(config.out) / "zarr.json").is_file():
+                # Another task created it: only check the fingerprint; never clean up under running tasks.
+                return _reopen(config)
+            return _prepare_store(config, ctx)
+        finally:
+            lock.unlink(missing_ok=True)
+    raise StoreError(f"could not take {lock} within 10 minutes")
+
+
+def _reopen(config: ScreenConfig) -> dict[str, Any]:
+    from matra_hpc.generate import store as gstore
+    from matra_hpc.screen.hull import reference_fingerprint
+
+    temps = generated_temperatures(config)
+    gen_attrs = dict(gstore.open_root(Path(config.generated)).attrs)
+    ref_fp = reference_fingerprint(config.hull_reference) if config.hull_reference else None
+    expected = _fingerprint(config, gen_attrs, config.weight_paths(), ref_fp, temps)
+    root = sstore.open_root(config.out)
+    old = root.attrs.get("fingerprint", {})
+    # JSON round trip: tuples and lists compare alike
+    import json
+
+    if json.loads(json.dumps(old)) != json.loads(json.dumps(expected)):
+        raise StoreError(f"{config.out} was written by a different screening; resume needs the same settings")
+    return {"temperatures": temps, "run_id": root.attrs.get("run_id"), "attempt": uuid.uuid4().hex}

@@ -1,0 +1,111 @@
+"""The screen stage end to end on a small generated store: statuses, reasons, novelty,
+uniqueness, e-hull, resume, the status log and the Table 1 report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+from screen_helpers import nacl, rattled, silicon, write_generated
+
+from matra_hpc.context import local_context
+from matra_hpc.errors import StoreError, UsageError
+from matra_hpc.screen import store as sstore
+from matra_hpc.screen.config import ScreenConfig
+from matra_hpc.screen.stage import run_screen
+
+
+def _rows():
+    nan_coords = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, np.nan, 0.5]])
+    return {
+        0.7: [
+            {"structure": rattled(nacl(6.0), 1, 0.03)},  # screened, novel (stretched: it relaxes)
+            {"structure": rattled(silicon(5.5), 2, 0.03)},  # screened, known crystal: not novel
+            {"structure": None, "decodes": False},
+            {"structure": nacl(5.5), "bonds_ok": False},
+            {"structure": nacl(5.6), "dup_train": True},
+            {"structure": rattled(nacl(5.6), 3, 0.03)},  # same crystal as row 0: not unique
+        ],
+        1.0: [
+            {"structure": Structure(Lattice.cubic(1.0), ["Na"], [[0, 0, 0]])},  # 1 A cell
+            {"structure": silicon(5.44)},  # a duplicate across temperatures
+            {"structure": nan_coords},
+            {"structure": Structure(Lattice.cubic(1000.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    from matra_hpc.screen.novelty import build_index
+
+    base = tmp_path_factory.mktemp("screen")
+    gen = write_generated(base / "gen.zarr", _rows(), shards=2, run_id="t")
+    known = base / "known"
+    known.mkdir()
+    silicon().to(filename=str(known / "si.cif"))
+    build_index([str(known)], base / "ref.index")
+    return base, gen
+
+
+def _config(base, gen, out, **kw):
+    return ScreenConfig(generated=str(gen), out=str(out), relax="sevennet:0.1:40", shards=2,
+                        novelty_index=str(base / "ref.index"), **kw)
+
+
+def test_screen_end_to_end(inputs, sevennet):
+    base, gen = inputs
+    out = base / "screened.zarr"
+    summary = run_screen(_config(base, gen, out), local_context())
+    assert summary["complete"] and summary["rows"] == {"T0.70": 6, "T1.00": 4}
+    rows = {r.id: r for r in sstore.iter_rows(out)}
+    by_index = [rows[k] for k in sorted(rows, key=lambda k: (k.split(":")[1], int(k.split(":")[2][1:]),
+                                                            int(k.split(":")[3])))]
+    na, si, undecoded, bonds, dup_train, na_dup = by_index[:6]
+    tiny, si_dup, nan_row, huge = by_index[6:]
+    assert (na.status, na.reason) == ("screened", "") and na.novel and na.unique and na.connected
+    assert na.structure.composition.reduced_formula == "NaCl" and len(na.structure) == 2  # primitive cell
+    assert np.isfinite(na.e_hull) and "elements only" in na.e_hull_method and na.n_steps > 0
+    assert si.status == "screened" and not si.novel and si.novel_match == "known/si.cif" and si.unique
+    assert (undecoded.reason, bonds.reason, dup_train.reason) == (
+        "not_decoded", "not_screened_bonds", "not_screened_dup_train")
+    assert not na_dup.unique and na_dup.dup_of == na.id
+    assert not si_dup.unique and si_dup.dup_of == si.id
+    assert {tiny.reason, nan_row.reason, huge.reason} == {"bad_geometry"}
+    assert all(r.status == "not_screened" for r in (undecoded, bonds, dup_train, tiny, nan_row, huge))
+
+    status = sstore.read_status(out)
+    assert set(status) == set(rows) and status[na.id]["status"] == "screened"
+
+    # a rerun finds every shard finished and only consolidates again
+    again = run_screen(_config(base, gen, out), local_context())
+    assert again["tasks_done_here"] == [] and again["tasks_skipped"] == 4
+    assert {r.id: (r.status, r.unique) for r in sstore.iter_rows(out)} == {
+        k: (v.status, v.unique) for k, v in rows.items()}
+
+    from matra_hpc.screen.report import build_report, write_report
+
+    report = build_report(out)
+    t07 = report["temperatures"][0]
+    assert t07["temperature"] == 0.7
+    assert t07["counts"] == {"n_generated": 6, "n_screened": 3, "n_relaxed": 3, "n_connected": 3, "n_novel": 2,
+                             "n_unique": 1, "n_below_0.001": t07["counts"]["n_below_0.001"],
+                             "n_below_0.050": t07["counts"]["n_below_0.050"],
+                             "n_below_0.100": t07["counts"]["n_below_0.100"]}
+    assert report["temperatures"][1]["counts"]["n_screened"] == 4
+    files = write_report(report, base / "screened.report")
+    assert files.png.stat().st_size > 0 and json.loads(files.json.read_text())["total"]["n_generated"] == 10
+
+
+def test_bad_settings_fail_before_anything_runs(inputs):
+    base, gen = inputs
+    with pytest.raises(UsageError, match="weights .*missing.pth do not exist"):
+        _config(base, gen, base / "x.zarr", weights=f"sevennet={base}/missing.pth").validate()
+    with pytest.raises(UsageError, match="unknown potential"):
+        ScreenConfig(generated=str(gen), out=str(base / "x.zarr"), relax="nope:0.1").validate()
+    with pytest.raises(UsageError, match="m3gnet has no embedded weights"):
+        ScreenConfig(generated=str(gen), out=str(base / "x.zarr"), relax="m3gnet:0.1").validate()
+    with pytest.raises(StoreError, match="different screening"):
+        run_screen(_config(base, gen, base / "screened.zarr", limit=1), local_context())
