@@ -427,10 +427,12 @@ def _describe_cell(
     if max(counts.values()) > MAX_COUNT:
         raise EncodeError("too_many_sites", f"an element count {max(counts.values())} > {MAX_COUNT}")
     metric, positions = _refine(cell, matrix, frac, numbers, orbits, symprec, exact)
-    std_lattice = np.linalg.cholesky(metric)  # any basis with this metric: rows are vectors
     frames = [(metric, positions, orbits)]
-    if crystal_system(group) == "monoclinic":
-        frames = _monoclinic_frames(group, std_lattice, positions, orbits)
+    system = crystal_system(group)
+    if system == "monoclinic":
+        frames = _monoclinic_frames(group, metric, positions, orbits)
+    elif system == "triclinic":
+        frames = _triclinic_frames(group, metric, positions, orbits)
     return _canonical(group, frames)
 
 
@@ -506,33 +508,78 @@ def _identify_letter(group: int, points: np.ndarray) -> int:
     raise EncodeError("symmetry_failed", f"orbit of {len(points)} atoms fits no Wyckoff position of {group}")
 
 
-def _monoclinic_frames(group: int, std_lattice: np.ndarray, positions: np.ndarray, orbits):
+_REDUCED_TOL = 1e-5  # relative: cells this close to the most reduced one count as equally reduced
+
+
+def _near_min(values: np.ndarray, scale: float) -> np.ndarray:
+    """Which values are within the tolerance of the smallest (``scale`` sets the unit)."""
+    return values <= values.min() + _REDUCED_TOL * scale
+
+
+def _reframe(group: int, metric: np.ndarray, positions: np.ndarray, orbits, rows: np.ndarray):
+    """The crystal in the cell whose vectors are ``rows`` (in the current cell's coordinates)."""
+    moved = np.mod(positions @ np.linalg.inv(rows), 1.0)
+    new_orbits = [(_identify_letter(group, moved[idx]), z, idx) for _, z, idx in orbits]
+    return rows @ metric @ rows.T, moved, new_orbits
+
+
+def _monoclinic_frames(group: int, metric: np.ndarray, positions: np.ndarray, orbits):
     """The standard-setting cells of a monoclinic crystal that are most reduced.
 
     A monoclinic group keeps its standard symbol under many changes of the a, c axes (cell
-    choices), and spglib's pick among nearly equivalent ones depends on the input cell. We
-    take, among the changes of basis that keep the group's operations, the cells with the
-    smallest a^2 + c^2, then beta closest to 90 (obtuse preferred); ties go on to the
-    canonical comparison.
+    choices), and a finder's pick among nearly equivalent ones depends on the input cell.
+    Rule: among the changes of basis that keep the group's operations, keep the cells whose
+    a^2 + c^2 is smallest, then those with beta closest to 90, then the obtuse ones, then
+    those with the shortest a, each "within 1e-5 relative"; the canonical comparison picks
+    among what remains. Tolerances instead of exact ties, so float noise in the input cannot
+    drop an equally good cell.
     """
-    frames = []
-    keys = []
-    for basis_change in monoclinic_cell_changes(group):
-        lattice = basis_change.T @ std_lattice
-        metric = lattice @ lattice.T
-        a2, c2 = metric[0, 0], metric[2, 2]
-        cos_beta = metric[0, 2] / math.sqrt(a2 * c2)
-        keys.append((round((a2 + c2) * 1e6), round(abs(cos_beta) * 1e9), cos_beta > 1e-9, round(a2 * 1e6)))
-        frames.append((basis_change, metric))
-    best = min(keys)
-    out = []
-    for key, (basis_change, metric) in zip(keys, frames, strict=True):
-        if key != best:
-            continue
-        moved = np.mod(positions @ np.linalg.inv(basis_change).T, 1.0)
-        new_orbits = [(_identify_letter(group, moved[idx]), z, idx) for _, z, idx in orbits]
-        out.append((metric, moved, new_orbits))
-    return out
+    changes = np.array(monoclinic_cell_changes(group))  # columns: new vectors in old coordinates
+    rows = np.transpose(changes, (0, 2, 1))
+    metrics = np.einsum("kij,jl,kml->kim", rows, metric, rows)
+    a2, c2 = metrics[:, 0, 0], metrics[:, 2, 2]
+    cos_beta = metrics[:, 0, 2] / np.sqrt(a2 * c2)
+    keep = _near_min(a2 + c2, a2[0] + c2[0])
+    keep &= _near_min(np.where(keep, np.abs(cos_beta), np.inf), 1.0)
+    if (keep & (cos_beta <= _REDUCED_TOL)).any():
+        keep &= cos_beta <= _REDUCED_TOL
+    keep &= _near_min(np.where(keep, a2, np.inf), a2[keep].min())
+    return [_reframe(group, metric, positions, orbits, rows[k]) for k in np.flatnonzero(keep)]
+
+
+@functools.cache
+def _short_vectors() -> tuple[np.ndarray, np.ndarray]:
+    """The 26 lattice vectors with coefficients in -1..1, and every right-handed basis of three
+    of them (index triples)."""
+    vectors = np.array([v for v in itertools.product((-1, 0, 1), repeat=3) if any(v)], dtype=float)
+    triples = np.array(list(itertools.product(range(len(vectors)), repeat=3)))
+    dets = np.linalg.det(vectors[triples])
+    return vectors, triples[np.abs(dets - 1.0) < 1e-6]
+
+
+def _triclinic_frames(group: int, metric: np.ndarray, positions: np.ndarray, orbits):
+    """The reduced cells of a triclinic crystal, in the order-independent sense of Niggli.
+
+    Every right-handed basis of short vectors (coefficients -1..1 of the finder's reduced
+    cell) is a candidate; kept are those with the smallest a^2 + b^2 + c^2, with
+    a <= b <= c and with Niggli's sign rule (the dot products b.c, a.c, a.b all positive or
+    all non-positive), each within 1e-5 relative. Several cells survive only when the lattice
+    is (nearly) special; the canonical comparison picks among them, so two equally reduced
+    cells can no longer give two sequences.
+    """
+    vectors, triples = _short_vectors()
+    lengths = np.einsum("vi,ij,vj->v", vectors, metric, vectors)
+    sums = lengths[triples].sum(axis=1)
+    scale = sums.min()
+    candidates = triples[_near_min(sums, scale)]
+    rows = vectors[candidates]  # (k, 3, 3): rows are the new vectors
+    metrics = np.einsum("kij,jl,kml->kim", rows, metric, rows)
+    a2, b2, c2 = metrics[:, 0, 0], metrics[:, 1, 1], metrics[:, 2, 2]
+    dots = np.stack([metrics[:, 1, 2], metrics[:, 0, 2], metrics[:, 0, 1]], axis=1)
+    tol = _REDUCED_TOL * scale
+    keep = (a2 <= b2 + tol) & (b2 <= c2 + tol)
+    keep &= (dots > -tol).all(axis=1) | (dots <= tol).all(axis=1)
+    return [_reframe(group, metric, positions, orbits, rows[k]) for k in np.flatnonzero(keep)]
 
 
 @functools.cache

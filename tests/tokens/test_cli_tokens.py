@@ -80,7 +80,7 @@ def test_encode_then_decode_writes_cifs(inputs, tmp_path, capsys):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert summary["encoded"] == len(lines) and summary["n"] == 13
     assert all(
-        line["prototype_hash"].startswith("v1:") and len(line["tokens"]) == len(line["values"])
+        line["prototype_hash"].startswith("v2:") and len(line["tokens"]) == len(line["values"])
         for line in lines
     )
     cifs = tmp_path / "cifs"
