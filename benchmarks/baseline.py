@@ -24,7 +24,8 @@ import warnings
 
 import numpy as np
 
-from matra_hpc.evaluate.baseline import BaselineConfig, baseline_shard
+from matra_hpc.evaluate.baseline import baseline_shard
+from matra_hpc.evaluate.config import BaselineConfig
 from matra_hpc.util import git_revision
 
 FORMULAS = ((["Na", "Cl"], [1, 1]), (["Mg", "F"], [1, 2]), (["Al", "O"], [2, 3]), (["Ca", "Ti", "O"], [1, 1, 3]))

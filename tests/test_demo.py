@@ -14,7 +14,13 @@ def test_demo_commands_follow_the_pipeline(tmp_path: Path) -> None:
     commands = demo_commands(DemoConfig(out=str(tmp_path)))
     assert [c[:2] for c in commands] == [
         ["data", "demo"], ["submit", "train"], ["submit", "generate"], ["report", "generate"],
+        ["index", "build"], ["screen", str(tmp_path / "generated.zarr")], ["report", "screen"],
     ]
+    screen = commands[5]
+    assert screen[screen.index("--temps") + 1] == "0.70,0.75,0.80,0.85,0.90,0.95,1.00"
+    assert screen[screen.index("--limit") + 1] == "64"
+    # nothing to screen when no temperature is <= 1.0
+    assert [c[:2] for c in demo_commands(DemoConfig(out=str(tmp_path), temps="1.2,1.5"))][-1] == ["report", "generate"]
 
 
 @pytest.mark.slow
@@ -22,7 +28,7 @@ def test_demo_commands_follow_the_pipeline(tmp_path: Path) -> None:
 def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     config = DemoConfig(out=str(tmp_path / "demo"), train_steps=6, per_temp=4, temps="0.7,1.2", batch_size=4)
     result = run_demo(config)
-    assert [s["exit_code"] for s in result["steps"]] == [0, 0, 0, 0]
+    assert [s["exit_code"] for s in result["steps"]] == [0] * 7
 
     out = Path(config.out)
     assert (out / "train" / "loss.png").stat().st_size > 0
@@ -32,9 +38,13 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert report["complete"] is True
     assert (out / "generated.report.png").stat().st_size > 0
     assert (out / "generated.report.csv").read_text().count("\n") >= 3
+    screened = json.loads((out / "screened.report.json").read_text())
+    assert [r["temperature"] for r in screened["temperatures"]] == [0.7]
+    assert screened["temperatures"][0]["counts"]["n_generated"] == 4
+    assert (out / "screened.report.png").stat().st_size > 0
 
     # A rerun resumes: the token store is reused and the finished shards are kept as they are.
     tokens_attrs = (out / "tokens.zarr" / "zarr.json").read_text()
     rerun = run_demo(config)
-    assert [s["exit_code"] for s in rerun["steps"]] == [0, 0, 0, 0]
+    assert [s["exit_code"] for s in rerun["steps"]] == [0] * 7
     assert (out / "tokens.zarr" / "zarr.json").read_text() == tokens_attrs

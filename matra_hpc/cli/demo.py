@@ -42,6 +42,12 @@ class DemoConfig:
     ranks: int = 2
     """mpirun ranks pulling (temperature, shard) tasks."""
     batch_size: int = 32
+    screen_max_temperature: float = 1.0
+    """Screen the generated temperatures up to this one (the paper's useful range)."""
+    screen_limit: int = 64
+    """Relax at most this many candidates (the first screenable ones, in T then row order)."""
+    screen_relax: str = "sevennet:0.05:60"
+    """Protocol of the demo: the embedded 7net-0, one step, capped so it fits minutes on 2 cores."""
 
 
 def demo_commands(config: DemoConfig) -> list[list[str]]:
@@ -71,6 +77,25 @@ def demo_commands(config: DemoConfig) -> list[list[str]]:
             "--run-id", "demo",
         ],
         ["report", "generate", gen],
+        *screen_commands(config, tokens, gen),
+    ]
+
+
+def screen_commands(config: DemoConfig, tokens: str, gen: str) -> list[list[str]]:
+    """Index the training data, screen the T <= 1.0 candidates against it, print Table 1."""
+    from matra_hpc.generate.temperatures import parse_temperatures
+
+    temps = [t for t in parse_temperatures(config.temps) if t <= config.screen_max_temperature]
+    if not temps:
+        return []
+    out = Path(config.out)
+    index, screened = str(out / "ref.index"), str(out / "screened.zarr")
+    return [
+        ["index", "build", tokens, "--out", index],
+        ["screen", gen, "--out", screened, "--temps", ",".join(f"{t:.2f}" for t in temps),
+         "--limit", str(config.screen_limit), "--relax", config.screen_relax,
+         "--hull-reference", tokens, "--novelty-index", index],
+        ["report", "screen", screened],
     ]
 
 
@@ -106,7 +131,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run the README demo end to end on the local executor",
         description="Tokenize the shipped MP structures, train the tiny model, sample a "
-        "temperature sweep with mpirun and write the reports. Rerun to resume.",
+        "temperature sweep with mpirun, screen the T <= 1.0 candidates with the embedded SevenNet "
+        "against the training data and write the reports. Rerun to resume.",
     )
     parser.add_argument("--out", default=d.out, help="output folder (default %(default)s)")
     parser.add_argument("--train-minutes", type=float, default=d.train_minutes,

@@ -13,7 +13,7 @@ import json
 import os
 
 from matra_hpc.errors import UsageError
-from matra_hpc.evaluate.baseline import BaselineConfig
+from matra_hpc.evaluate.config import BaselineConfig
 from matra_hpc.launch.stages import SubmittableStage
 
 
@@ -33,6 +33,9 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-atoms", type=int, default=40, help="atoms in the conventional cell (default 40)")
     parser.add_argument("--max-sites", type=int, default=15, help="Wyckoff sites, as the training filter")
     parser.add_argument("--train-store", default=None, help="token store whose structures flag dup_train")
+    parser.add_argument("--systems-from", default=None, metavar="GEN",
+                        help="draw each row in the chemical system of a random valid row of this generated store "
+                             "(default: elements uniformly at random)")
     parser.add_argument("--run-id", default=None, help="id prefix of the rows (default: run dir name or time)")
 
 
@@ -40,14 +43,15 @@ def build_baseline_config(args: argparse.Namespace) -> BaselineConfig:
     config = BaselineConfig(
         out=_absolute(args.out), n=args.n, shards=args.shards, seed=args.seed, min_elements=args.min_elements,
         max_elements=args.max_elements, max_count=args.max_count, max_atoms=args.max_atoms,
-        max_sites=args.max_sites, train_store=_absolute(args.train_store), run_id=args.run_id,
+        max_sites=args.max_sites, train_store=_absolute(args.train_store),
+        systems_from=_absolute(args.systems_from), run_id=args.run_id,
     )
     config.validate()
     return config
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from matra_hpc.evaluate.baseline import run_baseline
+    from matra_hpc.evaluate.stage import run_baseline
     from matra_hpc.launch.environment import context_from_environment
 
     config = build_baseline_config(args)
@@ -96,7 +100,8 @@ def add_screen_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_recovery(args: argparse.Namespace) -> int:
-    from matra_hpc.evaluate.stage import RecoveryConfig, run_recovery
+    from matra_hpc.evaluate.config import RecoveryConfig
+    from matra_hpc.evaluate.stage import run_recovery
     from matra_hpc.generate.temperatures import parse_temperatures
     from matra_hpc.launch.environment import context_from_environment
 
@@ -132,7 +137,8 @@ def _labelled(pairs: list[str] | None) -> dict[str, str] | None:
 
 
 def cmd_conditioning(args: argparse.Namespace) -> int:
-    from matra_hpc.evaluate.stage import ConditioningConfig, run_conditioning
+    from matra_hpc.evaluate.config import ConditioningConfig
+    from matra_hpc.evaluate.stage import run_conditioning
     from matra_hpc.evaluate.stats import format_proportion, format_ratio
     from matra_hpc.launch.environment import context_from_environment
 
@@ -155,14 +161,17 @@ def cmd_conditioning(args: argparse.Namespace) -> int:
 
 
 def cmd_report_all(args: argparse.Namespace) -> int:
-    from matra_hpc.evaluate.report import ReportAllConfig, build_report_all, write_report_all
+    from matra_hpc.evaluate.config import ReportAllConfig
+    from matra_hpc.evaluate.stage import run_report_all
     from matra_hpc.evaluate.stats import format_ratio
+    from matra_hpc.launch.environment import context_from_environment
 
     config = ReportAllConfig(generated=args.generated, screened=args.screened, baseline=args.baseline,
                              recovery=args.recovery, conditioning=args.conditioning, checkpoint=args.checkpoint,
                              out=args.out)
-    report = build_report_all(config)
-    files = write_report_all(report, config.out_dir())
+    config.validate()
+    result = run_report_all(config, context_from_environment())
+    report, files = result["report"], result["files"]
     if "stable_ratio" in report:
         print(f"stable fraction (e_hull < 0.1 eV/atom) model / baseline: {format_ratio(report['stable_ratio'])}")
     print(f"wrote {files['html']}, {files['md']}, {files['json']} and {len(files['figures'])} PNGs")
@@ -241,7 +250,7 @@ SUBMIT_STAGES = [
         add_arguments=add_baseline_arguments,
         build_config=build_baseline_config,
         config_cls=BaselineConfig,
-        run="matra_hpc.evaluate.baseline:run_baseline",
+        run="matra_hpc.evaluate.stage:run_baseline",
         default_launch={"tasks_per_node": 2},
     )
 ]

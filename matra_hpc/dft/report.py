@@ -125,7 +125,10 @@ def _candidate_row(job: dict[str, Any]) -> dict[str, Any]:
     if verdict.final is not None:
         row["final_run"] = verdict.final.name
     if verdict.state == "missing":
-        return {**row, "reason": "not_run", "message": verdict.message}
+        ran = any(directory.glob("custodian.json*")) or any(directory.glob("vasp.out*"))
+        if ran:  # VASP was started and left no vasprun.xml at all
+            return {**row, "reason": "validation_failed", "message": verdict.message}
+        return {**row, "reason": "not_run", "message": "no output: never run (submit vasp)"}
     if verdict.state != "converged":
         return {**row, "reason": verdict.reason, "message": verdict.message}
     vrun = verdict.vasprun

@@ -7,7 +7,8 @@ Screening and the reports therefore treat it exactly like a model run.
 How one row is drawn (deterministic per (seed, shard)):
 1. a space group uniformly in 2..230;
 2. 2-3 elements (``min_elements``..``max_elements``) uniformly from those with ICSD oxidation
-   states in smact (noble gases and Pm have none; Z <= 83), one oxidation state each, and a
+   states in smact (noble gases and Pm have none; Z <= 83), or the chemical system of a random
+   valid row of ``systems_from`` (a model run), one oxidation state each, and a
    charge-neutral formula unit from ``smact.neutral_ratios`` (counts <= ``max_count``);
 3. a multiple of the formula unit with at most ``max_atoms`` atoms in the conventional cell that
    PyXtal can place on the group's Wyckoff positions (``pyxtal.from_random``, its default
@@ -22,77 +23,18 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-import uuid
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from matra_hpc import __version__
-from matra_hpc.context import RunContext
-from matra_hpc.errors import StoreError, UsageError
-from matra_hpc.util import git_revision
+from matra_hpc.errors import UsageError
+from matra_hpc.evaluate.config import METHOD, BaselineConfig
 
 log = logging.getLogger(__name__)
-
-BASELINE_TEMPERATURE = 0.0
-"""The baseline's one group is ``T0.00``: no sampling temperature applies to it."""
-METHOD = "pyxtal"
-
-
-@dataclass
-class BaselineConfig:
-    """A PyXtal baseline run; every field takes part in the resume fingerprint but ``run_id``."""
-
-    out: str
-    n: int = 1000
-    """Structures to write (valid, encodable ones: failed draws are redrawn and counted)."""
-    shards: int = 1
-    seed: int = 0
-    min_elements: int = 2
-    max_elements: int = 3
-    max_count: int = 6
-    """Largest count of one element in the charge-neutral formula unit."""
-    max_atoms: int = 40
-    """Atoms in the conventional cell."""
-    max_sites: int = 15
-    """Wyckoff sites, as the training filter (``--max-wyckoff``)."""
-    attempts_per_group: int = 20
-    min_distance: float = 0.7
-    """Angstrom, the bond check of the generated rows."""
-    train_store: str | None = None
-    """Token store whose structures flag ``dup_train`` (as ``generate --train-store``)."""
-    run_id: str | None = None
-
-    def validate(self) -> None:
-        if self.n < 1:
-            raise UsageError(f"--n must be >= 1, got {self.n}")
-        if not 1 <= self.shards <= self.n:
-            raise UsageError(f"--shards must be between 1 and --n ({self.n}), got {self.shards}")
-        if not 2 <= self.min_elements <= self.max_elements <= 8:
-            raise UsageError(f"elements per crystal must satisfy 2 <= min <= max <= 8, got "
-                             f"{self.min_elements}..{self.max_elements}")
-        if self.max_count < 1 or self.max_atoms < self.min_elements or self.max_sites < 1:
-            raise UsageError("--max-count, --max-atoms and --max-sites must be positive "
-                             "(and --max-atoms at least the number of elements)")
-        if self.attempts_per_group < 1:
-            raise UsageError(f"--attempts-per-group must be >= 1, got {self.attempts_per_group}")
-        if self.train_store is not None and not (Path(self.train_store) / "zarr.json").is_file():
-            raise UsageError(f"training store {self.train_store} is not a Zarr store")
-
-    def shard_rows(self, shard: int) -> int:
-        base, extra = divmod(self.n, self.shards)
-        return base + (1 if shard < extra else 0)
-
-    def fingerprint(self, train_fp: str | None) -> dict[str, Any]:
-        fp = {k: v for k, v in asdict(self).items() if k not in ("out", "run_id", "train_store", "n", "shards")}
-        # the generated-store reader and `report generate` read these three keys
-        return {"temperatures": [BASELINE_TEMPERATURE], "shards": self.shards, "per_temp": self.n,
-                "condition": None, "baseline": METHOD, "train_store": train_fp, **fp}
 
 
 @lru_cache(maxsize=1)
@@ -108,16 +50,24 @@ def element_pool() -> tuple[tuple[str, tuple[int, ...]], ...]:
     return tuple(pool)
 
 
-def charge_balanced_formula(rng: np.random.Generator, n_elements: int, max_count: int,
-                            tries: int = 50) -> tuple[list[str], list[int], list[int]] | None:
-    """(elements, oxidation states, counts of the reduced formula unit), charge neutral, or None."""
+def charge_balanced_formula(rng: np.random.Generator, n_elements: int, max_count: int, tries: int = 50,
+                            system: tuple[str, ...] | None = None) -> tuple[list[str], list[int], list[int]] | None:
+    """(elements, oxidation states, counts of the reduced formula unit), charge neutral, or None.
+
+    The elements are drawn from the pool, or are ``system`` when one is given (then only the
+    oxidation states are drawn).
+    """
     import smact
 
     pool = element_pool()
+    states_of = dict(pool)
     for _ in range(tries):
-        picks = rng.choice(len(pool), size=n_elements, replace=False)
-        symbols = [pool[i][0] for i in picks]
-        states = [int(rng.choice(pool[i][1])) for i in picks]
+        if system is None:
+            picks = rng.choice(len(pool), size=n_elements, replace=False)
+            symbols = [pool[i][0] for i in picks]
+        else:
+            symbols = list(system)
+        states = [int(rng.choice(states_of[el])) for el in symbols]
         if not (any(s > 0 for s in states) and any(s < 0 for s in states)):
             continue
         with warnings.catch_warnings():
@@ -155,7 +105,32 @@ class Draw:
     counts: list[int]
 
 
-def draw_crystal(rng: np.random.Generator, config: BaselineConfig, stats: dict[str, int]) -> Draw:
+def chemical_systems(store: str | Path, min_elements: int, max_elements: int) -> list[tuple[str, ...]]:
+    """The chemical system of every valid row of a generated store that the baseline can draw.
+
+    One entry per row (a system sampled often is drawn often); kept when it has min..max elements
+    that all have ICSD oxidation states. A store without one is a UsageError.
+    """
+    from pymatgen.core import Composition
+
+    from matra_hpc.generate import store as gstore
+
+    pool = dict(element_pool())
+    systems = []
+    for t in gstore.store_temperatures(store):
+        table = gstore.read_view(store, t)
+        for formula in table.formula[table.decodes.astype(bool)]:
+            system = tuple(sorted(el.symbol for el in Composition(str(formula)).elements))
+            if min_elements <= len(system) <= max_elements and all(el in pool for el in system):
+                systems.append(system)
+    if not systems:
+        raise UsageError(f"--systems-from {store}: no valid row with {min_elements}..{max_elements} elements "
+                         f"that all have oxidation states")
+    return systems
+
+
+def draw_crystal(rng: np.random.Generator, config: BaselineConfig, stats: dict[str, int],
+                 systems: list[tuple[str, ...]] | None = None) -> Draw:
     """One random symmetric, charge-balanced crystal; loops until one is found (counts failures)."""
     from pyxtal import pyxtal
 
@@ -165,7 +140,8 @@ def draw_crystal(rng: np.random.Generator, config: BaselineConfig, stats: dict[s
         for _ in range(config.attempts_per_group):
             stats["attempts"] = stats.get("attempts", 0) + 1
             k = int(rng.integers(config.min_elements, config.max_elements + 1))
-            formula = charge_balanced_formula(rng, k, config.max_count)
+            system = systems[int(rng.integers(len(systems)))] if systems else None
+            formula = charge_balanced_formula(rng, k, config.max_count, tries=5 if system else 50, system=system)
             if formula is None:
                 _count(stats, "no_neutral_formula")
                 continue
@@ -198,18 +174,21 @@ def _count(stats: dict[str, int], key: str) -> None:
     stats[key] = stats.get(key, 0) + 1
 
 
-def baseline_shard(config: BaselineConfig, run_id: str, shard: int, train_index=None):
+def baseline_shard(config: BaselineConfig, run_id: str, shard: int, train_index=None,
+                   systems: list[tuple[str, ...]] | None = None):
     """The rows of one shard as a ``GeneratedTable``, plus the shard's draw statistics."""
     from matra_hpc.generate.checks import check_sequence
     from matra_hpc.generate.table import TableBuilder
     from matra_hpc.tokens import encode
 
+    if systems is None and config.systems_from:
+        systems = chemical_systems(config.systems_from, config.min_elements, config.max_elements)
     rng = np.random.default_rng([config.seed, shard, 0x9A7A])
     stats: dict[str, int] = {}
     groups: list[int] = []
     builder = TableBuilder()
     while len(builder.rows) < config.shard_rows(shard):
-        draw = draw_crystal(rng, config, stats)
+        draw = draw_crystal(rng, config, stats, systems)
         try:
             seq = encode(draw.structure)
         except Exception as exc:  # e.g. spglib finds a description over the site limit
@@ -225,84 +204,3 @@ def baseline_shard(config: BaselineConfig, run_id: str, shard: int, train_index=
         builder.add(f"{run_id}:{METHOD}:s{shard}:{index}", seq.tokens, seq.values, check, dup_train)
         groups.append(draw.spacegroup)
     return builder.build(), {"draws": stats, "drawn_spacegroups": groups}
-
-
-def _prepare(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]:
-    from matra_hpc.generate import store as gstore
-    from matra_hpc.tokens import load_vocab
-
-    vocab = load_vocab()
-    train_fp = None
-    if config.train_store:
-        from matra_hpc.generate.duplicates import store_fingerprint
-
-        train_fp = store_fingerprint(config.train_store)
-    run_id = config.run_id or (Path(ctx.run_dir).name if ctx.run_dir else None) or (
-        "pyxtal-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
-    import pyxtal
-    import smact
-
-    attrs = {
-        "schema": gstore.SCHEMA,
-        "created_by": {"package": __version__, "git": git_revision()},
-        "config": asdict(config),
-        "vocab": vocab.to_json(),
-        "vocab_hash": vocab.hash,
-        "run_id": run_id,
-        "run_dir": ctx.run_dir,
-        "checkpoint": None,
-        "baseline": {"method": METHOD, "pyxtal": pyxtal.__version__, "smact": smact.__version__,
-                     "charge_balanced": True, "oxidation_states": "smact ICSD24",
-                     "spacegroups": "uniform 2..230", "elements": [config.min_elements, config.max_elements]},
-        "train_store": ({"path": str(Path(config.train_store).resolve()), "fingerprint": train_fp}
-                        if config.train_store else None),
-        "temperatures": [BASELINE_TEMPERATURE],
-        "shards": config.shards,
-        "per_temp": config.n,
-    }
-    root = gstore.init_store(Path(config.out), attrs, config.fingerprint(train_fp))
-    if root.get("baseline", {}).get("method") != METHOD:
-        raise StoreError(f"{config.out} is a generated store of a model run, not a {METHOD} baseline")
-    return {"run_id": root["run_id"], "attempt": uuid.uuid4().hex}
-
-
-def run_baseline(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]:
-    """Write every missing shard of the baseline store; rank 0 consolidates (also under mpirun)."""
-    from matra_hpc.generate import store as gstore
-
-    config.validate()
-    if ctx.world_size > 1 and ctx.comm is None:
-        raise UsageError("a baseline with several ranks needs an MPI communicator (run it under mpirun)")
-    out = Path(config.out)
-    prep = ctx.on_rank0(_prepare, config, ctx)
-    train_index = None
-    if config.train_store:
-        from matra_hpc.generate.duplicates import TrainingIndex
-
-        train_index = TrainingIndex(config.train_store)
-    claims = gstore.TaskClaims(out, prep["attempt"])
-    done, skipped = [], 0
-    for shard in range(config.shards):
-        if gstore.shard_done(out, BASELINE_TEMPERATURE, shard):
-            skipped += 1
-            continue
-        if not claims.claim(shard):
-            continue
-        started = time.time()
-        table, stats = baseline_shard(config, prep["run_id"], shard, train_index)
-        manifest = {"run_id": prep["run_id"], "temperature": BASELINE_TEMPERATURE, "shard": shard,
-                    "seed": config.seed, "rank": ctx.rank, "seconds": round(time.time() - started, 3), **stats}
-        gstore.write_shard(out, BASELINE_TEMPERATURE, shard, table, manifest)
-        log.info("rank %d: baseline shard %d: %d rows in %.1fs", ctx.rank, shard, len(table), manifest["seconds"])
-        done.append(shard)
-    if ctx.comm is not None and ctx.world_size > 1:
-        ctx.comm.Barrier()
-
-    def finish() -> dict[str, Any]:
-        result = gstore.consolidate(out)
-        gstore.clear_claims(out)
-        return {"rows": sum(result.rows.values()), "complete": result.complete}
-
-    summary = ctx.on_rank0(finish)
-    return {"run_id": prep["run_id"], "store": str(out), "rank": ctx.rank, "shards_done_here": done,
-            "shards_skipped": skipped, **(summary or {})}

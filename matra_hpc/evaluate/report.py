@@ -32,41 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from matra_hpc.errors import StoreError, UsageError
+from matra_hpc.errors import StoreError
 from matra_hpc.evaluate import stats
+from matra_hpc.evaluate.config import ReportAllConfig
 
 STABLE_THRESHOLD = 0.1
 """eV/atom: the paper's 'stable' for the model / baseline ratio."""
 EHULL_BINS = np.round(np.arange(-0.2, 1.0 + 1e-9, 0.025), 3)
 """Fig. 4 bins, eV/atom; values outside are counted in the first/last bin."""
 BELOW_KEYS = ("n_below_0.001", "n_below_0.050", "n_below_0.100")
-
-
-@dataclass
-class ReportAllConfig:
-    generated: str
-    screened: str | None = None
-    baseline: str | None = None
-    """Screened store of the baseline (Fig. 4 and the ratio), or its generated store (validity only)."""
-    recovery: str | None = None
-    conditioning: str | None = None
-    checkpoint: str | None = None
-    out: str | None = None
-
-    def validate(self) -> None:
-        for name in ("generated", "screened", "baseline"):
-            path = getattr(self, name)
-            if path is not None and not (Path(path) / "zarr.json").is_file():
-                raise UsageError(f"--{name} {path} is not a Zarr store")
-        for name in ("recovery", "conditioning"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise UsageError(f"--{name} {path}: no such file (the JSON written by `eval {name}`)")
-        if self.checkpoint is not None and not Path(self.checkpoint).exists():
-            raise UsageError(f"--checkpoint {self.checkpoint} does not exist")
-
-    def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path(self.generated).resolve().parent / "report"
 
 
 # ------------------------------------------------------------------ reading the stage reports

@@ -1,6 +1,7 @@
-"""Evaluation entries that drive other stages: ``run_recovery`` and ``run_conditioning``.
+"""The evaluation stage's entries: ``run_baseline``, ``run_recovery``, ``run_conditioning``, ``run_report_all``.
 
-Both call the generate and screen stages only through their public configs and run functions
+``run_baseline`` writes the PyXtal baseline store (``baseline.py`` draws the rows). Recovery and
+conditioning call the generate and screen stages only through their public configs and run functions
 (``GenerateConfig`` + ``run_generate``, ``ScreenConfig`` + ``run_screen``), write those stages'
 ordinary stores into the output folder (so a rerun resumes them), and then analyse the stores.
 Either can instead analyse stores a user already has (``generated`` / ``screened`` given), which
@@ -12,13 +13,27 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+import time
+import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from matra_hpc import __version__
 from matra_hpc.context import RunContext
-from matra_hpc.errors import UsageError
+from matra_hpc.errors import StoreError, UsageError
 from matra_hpc.evaluate import stats
+from matra_hpc.evaluate.config import (
+    BASELINE_TEMPERATURE,
+    CONDITIONS,
+    METHOD,
+    THRESHOLDS,
+    BaselineConfig,
+    ConditioningConfig,
+    RecoveryConfig,
+    ReportAllConfig,
+)
+from matra_hpc.util import git_revision
 
 log = logging.getLogger(__name__)
 
@@ -29,61 +44,98 @@ def _write_json(path: Path, data: Any) -> None:
     write_json_atomic(path, data)
 
 
+# ------------------------------------------------------------------ the PyXtal baseline
+
+
+def _prepare_baseline(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]:
+    from matra_hpc.generate import store as gstore
+    from matra_hpc.tokens import load_vocab
+
+    vocab = load_vocab()
+    train_fp = None
+    if config.train_store:
+        from matra_hpc.generate.duplicates import store_fingerprint
+
+        train_fp = store_fingerprint(config.train_store)
+    run_id = config.run_id or (Path(ctx.run_dir).name if ctx.run_dir else None) or (
+        "pyxtal-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    import pyxtal
+    import smact
+
+    attrs = {
+        "schema": gstore.SCHEMA,
+        "created_by": {"package": __version__, "git": git_revision()},
+        "config": asdict(config),
+        "vocab": vocab.to_json(),
+        "vocab_hash": vocab.hash,
+        "run_id": run_id,
+        "run_dir": ctx.run_dir,
+        "checkpoint": None,
+        "baseline": {"method": METHOD, "pyxtal": pyxtal.__version__, "smact": smact.__version__,
+                     "charge_balanced": True, "oxidation_states": "smact ICSD24",
+                     "spacegroups": "uniform 2..230", "elements": [config.min_elements, config.max_elements],
+                     "systems_from": str(Path(config.systems_from).resolve()) if config.systems_from else None},
+        "train_store": ({"path": str(Path(config.train_store).resolve()), "fingerprint": train_fp}
+                        if config.train_store else None),
+        "temperatures": [BASELINE_TEMPERATURE],
+        "shards": config.shards,
+        "per_temp": config.n,
+    }
+    root = gstore.init_store(Path(config.out), attrs, config.fingerprint(train_fp))
+    if root.get("baseline", {}).get("method") != METHOD:
+        raise StoreError(f"{config.out} is a generated store of a model run, not a {METHOD} baseline")
+    return {"run_id": root["run_id"], "attempt": uuid.uuid4().hex}
+
+
+def run_baseline(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]:
+    """Write every missing shard of the baseline store; rank 0 consolidates (also under mpirun)."""
+    from matra_hpc.evaluate.baseline import baseline_shard
+    from matra_hpc.generate import store as gstore
+
+    config.validate()
+    if ctx.world_size > 1 and ctx.comm is None:
+        raise UsageError("a baseline with several ranks needs an MPI communicator (run it under mpirun)")
+    out = Path(config.out)
+    prep = ctx.on_rank0(_prepare_baseline, config, ctx)
+    train_index = None
+    if config.train_store:
+        from matra_hpc.generate.duplicates import TrainingIndex
+
+        train_index = TrainingIndex(config.train_store)
+    systems = None
+    if config.systems_from:
+        from matra_hpc.evaluate.baseline import chemical_systems
+
+        systems = chemical_systems(config.systems_from, config.min_elements, config.max_elements)
+    claims = gstore.TaskClaims(out, prep["attempt"])
+    done, skipped = [], 0
+    for shard in range(config.shards):
+        if gstore.shard_done(out, BASELINE_TEMPERATURE, shard):
+            skipped += 1
+            continue
+        if not claims.claim(shard):
+            continue
+        started = time.time()
+        table, stats = baseline_shard(config, prep["run_id"], shard, train_index, systems)
+        manifest = {"run_id": prep["run_id"], "temperature": BASELINE_TEMPERATURE, "shard": shard,
+                    "seed": config.seed, "rank": ctx.rank, "seconds": round(time.time() - started, 3), **stats}
+        gstore.write_shard(out, BASELINE_TEMPERATURE, shard, table, manifest)
+        log.info("rank %d: baseline shard %d: %d rows in %.1fs", ctx.rank, shard, len(table), manifest["seconds"])
+        done.append(shard)
+    if ctx.comm is not None and ctx.world_size > 1:
+        ctx.comm.Barrier()
+
+    def finish() -> dict[str, Any]:
+        result = gstore.consolidate(out)
+        gstore.clear_claims(out)
+        return {"rows": sum(result.rows.values()), "complete": result.complete}
+
+    summary = ctx.on_rank0(finish)
+    return {"run_id": prep["run_id"], "store": str(out), "rank": ctx.rank, "shards_done_here": done,
+            "shards_skipped": skipped, **(summary or {})}
+
+
 # ------------------------------------------------------------------ recovery (paper Fig. 3)
-
-
-@dataclass
-class RecoveryConfig:
-    """``eval recovery``: generate conditioned on a held-out system, count what comes back."""
-
-    system: str
-    held_out: str
-    """Token store prepared with ``--hold-out-system`` (its attrs hold the held-out structures)."""
-    out: str
-    """Output folder: generated.zarr (and screened.zarr), recovery.{json,csv,png}."""
-    checkpoint: str | None = None
-    n: int = 2000
-    """Rows sampled per temperature."""
-    temperatures: tuple[float, ...] = (1.0,)
-    shards: int = 1
-    seed: int = 0
-    batch_size: int = 256
-    stability: str | None = None
-    """Also condition on ``stability=low|high`` (the paper conditions on the elements only)."""
-    generated: str | None = None
-    """Analyse this generated store instead of sampling (then no checkpoint is needed)."""
-    screened: str | None = None
-    """Match the relaxed structures of this screened store (of the generated rows)."""
-    screen: dict[str, Any] | None = None
-    """Fields of the screen stage's config (e.g. ``{"relax": "sevennet:0.05"}``) to relax the
-    sample before matching; None matches the generated structures as sampled."""
-
-    def validate(self) -> None:
-        from matra_hpc.evaluate.recovery import parse_system
-
-        parse_system(self.system)
-        if not (Path(self.held_out) / "zarr.json").is_file():
-            raise UsageError(f"--held-out {self.held_out} is not a Zarr store")
-        if self.generated is None and self.checkpoint is None:
-            raise UsageError("give --checkpoint (to sample) or --generated (a store to analyse)")
-        if self.generated is not None and not (Path(self.generated) / "zarr.json").is_file():
-            raise UsageError(f"--generated {self.generated} is not a Zarr store")
-        if self.screened is not None and not (Path(self.screened) / "zarr.json").is_file():
-            raise UsageError(f"--screened {self.screened} is not a Zarr store")
-        if self.screened is not None and self.screen is not None:
-            raise UsageError("give either --screened (a finished screening) or screening options, not both")
-        if self.n < 1 or self.shards < 1 or self.shards > self.n:
-            raise UsageError(f"--n must be >= 1 and --shards in 1..n, got n={self.n}, shards={self.shards}")
-        if self.stability not in (None, "low", "high"):
-            raise UsageError(f"--stability must be low or high, got {self.stability!r}")
-
-    def condition(self) -> str:
-        from matra_hpc.evaluate.recovery import parse_system
-
-        parts = [f"elements={','.join(parse_system(self.system))}"]
-        if self.stability:
-            parts.append(f"stability={self.stability}")
-        return ";".join(parts)
 
 
 def run_recovery(config: RecoveryConfig, ctx: RunContext) -> dict[str, Any]:
@@ -134,44 +186,6 @@ def _analyse_recovery(config: RecoveryConfig, system: str, held_out: list, gener
 
 
 # ------------------------------------------------------------------ conditioning
-
-
-CONDITIONS = (("low", "stability=low"), ("high", "stability=high"), ("none", None))
-THRESHOLDS = (0.05, 0.1)
-
-
-@dataclass
-class ConditioningConfig:
-    """``eval conditioning``: stability=low, stability=high and unconditioned at one temperature."""
-
-    out: str
-    checkpoint: str | None = None
-    n: int = 1000
-    """Rows sampled per condition."""
-    temperature: float = 1.0
-    shards: int = 1
-    seed: int = 0
-    batch_size: int = 256
-    train_store: str | None = None
-    screen: dict[str, Any] = field(default_factory=dict)
-    """Fields of the screen stage's config (relaxation protocol, hull reference, novelty index)."""
-    screened: dict[str, str] | None = None
-    """``{label: screened store}`` to analyse instead of generating and screening."""
-
-    def validate(self) -> None:
-        if self.screened is None:
-            if self.checkpoint is None:
-                raise UsageError("give --checkpoint (to sample and screen) or --screened LABEL=STORE ...")
-            if self.n < 1 or not 1 <= self.shards <= self.n:
-                raise UsageError(f"--n must be >= 1 and --shards in 1..n, got n={self.n}, shards={self.shards}")
-            if not self.temperature > 0:
-                raise UsageError(f"--temperature must be > 0, got {self.temperature}")
-        else:
-            if not self.screened:
-                raise UsageError("--screened needs at least one LABEL=STORE")
-            for label, path in self.screened.items():
-                if not (Path(path) / "zarr.json").is_file():
-                    raise UsageError(f"--screened {label}={path}: not a Zarr store")
 
 
 def run_conditioning(config: ConditioningConfig, ctx: RunContext) -> dict[str, Any]:
@@ -264,3 +278,19 @@ def _screen(generated: str, out: str, options: dict[str, Any], ctx: RunContext) 
 
 def load_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+# ------------------------------------------------------------------ report all
+
+
+def run_report_all(config: ReportAllConfig, ctx: RunContext) -> dict[str, Any]:
+    """Build the report (rank 0) and write the page, its Markdown twin, the JSON and the PNGs."""
+    from matra_hpc.evaluate.report import build_report_all, write_report_all
+
+    def build() -> dict[str, Any]:
+        report = build_report_all(config)
+        files = write_report_all(report, config.out_dir())
+        return {"report": report, "files": {k: ([str(p) for p in v] if isinstance(v, list) else str(v))
+                                             for k, v in files.items()}}
+
+    return ctx.on_rank0(build)

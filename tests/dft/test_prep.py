@@ -98,7 +98,8 @@ def test_quotas_filters_and_tie_break_are_configurable_and_recorded(store, tmp_p
 def test_ranks_split_the_work_into_the_same_tree(store, tmp_path):
     single, split = tmp_path / "single", tmp_path / "split"
     run_vasp_prep(VaspPrepConfig(store=str(store), out=str(single), top=5), local_context())
-    results = [run_vasp_prep(VaspPrepConfig(store=str(store), out=str(split), top=5, workers=1),
+    # rank 1 with a process pool of 2: the pool changes nothing either
+    results = [run_vasp_prep(VaspPrepConfig(store=str(store), out=str(split), top=5, workers=1 + r),
                              RunContext(rank=r, world_size=2)) for r in (0, 1)]
     assert [r["written_here"] for r in results] == [3, 2]
     assert not results[0]["complete"] and results[1]["complete"]
@@ -120,17 +121,17 @@ def test_refuses_other_settings_and_foreign_directories(store, tmp_path):
         read_tree_manifest(foreign)
 
 
-def test_cli_exit_codes(store, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "matra_hpc"]
-    bad = subprocess.run([*cmd, "vasp-prep", str(tmp_path / "nothing.zarr"), "--out", str(tmp_path / "v"), "--top", "2"],
-                         capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "not a Zarr store" in bad.stderr
-    bad = subprocess.run([*cmd, "vasp-prep", str(store), "--out", str(tmp_path / "v"), "--top", "0"],
-                         capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "--top" in bad.stderr
-    bad = subprocess.run([*cmd, "dft-report", str(tmp_path)], capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "not a VASP tree" in bad.stderr
+def test_cli_exit_codes(store, tmp_path, capsys):
+    from matra_hpc.cli import main
+
+    assert main(["vasp-prep", str(tmp_path / "nothing.zarr"), "--out", str(tmp_path / "v"), "--top", "2"]) == 2
+    assert "not a Zarr store" in capsys.readouterr().err
+    assert main(["vasp-prep", str(store), "--out", str(tmp_path / "v"), "--top", "0"]) == 2
+    assert "--top" in capsys.readouterr().err
+    assert main(["dft-report", str(tmp_path)]) == 2
+    assert "not a VASP tree" in capsys.readouterr().err
+    assert main(["status", str(tmp_path)]) == 2  # neither a run directory nor a VASP tree
+    assert not (tmp_path / "v").exists()
 
 
 def test_kill_9_during_prep_then_rerun_gives_the_identical_tree(tmp_path):
@@ -187,3 +188,16 @@ def test_two_trees_from_one_store_keep_their_own_states(store, tmp_path):
     append_events(store, "dft-test", [{"id": shared, "status": "converged"}], plan=a["plan_hash"])
     assert tree_states(a)[shared]["status"] == "converged"
     assert tree_states(b)[shared]["status"] == "prepped"
+
+
+def test_ncore_and_kpar_come_from_the_profile(store, tmp_path, capsys):
+    from matra_hpc.cli import main
+
+    profile = tmp_path / "site.yaml"
+    profile.write_text("vasp:\n  command: srun vasp_std\n  ncore: 8\n  kpar: 4\n")
+    out = tmp_path / "vasp"
+    assert main(["vasp-prep", str(store), "--top", "1", "--out", str(out), "--profile", str(profile)]) == 0
+    entry = read_tree_manifest(out)["candidates"][0]
+    incar = dict(line.split(" = ") for line in (out / entry["dir"] / "INCAR").read_text().splitlines())
+    assert (incar["NCORE"], incar["KPAR"]) == ("8", "4")
+    assert read_tree_manifest(out)["config"]["ncore"] == 8

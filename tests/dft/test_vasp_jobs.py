@@ -9,7 +9,6 @@ vasprun.xml (VasprunXMLValidator makes it a failure). Then --resubmit, then dft-
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from dft_helpers import build_screened_store, fixture_structure
 
+from matra_hpc.cli import main
 from matra_hpc.context import local_context
 from matra_hpc.dft import VaspPrepConfig, read_tree_manifest, run_vasp_prep, tree_states
 from matra_hpc.launch import read_manifest
@@ -37,13 +37,14 @@ def incar(path: Path) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def matra(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "matra_hpc", *args], capture_output=True, text=True, env=env,
-                          timeout=540)
+def test_job_arrays_run_custodian_and_record_each_candidate(slurm, tmp_path, capsys):
+    def matra(*args: str) -> subprocess.CompletedProcess:
+        """The command line, in this process (the jobs themselves run in Slurm)."""
+        capsys.readouterr()
+        code = main(list(args))
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
 
-
-def test_job_arrays_run_custodian_and_record_each_candidate(slurm, tmp_path):
     si = fixture_structure("Si.relax.vasprun.xml.gz")
     v2o5 = fixture_structure("V2O5.unconverged-electronic.vasprun.xml.gz")
     store = build_screened_store(tmp_path / "screened.zarr", [
@@ -64,7 +65,7 @@ def test_job_arrays_run_custodian_and_record_each_candidate(slurm, tmp_path):
 
     run1 = tmp_path / "run1"
     out = matra("submit", "vasp", str(tree), "--profile", str(profile), "--per-task", "2", "--polling-s", "0.1",
-                "--max-errors", "3", "--run-dir", str(run1), "--wait")
+                "--max-errors", "2", "--run-dir", str(run1), "--wait")
     assert "4 candidate(s) in 2 array task(s), 1 array job(s)" in out.stdout, out.stdout + out.stderr
     script = (run1 / "vasp-array-0.sh").read_text()
     assert "#SBATCH --array=0-1\n" in script and "matra_hpc.dft.runner" in script
@@ -99,7 +100,7 @@ def test_job_arrays_run_custodian_and_record_each_candidate(slurm, tmp_path):
     # nothing new to submit; --resubmit takes exactly the two failed ones
     again = matra("submit", "vasp", str(tree), "--profile", str(profile), "--run-dir", str(tmp_path / "run0"))
     assert again.returncode == 2 and "--resubmit" in again.stderr
-    scenarios.write_text(json.dumps({ids[0]: OK, ids[1]: CRASH_FIRST, ids[2]: UNCONVERGED, ids[3]: OK,
+    scenarios.write_text(json.dumps({ids[0]: OK, ids[1]: CRASH_FIRST, ids[2]: DEAD, ids[3]: OK,
                                      "default": DEAD}))
     # the resubmission goes through the local executor (same script, run by bash): both paths covered
     out = matra("submit", "vasp", str(tree), "--profile", str(profile), "--per-task", "4", "--polling-s", "0.1",
@@ -110,7 +111,7 @@ def test_job_arrays_run_custodian_and_record_each_candidate(slurm, tmp_path):
     # the first attempt, kept aside (custodian's setup gunzips the whole folder, attempts/ included)
     assert (dirs[ids[3]] / "attempts" / "1" / "vasp.out").is_file()
     assert incar(dirs[ids[3]] / "INCAR.orig") == incar(dirs[ids[0]] / "INCAR.orig")  # restarted from the inputs
-    assert states[ids[2]]["status"] == "failed"
+    assert (states[ids[2]]["status"], states[ids[2]]["reason"]) == ("failed", "validation_failed")
     assert read_manifest(tmp_path / "run2")["launch"]["cluster"] == "local"
 
     # the report on what the jobs left: Si against a Si reference 0.04 eV/atom below the static run
@@ -124,5 +125,5 @@ def test_job_arrays_run_custodian_and_record_each_candidate(slurm, tmp_path):
     assert report.returncode == 0, report.stderr
     rows = {r["id"]: r for r in json.loads((tree / "dft-report.json").read_text())["rows"]}
     assert [rows[i]["state"] for i in ids] == ["converged", "converged", "failed", "converged"]
-    assert rows[ids[2]]["reason"] == "unconverged_electronic"
+    assert rows[ids[2]]["reason"] == "validation_failed"  # its second attempt died without a vasprun.xml
     assert [rows[i]["e_hull_dft"] for i in (ids[0], ids[1], ids[3])] == pytest.approx([0.04] * 3, abs=1e-6)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from matra_hpc.cli import main
-from matra_hpc.evaluate.baseline import BaselineConfig, baseline_shard, is_charge_balanced
+from matra_hpc.evaluate.baseline import baseline_shard, is_charge_balanced
+from matra_hpc.evaluate.config import BaselineConfig
 from matra_hpc.generate import store as gstore
 
 ARGS = ["--n", "6", "--shards", "2", "--seed", "3", "--run-id", "base"]
@@ -103,3 +104,16 @@ def test_submit_runs_two_mpi_ranks_and_writes_the_same_rows(baseline_store: Path
     mine, ref = gstore.read_view(out, 0.0), gstore.read_view(baseline_store, 0.0)
     assert list(mine.id) == list(ref.id)
     np.testing.assert_array_equal(mine.tokens, ref.tokens)
+
+
+def test_systems_from_a_run_keep_the_baseline_in_its_chemistries(tmp_path: Path) -> None:
+    from pymatgen.core import Composition
+    from stores import cscl_alcu, rock_salt, write_generated
+
+    gen = write_generated(tmp_path / "gen.zarr", {0.7: [rock_salt(), None, cscl_alcu()]})
+    out = tmp_path / "base.zarr"
+    assert main(["baseline", "pyxtal", "--out", str(out), "--n", "2", "--systems-from", str(gen)]) == 0
+    table = gstore.read_view(out, 0.0)
+    # Al-Cu has no charge-neutral combination of oxidation states: only Na-Cl can be drawn
+    assert {frozenset(Composition(f).get_el_amt_dict()) for f in table.formula} == {frozenset({"Na", "Cl"})}
+    assert gstore.open_root(out).attrs["baseline"]["systems_from"] == str(gen.resolve())
