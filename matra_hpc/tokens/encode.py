@@ -1,14 +1,15 @@
-"""Structure -> canonical token sequence.
+"""Structure -> canonical token sequence (token format v2, docs/contracts.md section F).
 
-Steps: validate the input (one rejection reason each, contract section 3); spglib, called on
-plain arrays, gives the standardised conventional cell in pyxtal's setting (origin choice 2,
-``hall_number`` asked for explicitly where spglib's default differs), its Wyckoff letters and
-orbits; then the canonical description is chosen among every alternative the group's
-normaliser allows: pyxtal's coset representatives, for polar groups every origin along the
-polar axes that puts an atom of the first site at 0, and for monoclinic groups the most
-reduced cells among the cell choices that keep the standard symbol (a and c, unique axis b).
-Rejections: ``too_many_sites`` also covers more than 8 elements or a count above 512 (the
-vocabulary's limits).
+Steps: validate the input (one rejection reason each, contract section 3); a symmetry finder
+(moyopy by default, spglib on request), called on plain arrays, gives the group, its standard
+conventional cell in pyxtal's setting (ITA standard, origin choice 2) and the transformation
+from the input into it; the orbits and Wyckoff letters are found from the group's operations
+in that cell, and the metric and positions are refined from the input itself (so both finders
+give the same values); then the canonical description is chosen among every alternative the
+group's normaliser allows: its cosets (closed under composition), for polar groups every
+origin along the polar axes that puts an atom of the first site at 0, and for triclinic and
+monoclinic groups every equally reduced cell. Rejections: ``too_many_sites`` also covers more
+than 8 elements or a count above 512 (the vocabulary's limits).
 
 Canonical order, per alternative: sites sorted by (Wyckoff letter order, Z, free values); each
 orbit represented by the point of the orbit on the position's representative expression whose
@@ -18,10 +19,10 @@ list first makes the choice of Wyckoff letters a property of the prototype alone
 ``prototype_hash`` stable for crystals of one prototype with different free values. Values
 within 1e-7 compare equal, so float noise never flips a choice.
 
-The chosen description is rebuilt as an exactly symmetric primitive cell and described again
-until it is stable (usually one extra spglib call, so encoding costs about two spglib dataset
-calls), so that ``encode(decode(encode(x)))`` equals ``encode(x)``
-even when symmetrising reveals more symmetry than the raw input showed.
+The finder then looks at the exactly symmetric primitive cell the description spells (one
+more finder call): when it shows more symmetry the description is rebuilt until stable, so
+that ``encode(decode(encode(x)))`` equals ``encode(x)`` even when symmetrising reveals more
+symmetry than the raw input showed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -243,15 +245,25 @@ def _orbits(cell: _StandardCell) -> list[tuple[int, int, np.ndarray]]:
     group = cell.group
     general = position_ops(group)[-1].ops
     positions = cell.positions
-    orbit_of = np.full(len(positions), -1)
+    n = len(positions)
+    related = None
+    if len(general) * n * n <= 60_000:  # every pair at once; per orbit below for big cells
+        images = np.einsum("mij,nj->mni", general[:, :, :3], positions) + general[:, None, :, 3]
+        diff = images[:, :, None, :] - positions[None, None, :, :]
+        diff -= np.rint(diff)
+        related = (np.abs(diff) < _ORBIT_TOL).all(axis=-1).any(axis=0)
+    orbit_of = np.full(n, -1)
     out = []
-    for i in range(len(positions)):
+    for i in range(n):
         if orbit_of[i] >= 0:
             continue
-        images = general[:, :, :3] @ positions[i] + general[:, :, 3]
-        diff = images[:, None, :] - positions[None, :, :]
-        diff -= np.rint(diff)
-        members = np.flatnonzero((np.abs(diff) < _ORBIT_TOL).all(axis=-1).any(axis=0))
+        if related is not None:
+            members = np.flatnonzero(related[i])
+        else:
+            images = general[:, :, :3] @ positions[i] + general[:, :, 3]
+            diff = images[:, None, :] - positions[None, :, :]
+            diff -= np.rint(diff)
+            members = np.flatnonzero((np.abs(diff) < _ORBIT_TOL).all(axis=-1).any(axis=0))
         if (orbit_of[members] >= 0).any() or (cell.types[members] != cell.types[i]).any():
             raise EncodeError("symmetry_failed", f"orbits of group {group} overlap in the standard cell")
         orbit_of[members] = len(out)
@@ -286,12 +298,12 @@ def _refine(cell: _StandardCell, matrix, frac, numbers, orbits, symprec: float, 
     point_group = _point_group(group)
     metric = np.einsum("rji,jk,rkl->il", point_group, metric, point_group) / len(point_group)
     inside = frac @ cell.rotation.T + cell.shift
+    images_of_input = np.einsum("mij,nj->mni", rotations, inside) + translations[:, None, :]
     positions = cell.positions.copy()
     limit = (4.0 * symprec) ** 2
     for _, z, members in orbits:
         anchor = cell.positions[members[0]]
-        raw = inside[numbers == z]
-        delta = np.einsum("mij,nj->mni", rotations, raw) + translations[:, None, :] - anchor
+        delta = images_of_input[:, numbers == z] - anchor
         delta -= np.rint(delta)
         near = np.einsum("mni,ij,mnj->mn", delta, metric, delta) < limit
         if not near.any():
@@ -361,9 +373,11 @@ def describe(
 ) -> Description:
     """The canonical description of an ordered periodic structure (raises ``EncodeError``).
 
-    Symmetrising can reveal more symmetry than spglib found in the raw input (a free value
+    Symmetrising can reveal more symmetry than the finder saw in the raw input (a free value
     within tolerance of a special one), so the description is rebuilt into an exact cell and
     described again until it no longer changes: then decode followed by encode reproduces it.
+    ``symmetry`` names the finder (``"moyopy"`` or ``"spglib"``); ``angle_tolerance``
+    (degrees) applies to spglib only.
     """
     matrix, frac, numbers = _arrays(structure)
     options = (symprec, angle_tolerance, symmetry)
@@ -388,8 +402,7 @@ def describe(
 
 
 def _cell_counts(cell: _StandardCell) -> dict[int, int]:
-    z, n = np.unique(cell.types, return_counts=True)
-    return dict(zip(z.tolist(), n.tolist(), strict=True))
+    return dict(Counter(cell.types.tolist()))
 
 
 _MAX_PASSES = 4
@@ -472,13 +485,18 @@ def conventional_cell(description: Description) -> tuple[np.ndarray, np.ndarray,
     return lattice_matrix(description.group, description.lattice), np.concatenate(coords), np.asarray(numbers)
 
 
+@functools.cache
+def _to_primitive_inverse(group: int) -> np.ndarray:
+    return np.linalg.inv(group_setting(group).to_primitive)
+
+
 def primitive_cell(description: Description) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The described crystal in a primitive cell (fewer atoms for spglib to search)."""
     matrix, frac, numbers = conventional_cell(description)
     to_primitive = group_setting(description.group).to_primitive
     if to_primitive is None:
         return matrix, frac, numbers
-    prim_frac = np.mod(frac @ np.linalg.inv(to_primitive), 1.0)
+    prim_frac = np.mod(frac @ _to_primitive_inverse(description.group), 1.0)
     # Atoms related by a centring translation land on one primitive point: keep the first.
     diff = prim_frac[:, None, :] - prim_frac[None, :, :]
     diff -= np.rint(diff)

@@ -66,9 +66,10 @@ def test_roundtrip_csv_and_files(inputs, capsys):
     ]
     assert all(f["failed"].startswith(str(inputs / "flla.csv") + ":mp-") for f in failed if f not in broken)
 
-    assert main(["tokens", "roundtrip", str(inputs / "files")]) == 0
-    summary = _last_json(capsys)
-    assert summary["n"] == 4 and summary["rate"] == 1.0
+    for symmetry in ("moyopy", "spglib"):
+        assert main(["tokens", "roundtrip", str(inputs / "files"), "--symmetry", symmetry]) == 0
+        summary = _last_json(capsys)
+        assert summary["n"] == 4 and summary["rate"] == 1.0, symmetry
 
 
 def test_encode_then_decode_writes_cifs(inputs, tmp_path, capsys):

@@ -92,7 +92,9 @@ def test_equivalent_low_symmetry_cells_give_one_sequence(description, seed):
         "origin": shifted,
         "supercell": structure.copy().make_supercell(supercell),
         "basis": structure.copy().make_supercell(BASES[rng.integers(len(BASES))]),
-        "sites": Structure(structure.lattice, [structure.species[i] for i in order], structure.frac_coords[order]),
+        "sites": Structure(
+            structure.lattice, [structure.species[i] for i in order], structure.frac_coords[order]
+        ),
     }
     for name, variant in variants.items():
         assert same_sequence(encode(variant), reference, tol=1e-5), name
