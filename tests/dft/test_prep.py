@@ -201,3 +201,14 @@ def test_ncore_and_kpar_come_from_the_profile(store, tmp_path, capsys):
     incar = dict(line.split(" = ") for line in (out / entry["dir"] / "INCAR").read_text().splitlines())
     assert (incar["NCORE"], incar["KPAR"]) == ("8", "4")
     assert read_tree_manifest(out)["config"]["ncore"] == 8
+
+
+def test_the_stores_own_reader_sees_dft_after_screen_in_the_same_second(store, tmp_path):
+    from matra_hpc.dft.status import append_events, utc_now
+    from matra_hpc.screen.store import append_status
+
+    cid = "gen-test:T0.70:s0:0"
+    seconds, _ = utc_now()
+    append_status(store, "screen-test", [{"id": cid, "stage": "screen", "status": "screened", "time": seconds}])
+    append_events(store, "dft-test-same-second", [{"id": cid, "status": "submitted", "time": seconds}], plan="p")
+    assert read_status(store)[cid]["stage"] == "dft"
