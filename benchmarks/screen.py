@@ -171,7 +171,8 @@ def main() -> None:
     parser.add_argument("--max-sites", type=int, default=12)
     parser.add_argument("--batch-atoms", type=int, default=512)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip-hull", action="store_true")
+    parser.add_argument("--skip-hull", action="store_true", help="only the throughput part")
+    parser.add_argument("--skip-throughput", action="store_true", help="only the e-hull part")
     args = parser.parse_args()
     if not (Path(args.tokens) / "zarr.json").is_file():
         sys.exit(f"{args.tokens} is missing: run `matra-hpc data demo --out {args.tokens}` first")
@@ -189,8 +190,9 @@ def main() -> None:
     result = {
         "benchmark": "screen", "machine": platform.node(), "cpu": platform.processor() or platform.machine(),
         "device": args.device, "git": _git(),
-        "throughput": throughput(pool, args, get_potential),
     }
+    if not args.skip_throughput:
+        result["throughput"] = throughput(pool, args, get_potential)
     if not args.skip_hull:
         result["ehull"] = accuracy(pool, args, get_potential)
     result["seconds"] = round(time.perf_counter() - started, 1)

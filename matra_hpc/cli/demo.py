@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from matra_hpc.errors import MatraError
+from matra_hpc.generate.config import DEFAULT_TEMPS
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class DemoConfig:
     """Optional cap on optimizer steps (tests use a handful)."""
     train_procs: int = 2
     """torchrun processes (DDP over gloo on the CPU)."""
-    temps: str = "0.7:1.65:0.05"
+    temps: str = DEFAULT_TEMPS
     per_temp: int = 32
     shards: int = 2
     ranks: int = 2

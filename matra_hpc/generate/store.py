@@ -1,4 +1,4 @@
-"""The generated store (contract section 4, schema ``matra-hpc/generated/1``).
+"""The generated store (docs/contracts.md section G, schema ``matra-hpc/generated/1``).
 
 Layout (Zarr v3 on a local or shared POSIX filesystem)::
 

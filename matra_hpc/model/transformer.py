@@ -4,8 +4,8 @@ Paper sections II.2 and IV.2. The input of the model is ``<bos>`` followed by th
 ``TokenSequence``; ``values`` runs parallel to ``tokens`` and holds the continuous value of every
 ``<num>`` token (NaN elsewhere). At every position the model predicts the next token (logits over
 the vocabulary, trained with cross-entropy) and, for positions whose next token is ``<num>``, the
-next continuous value (``cont_pred``, in the values' own units, trained with MSE; by default the
-error of a value above 1 in magnitude is taken relative to it, see ``cont_loss_scale``).
+next continuous value (``cont_pred``, in the values' own units, trained with MSE; by default in
+symlog space, sign(v) * log1p(|v|), see ``cont_loss_scale``).
 ``loss = CE + cont_loss_weight * MSE``.
 
 Architecture (paper IV.2):

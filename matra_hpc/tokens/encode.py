@@ -388,11 +388,18 @@ def describe(
     # spells: it can show a higher group (mp-18965: 164 -> 194), and a finder can find a
     # higher group for the same exact crystal in another cell (mp-560374). When it finds the
     # same group and cell content, describing it again gives this description (the values
-    # were refined exactly), so the second description is only built when something changed.
+    # were refined exactly, the normaliser's alternatives do not depend on the finder's cell),
+    # so the second description is only built when something changed. Not so for triclinic
+    # and monoclinic cells, whose equally reduced cells are searched near the finder's cell:
+    # on special metrics (a = c, beta = 120) two starting cells can reach different sets.
     for _ in range(_MAX_PASSES):
         rebuilt = primitive_cell(description)
         cell = _standard_cell(*rebuilt, *options)
-        if cell.group == description.group and _cell_counts(cell) == description.counts():
+        if (
+            cell.group == description.group
+            and crystal_system(cell.group) not in ("triclinic", "monoclinic")
+            and _cell_counts(cell) == description.counts()
+        ):
             return description
         again = _describe_cell(cell, *rebuilt, symprec, max_sites, exact=True)
         if _same_description(description, again):

@@ -18,7 +18,8 @@ from data_inputs import flla_rows, write_alexandria, write_mp
 from matra_hpc.cli import main
 from matra_hpc.context import local_context
 from matra_hpc.data import store as st
-from matra_hpc.data.prepare import DataPrepareConfig, run_data_prepare
+from matra_hpc.data.config import DataPrepareConfig
+from matra_hpc.data.stage import run_data_prepare
 from matra_hpc.errors import UsageError
 from matra_hpc.tokens import load_vocab
 

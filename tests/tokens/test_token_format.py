@@ -38,8 +38,9 @@ def test_format_and_hash_versions_move_together():
 
 @pytest.mark.parametrize("old", [None, "v1"])
 def test_old_token_store_is_refused_and_rebuilt_only_with_overwrite(tmp_path, old):
-    from matra_hpc.data.prepare import DataPrepareConfig, init_store
+    from matra_hpc.data.config import DataPrepareConfig
     from matra_hpc.data.readers import parse_source
+    from matra_hpc.data.stage import init_store
     from matra_hpc.data.store import open_token_store
 
     path = write_store(tmp_path / "tokens.zarr", random_sequences(12))

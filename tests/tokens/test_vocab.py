@@ -206,3 +206,11 @@ def test_token_sequence_json_round_trip():
     assert back.tokens == seq.tokens and back.values[1] == 0.25 and math.isnan(back.values[0])
     with pytest.raises(ValueError):
         TokenSequence([1, 2], [math.nan])
+
+
+def test_spacegroup_in_a_sequence() -> None:
+    from matra_hpc.tokens import load_vocab
+
+    vocab = load_vocab()
+    assert vocab.spacegroup_in([1, vocab.spacegroup(225), vocab.spacegroup(2)]) == 225
+    assert vocab.spacegroup_in([1, 2]) == 0

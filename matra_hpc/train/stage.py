@@ -1,4 +1,4 @@
-"""The training stage: ``run_training(TrainConfig, RunContext)`` (paper IV.3).
+"""The training stage: ``run_train(TrainConfig, RunContext)`` (paper IV.3).
 
 Input: a consolidated token store (docs/contracts.md section C). Output: a directory ``out``
 with checkpoints (``checkpoints/step_*``, see ``checkpoint.py``), the best model by validation
@@ -470,8 +470,9 @@ class _Trainer:
         return TrainResult(str(self.out), self.step, self.epoch, status, self.best_val, self.last_checkpoint)
 
 
-def run_training(config: TrainConfig, ctx: RunContext) -> TrainResult:
+def run_train(config: TrainConfig, ctx: RunContext) -> TrainResult:
     """Train (or resume training) the model of ``config.model`` on ``config.data`` into ``config.out``."""
+    config.validate()
     trainer = _Trainer(config, ctx)
     try:
         trainer.setup()
@@ -483,4 +484,4 @@ def run_training(config: TrainConfig, ctx: RunContext) -> TrainResult:
             dist.destroy_process_group()
 
 
-__all__ = ["TrainConfig", "TrainResult", "one_cycle_lr", "run_training"]
+__all__ = ["TrainConfig", "TrainResult", "one_cycle_lr", "run_train"]
