@@ -184,6 +184,11 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys) -> None:
     (tmp_path / "mp" / "2025-02-01-mp-energies.csv.gz").write_bytes(b"cut short")
     assert main(["data", "prepare", f"mp={tmp_path / 'mp'}", "--out", str(tmp_path / "y")]) == 2
     assert "summary table" in capsys.readouterr().err
+    # submit validates the same config before anything is submitted: no run directory appears
+    run_dir = tmp_path / "run"
+    assert main(["submit", "data-prepare", f"mp={tmp_path / 'mp'}", "--out", str(tmp_path / "z"),
+                 "--run-dir", str(run_dir)]) == 2
+    assert "summary table" in capsys.readouterr().err and not run_dir.exists()
 
 
 @pytest.mark.slow
