@@ -34,7 +34,7 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sites", type=int, default=15, help="Wyckoff sites, as the training filter")
     parser.add_argument("--train-store", default=None, help="token store whose structures flag dup_train")
     parser.add_argument("--systems-from", default=None, metavar="GEN",
-                        help="draw each row in the chemical system of a random valid row of this generated store "
+                        help="draw each row in the chemical system of a random candidate (decoded, bonds ok) of this generated store "
                              "(default: elements uniformly at random)")
     parser.add_argument("--run-id", default=None, help="id prefix of the rows (default: run dir name or time)")
 
