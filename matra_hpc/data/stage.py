@@ -46,6 +46,7 @@ from matra_hpc.data.readers import (
     read_units,
 )
 from matra_hpc.errors import MatraError, StoreError
+from matra_hpc.tokens.format import TOKEN_FORMAT, TokenFormatError
 from matra_hpc.util import file_sha256, git_revision, hold_point, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -285,8 +286,16 @@ def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str 
     out = Path(config.out)
     sources = [source_record(s) for s in specs]
     if out.exists():
+        # Never delete something that is not a token store, --overwrite or not (StoreError).
         try:
             root = st._open_root(out, "r")
+        except TokenFormatError:
+            # A store of an older token format is rebuilt with --overwrite, never resumed.
+            if not config.overwrite:
+                raise
+            root = None
+        same = False
+        if root is not None:
             recorded = dict(root.attrs.get("config", {}).get("content", {}))
             current = _content_config(config)
             # Sources are compared by what they hold, not by how their paths were spelled.
@@ -294,9 +303,6 @@ def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str 
             current.pop("sources")
             same = recorded == current and ([(s["kind"], s["name"], s["sha256"]) for s in root.attrs.get("sources", [])]
                                             == [(s["kind"], s["name"], s["sha256"]) for s in sources])
-        except StoreError:
-            # Never delete something that is not a token store, --overwrite or not.
-            raise
         if same:
             return
         if not config.overwrite:
@@ -313,6 +319,7 @@ def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str 
         "config": {"content": _content_config(config), "full": asdict(config)},
         "vocab": vocab.to_json(),
         "vocab_hash": vocab.hash,
+        "token_format": TOKEN_FORMAT,
         "sources": sources,
         "energy": energy_attr(specs),
         "consolidated": None,

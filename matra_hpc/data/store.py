@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from matra_hpc.errors import StoreError
+from matra_hpc.tokens.format import require_token_format
 from matra_hpc.util import write_json_atomic
 
 SCHEMA = "matra-hpc/tokens/1"
@@ -180,6 +181,8 @@ def _open_root(path: Path, mode: str) -> Any:
     if schema != SCHEMA:
         raise StoreError(f"{path} is not a matra-hpc token store (schema {schema!r}, expected {SCHEMA!r}): "
                          f"pass a store made by `matra-hpc data prepare`, or delete it and prepare again")
+    require_token_format(root.attrs.get("token_format"), f"token store {path}",
+                         "rebuild it with `matra-hpc data prepare ... --overwrite` (or delete it)")
     return root
 
 

@@ -51,6 +51,7 @@ from matra_hpc.model.checkpoint import (
     save_checkpoint,
     save_model_dir,
 )
+from matra_hpc.tokens.format import require_token_format
 from matra_hpc.train.config import TrainConfig
 from matra_hpc.train.metrics import PLOT_FILE, MetricsLog, plot_loss_curve
 from matra_hpc.util import hold_point
@@ -210,6 +211,8 @@ class _Trainer:
             path = self.out / CHECKPOINTS_DIR / name
             found = Checkpoint(path, check_dir(path))
         meta = found.meta
+        require_token_format(meta.get("token_format"), f"checkpoint {found.path}",
+                             "refusing to resume from it (use a new --out)", CheckpointError)
         if meta.get("vocab_hash") != self.store.vocab_hash:
             raise CheckpointError(
                 f"checkpoint {found.path} was trained with vocabulary {meta.get('vocab_hash')}, but {self.config.data} "
