@@ -2,9 +2,10 @@
 
 The DFT stage writes ``stage: dft`` events to ``<screened store>/status/dft-<writer>.jsonl``
 (one file per writing process, append-only): ``prepped``, ``submitted``, ``running``,
-``converged``, ``failed`` (with a reason from :data:`FAIL_REASONS` and a message). Times carry
-microseconds so the events of one candidate keep their order when several land in the same
-second; :func:`dft_states` orders a candidate's dft events by that time. A candidate of the tree
+``converged``, ``failed`` (with a reason from :data:`FAIL_REASONS` and a message). ``time`` is in
+whole seconds, as the screen stage writes it, so the store's ``read_status`` puts a dft event
+after a screen event of the same second; ``time_us`` adds microseconds, by which
+:func:`dft_states` orders a candidate's dft events when several land in one second. A candidate of the tree
 with no dft event yet counts as ``prepped`` (vasp-prep killed between its rename and its log line).
 """
 
@@ -30,8 +31,10 @@ FAIL_REASONS = (
 ACTIVE = ("submitted", "running")
 
 
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def utc_now() -> tuple[str, str]:
+    """(whole seconds, microseconds) of now, UTC, ISO 8601."""
+    now = dt.datetime.now(dt.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ"), now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def writer_name(*parts: object) -> str:
@@ -55,7 +58,8 @@ def append_events(store: str | Path, writer: str, events: list[dict[str, Any]], 
             raise ValueError(f"unknown dft state {event.get('status')!r}; valid: {', '.join(STATES)}")
         if event["status"] == "failed" and event.get("reason") not in FAIL_REASONS:
             raise ValueError(f"unknown dft failure reason {event.get('reason')!r}")
-    stamped = [{"stage": "dft", "time": utc_now(), "plan": plan, **event} for event in events]
+    seconds, micro = utc_now()
+    stamped = [{"stage": "dft", "time": seconds, "time_us": micro, "plan": plan, **event} for event in events]
     append_status(store, writer, stamped)
 
 
@@ -82,7 +86,7 @@ def dft_states(store: str | Path, ids: list[str] | None = None, plan: str | None
                     continue
                 if plan is not None and event.get("plan") != plan:
                     continue
-                key = (str(event.get("time", "")), f_index, line_no)
+                key = (str(event.get("time_us") or event.get("time", "")), f_index, line_no)
                 old = latest.get(event["id"])
                 if old is None or key >= old[0]:
                     latest[event["id"]] = (key, event)

@@ -37,6 +37,7 @@ import torch
 
 from matra_hpc.errors import CheckpointError
 from matra_hpc.model.transformer import MatraTransformer, ModelConfig
+from matra_hpc.tokens.format import TOKEN_FORMAT, require_token_format
 from matra_hpc.util import file_sha256, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ def _write_dir_atomically(final: Path, files: dict[str, Any], meta: dict[str, An
         with path.open("rb") as handle:
             os.fsync(handle.fileno())
         listing[name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
-    meta = {**meta, "files": listing}
+    # The sequences a model learnt: readers refuse another format (matra_hpc.tokens.format).
+    meta = {"token_format": TOKEN_FORMAT, **meta, "files": listing}
     meta_tmp = tmp / META_FILE
     meta_tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
     with meta_tmp.open("rb") as handle:
@@ -252,6 +254,15 @@ class ResolvedCheckpoint:
     """Over meta.json and the weights (names and bytes): ``load_model(expect_sha256=)`` checks it."""
 
 
+def _require_token_format(path: Path, meta: dict[str, Any]) -> None:
+    require_token_format(
+        meta.get("token_format"),
+        f"checkpoint {path}",
+        "train again on a token store rebuilt with `matra-hpc data prepare ... --overwrite`",
+        CheckpointError,
+    )
+
+
 def describe_checkpoint(path: str | Path) -> ResolvedCheckpoint:
     """Resolve ``path`` (see ``resolve_checkpoint``) and read its meta and hash from one read."""
     folder = resolve_checkpoint(path)
@@ -260,6 +271,7 @@ def describe_checkpoint(path: str | Path) -> ResolvedCheckpoint:
         meta = json.loads(meta_bytes)
     except ValueError as exc:
         raise CheckpointError(f"{folder / META_FILE} is unreadable: {exc}") from exc
+    _require_token_format(folder, meta)
     return ResolvedCheckpoint(folder, meta, _files_sha256(meta_bytes, weights_bytes))
 
 
@@ -295,6 +307,7 @@ def load_model(
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
     except Exception as exc:  # safetensors raises its own SafetensorError on a damaged header
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+    _require_token_format(path, meta)
     model = MatraTransformer(config)
     try:
         model.load_state_dict(state)

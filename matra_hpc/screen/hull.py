@@ -1,10 +1,11 @@
 """Energy above the hull from ML energies, with references relaxed the same way as candidates.
 
 - References (``--hull-reference``): a token store (``matra-hpc/tokens/1``: structures and their
-  DFT ``e_above_hull``) or a folder of CIF / extxyz files (ids from file names). Only references
-  whose DFT e-hull is at most ``max_ehull`` are used (unknown: used): the ML hull is built from
-  what the reference's own DFT calls (near-)stable, which keeps the number of reference
-  relaxations proportional to the hull, not to the reference set.
+  DFT ``e_above_hull``) or a folder of CIF / extxyz files (ids from file names). Used are the
+  references whose DFT e-hull is at most ``max_ehull`` (unknown: used) and, for every reduced
+  formula, its lowest one: the ML hull is built from what the reference's own DFT calls
+  (near-)stable, which keeps the number of reference relaxations proportional to the hull, not
+  to the reference set.
 - Each reference in a candidate's chemical system is relaxed with the candidates' protocol and
   potentials once; its energy is cached in ``<store>/references/<protocol key>/<writer>.jsonl``
   (append-only, one file per writer, so ranks and array tasks never share a file).
@@ -69,10 +70,12 @@ def load_references(source: str | Path, max_ehull: float | None = 0.001) -> list
 
         root = open_token_store(path)
         ids, ehull = root["id"][...], np.asarray(root["e_above_hull"][...], dtype=float)
+        formulas = root["formula"][...]
         lattice, frac = np.asarray(root["lattice"][...]), np.asarray(root["frac_coords"][...])
         numbers, offsets = np.asarray(root["numbers"][...]), np.asarray(root["site_offsets"][...])
+        lowest = _lowest_per_formula(formulas, ehull)
         for r in range(len(ids)):
-            if max_ehull is not None and math.isfinite(ehull[r]) and ehull[r] > max_ehull:
+            if max_ehull is not None and math.isfinite(ehull[r]) and ehull[r] > max_ehull and r not in lowest:
                 continue
             a, b = offsets[r], offsets[r + 1]
             refs.append(Reference(str(ids[r]), Structure(Lattice(lattice[r]), numbers[a:b].astype(int), frac[a:b]),
@@ -81,6 +84,7 @@ def load_references(source: str | Path, max_ehull: float | None = 0.001) -> list
         from ase.io import read
         from pymatgen.io.ase import AseAtomsAdaptor
 
+        found = []
         for f in sorted(path.iterdir()):
             if f.suffix.lower() not in (".cif", ".extxyz", ".xyz"):
                 continue
@@ -89,14 +93,29 @@ def load_references(source: str | Path, max_ehull: float | None = 0.001) -> list
             except Exception as exc:
                 raise UsageError(f"--hull-reference: cannot read {f}: {exc}") from None
             for k, atoms in enumerate(frames):
-                ehull = float(atoms.info.get("e_above_hull", float("nan")))
-                if max_ehull is not None and math.isfinite(ehull) and ehull > max_ehull:
-                    continue
                 rid = f.stem if len(frames) == 1 else f"{f.stem}:{k}"
-                refs.append(Reference(rid, AseAtomsAdaptor.get_structure(atoms), ehull))
+                found.append(Reference(rid, AseAtomsAdaptor.get_structure(atoms),
+                                       float(atoms.info.get("e_above_hull", float("nan")))))
+        lowest = _lowest_per_formula([r.structure.composition.reduced_formula for r in found],
+                                     np.array([r.dft_e_hull for r in found]))
+        refs = [r for k, r in enumerate(found) if max_ehull is None or not math.isfinite(r.dft_e_hull)
+                or r.dft_e_hull <= max_ehull or k in lowest]
     else:
         raise UsageError(f"--hull-reference {path}: expected a token store or a folder of CIF/extxyz files")
     return refs
+
+
+def _lowest_per_formula(formulas, ehull: np.ndarray) -> set[int]:
+    """Row of the lowest known DFT e-hull of each reduced formula: a reference set that lacks the
+    true ground state (a subset of a database) still gives each composition its best polymorph."""
+    best: dict[str, int] = {}
+    for r, formula in enumerate(formulas):
+        if not math.isfinite(ehull[r]):
+            continue
+        key = str(formula)
+        if key not in best or ehull[r] < ehull[best[key]]:
+            best[key] = r
+    return set(best.values())
 
 
 def reference_fingerprint(source: str | Path) -> str:

@@ -23,6 +23,10 @@ from matra_hpc.errors import StoreError, UsageError
 
 STORE_ROWS_PER_UNIT = 1 << 16
 FILES_PER_UNIT = 256
+# A data set file is one stream (Alexandria: ~100k entries per file); its records are dealt to
+# this many units, each reading the stream and decoding only its own records, so more ranks
+# than files find work (encoding, ~10 ms a structure, dominates; reading the stream is cheap).
+DATASET_SHARES = 8
 _STRUCTURE_SUFFIXES = {".cif", ".vasp", ".poscar", ".xyz", ".extxyz", ".json"}
 
 SCHEMA_TOKENS = "matra-hpc/tokens/1"
@@ -37,6 +41,8 @@ class Unit:
     group: str  # Zarr group inside a store ("" for the root); "" for files
     start: int
     stop: int
+    share: int = 0  # data set files: this unit loads the records i with i % shares == share
+    shares: int = 1
 
 
 @dataclass
@@ -113,6 +119,11 @@ def describe_source(raw: str) -> Source:
 
         root = zarr.open_group(str(path), mode="r")
         from matra_hpc.generate.temperatures import temperature_group
+        from matra_hpc.tokens.format import require_token_format
+
+        if schema == SCHEMA_GENERATED:  # its prototype hashes are compared with this format's
+            require_token_format(root.attrs.get("token_format"), f"generated store {path}",
+                                 "generate again into a new --out before indexing it")
 
         groups, views = {}, {}
         for t in root.attrs.get("temperatures") or root.attrs.get("fingerprint", {}).get("temperatures", []):
@@ -137,8 +148,13 @@ def plan_units(sources: list[Source], rows_per_unit: int = STORE_ROWS_PER_UNIT,
                files_per_unit: int = FILES_PER_UNIT) -> list[Unit]:
     units = []
     for i, src in enumerate(sources):
-        # A data set file is read as a stream, so it is one unit (Alexandria: ~100k entries each).
-        step = {"files": files_per_unit, "dataset": 1}.get(src.kind, rows_per_unit)
+        if src.kind == "dataset":
+            for f in range(src.groups[""]):
+                for share in range(DATASET_SHARES):
+                    units.append(Unit(f"{i:03d}-dataset-{f:06d}-{share:02d}", i, "", f, f + 1, share,
+                                      DATASET_SHARES))
+            continue
+        step = files_per_unit if src.kind == "files" else rows_per_unit
         for group, n in src.groups.items():
             for k, start in enumerate(range(0, n, step)):
                 tag = group or src.kind
@@ -207,7 +223,9 @@ def _read_dataset(source: Source, unit: Unit) -> Rows:
     spec = SourceSpec(source.spec["kind"], source.spec["name"], tuple(source.spec["paths"]), source.spec["summary"])
     rows = Rows()
     for k in range(unit.start, unit.stop):
-        for item in iter_unit_items(spec, k):
+        for n, item in enumerate(iter_unit_items(spec, k)):
+            if n % unit.shares != unit.share:
+                continue  # another unit's record: skipped undecoded
             loaded = load_item(item)  # no summary: the index needs no energies
             if loaded.reason:
                 rows.skip(loaded.reason)

@@ -532,11 +532,17 @@ class NoveltyIndex:
         """Id of a known crystal that ``structure`` matches, else None.
 
         ``prototype_hash``: the structure's current hash when the caller already has it (saves
-        an encode); otherwise it is computed. The prototype bucket is searched first, then the
-        rest of the formula bucket, so a hash changed by lost symmetry still finds the crystal.
+        an encode); otherwise it is computed, unless no known crystal has the structure's
+        reduced formula (then it is novel at once). The prototype bucket is searched first, then
+        the rest of the formula bucket, so a hash changed by lost symmetry still finds the crystal.
         """
         self.stats["lookups"] += 1
-        pkey, fkey = structure_keys(structure, prototype_hash)
+        numbers = _numbers(structure)
+        family = self.bucket(fmt.formula_key(numbers), "formula")
+        if not len(family):
+            return None  # no known crystal has this formula: no hash (an encode) needed
+        h = prototype_hash or structure_hash(structure)
+        pkey = fmt.proto_key(h, numbers) if h else None
         tried: set[int] = set()
         sizes = self._sizes
         sizes.pop("query", None)
@@ -547,7 +553,7 @@ class NoveltyIndex:
                 if self.confirm.same(structure, self.structure(e), sizes, "query", e):
                     self.stats["proto_hits"] += 1
                     return self.entry_id(e)
-        for e in self.bucket(fkey, "formula").tolist():
+        for e in family.tolist():
             if e in tried:
                 continue
             self.stats["fits"] += 1
@@ -606,22 +612,27 @@ class RunUniqueness:
 
     def first_seen(self, candidate_id: str, structure, *, prototype_hash: str | None = None) -> str | None:
         """Id of an earlier candidate this one matches; else None, and it is remembered."""
-        pkey, fkey = structure_keys(structure, prototype_hash)
-        tried: set[int] = set()
+        numbers = _numbers(structure)
+        fkey = fmt.formula_key(numbers)
+        family = self._formula.get(fkey, [])
+        pkey = None
         i = len(self._ids)  # this candidate's slot if it is new; its size memo key meanwhile
-        self._sizes.pop(i, None)
-        if pkey is not None:
-            for j in self._proto.get(pkey, ()):
-                tried.add(j)
+        if family or prototype_hash:
+            # The hash only orders the matcher's work, so a first of its formula skips the encode.
+            h = prototype_hash or structure_hash(structure)
+            pkey = fmt.proto_key(h, numbers) if h else None
+        if family:
+            self._sizes.pop(i, None)
+            same_proto = self._proto.get(pkey, []) if pkey is not None else []
+            first = set(same_proto)
+            rest = [j for j in family if j not in first]
+            for j in [*same_proto, *rest]:
                 if self.confirm.same(structure, self._structure(j), self._sizes, i, j):
                     return self._ids[j]
-        for j in self._formula.get(fkey, ()):
-            if j not in tried and self.confirm.same(structure, self._structure(j), self._sizes, i, j):
-                return self._ids[j]
         self._ids.append(candidate_id)
         self._lattice.extend(np.asarray(structure.lattice.matrix, dtype=np.float64).ravel().tolist())
         self._frac.extend(np.asarray(structure.frac_coords, dtype=np.float64).ravel().tolist())
-        self._numbers.extend(_numbers(structure).tolist())
+        self._numbers.extend(numbers.tolist())
         self._offsets.append(self._offsets[-1] + len(structure))
         if pkey is not None:
             self._proto[pkey].append(i)

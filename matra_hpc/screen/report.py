@@ -168,7 +168,11 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     right.set_xlabel("ML e-hull (eV/atom)")
     right.set_ylabel("density" if len(base) else "candidates")
     right.set_title("Fig. 4: e-hull of novel, unique candidates", fontsize=9)
-    right.legend(fontsize=8)
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=8)
+    else:
+        right.text(0.5, 0.5, "no novel, unique candidate with an e-hull", ha="center", va="center",
+                   transform=right.transAxes, fontsize=8)
     title = f"{report.get('run_id') or ''}"
     if not report["complete"]:
         title += " (incomplete run)"

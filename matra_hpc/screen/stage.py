@@ -258,12 +258,21 @@ class Screener:
                        n_steps=res.n_steps, max_force=res.max_force, volume_change=res.volume_change)
             if res.error:
                 errors[row["id"]] = res.error
+            # the checks below must not crash the shard either: an error is recorded per row
+            def guarded(what: str, fn, default, row_id: str = row["id"]):
+                try:
+                    return fn()
+                except Exception as exc:
+                    errors[row_id] = f"{what}: {type(exc).__name__}: {exc}"[:500]
+                    return default
+
             if s is not None:
-                comps = n_components(s)
+                comps = guarded("connectivity", lambda s=s: n_components(s), 0)
                 row.update(n_components=comps, connected=comps == 1)
             # an exploded or NaN relaxation has no meaningful energy to place on the hull
             if s is not None and np.isfinite(res.energy_per_atom) and res.reason not in ("relax_nan", "relax_exploded"):
-                e_hull, hull_reason = self.hull.e_hull(s, res.energy_per_atom, row["id"])
+                e_hull, hull_reason = guarded("e_hull", lambda s=s, e=res.energy_per_atom, i=row["id"]:
+                                              self.hull.e_hull(s, e, i), (float("nan"), "no_reference"))
                 row.update(e_hull=e_hull, e_hull_method=self.hull.method_for(s) if np.isfinite(e_hull) else "")
             else:
                 hull_reason = "no_reference"
@@ -271,7 +280,8 @@ class Screener:
                 row.update(status="failed", reason=res.reason)
                 continue
             if self.index is not None:
-                match = self.index.find(s)
+                # an index error leaves the row novel: nothing known was found
+                match = guarded("novelty", lambda s=s: self.index.find(s), None)
                 row.update(novel=match is None, novel_match=match or "")
             else:
                 row.update(novel=True)

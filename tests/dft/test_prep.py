@@ -98,7 +98,8 @@ def test_quotas_filters_and_tie_break_are_configurable_and_recorded(store, tmp_p
 def test_ranks_split_the_work_into_the_same_tree(store, tmp_path):
     single, split = tmp_path / "single", tmp_path / "split"
     run_vasp_prep(VaspPrepConfig(store=str(store), out=str(single), top=5), local_context())
-    results = [run_vasp_prep(VaspPrepConfig(store=str(store), out=str(split), top=5, workers=1),
+    # rank 1 with a process pool of 2: the pool changes nothing either
+    results = [run_vasp_prep(VaspPrepConfig(store=str(store), out=str(split), top=5, workers=1 + r),
                              RunContext(rank=r, world_size=2)) for r in (0, 1)]
     assert [r["written_here"] for r in results] == [3, 2]
     assert not results[0]["complete"] and results[1]["complete"]
@@ -187,3 +188,27 @@ def test_two_trees_from_one_store_keep_their_own_states(store, tmp_path):
     append_events(store, "dft-test", [{"id": shared, "status": "converged"}], plan=a["plan_hash"])
     assert tree_states(a)[shared]["status"] == "converged"
     assert tree_states(b)[shared]["status"] == "prepped"
+
+
+def test_ncore_and_kpar_come_from_the_profile(store, tmp_path, capsys):
+    from matra_hpc.cli import main
+
+    profile = tmp_path / "site.yaml"
+    profile.write_text("vasp:\n  command: srun vasp_std\n  ncore: 8\n  kpar: 4\n")
+    out = tmp_path / "vasp"
+    assert main(["vasp-prep", str(store), "--top", "1", "--out", str(out), "--profile", str(profile)]) == 0
+    entry = read_tree_manifest(out)["candidates"][0]
+    incar = dict(line.split(" = ") for line in (out / entry["dir"] / "INCAR").read_text().splitlines())
+    assert (incar["NCORE"], incar["KPAR"]) == ("8", "4")
+    assert read_tree_manifest(out)["config"]["ncore"] == 8
+
+
+def test_the_stores_own_reader_sees_dft_after_screen_in_the_same_second(store, tmp_path):
+    from matra_hpc.dft.status import append_events, utc_now
+    from matra_hpc.screen.store import append_status
+
+    cid = "gen-test:T0.70:s0:0"
+    seconds, _ = utc_now()
+    append_status(store, "screen-test", [{"id": cid, "stage": "screen", "status": "screened", "time": seconds}])
+    append_events(store, "dft-test-same-second", [{"id": cid, "status": "submitted", "time": seconds}], plan="p")
+    assert read_status(store)[cid]["stage"] == "dft"

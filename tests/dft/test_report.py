@@ -119,8 +119,8 @@ def test_stable_bundle_and_missing_references(tree, tmp_path):
     e_si = ref.energy_per_atom
     ref = type(ref)(ref.structure, (e_si - 0.04) * ref.composition.num_atoms, parameters=ref.parameters)
     refs = write_refs(tmp_path / "refs.json", [ref])
-    summary = run_dft_report(DftReportConfig(tree=str(tree), hull_reference=str(refs), stable_threshold=0.05),
-                             local_context())
+    summary = run_dft_report(DftReportConfig(tree=str(tree), hull_reference=str(refs), stable_threshold=0.05,
+                                             workers=2), local_context())
     assert summary["stable"] == 2
     with zipfile.ZipFile(tree / "dft-stable-cif.zip") as bundle:
         names = sorted(bundle.namelist())

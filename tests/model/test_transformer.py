@@ -279,6 +279,22 @@ def test_load_model_round_trip_without_pickle(tmp_path):
         load_model(tmp_path / "nowhere")
 
 
+def test_a_checkpoint_is_resolved_once_and_loaded_only_if_unchanged(tmp_path):
+    """The hash a stage records is the hash of the weights it loads, even if best/ is rewritten."""
+    from matra_hpc.model import describe_checkpoint
+
+    model = tiny()
+    meta = {"model_config": model.config.to_dict(), "vocab_hash": "x", "step": 3}
+    save_model_dir(tmp_path / "best", model, meta)
+    first = describe_checkpoint(tmp_path)
+    assert first.path == (tmp_path / "best").resolve() and first.meta["step"] == 3
+    load_model(first.path, expect_sha256=first.sha256)  # unchanged: loads
+    save_model_dir(tmp_path / "best", model, {**meta, "step": 4})  # training writes a new best/
+    assert describe_checkpoint(first.path).sha256 != first.sha256
+    with pytest.raises(CheckpointError, match="changed since it was recorded"):
+        load_model(first.path, expect_sha256=first.sha256)
+
+
 def test_config_files_reject_unknown_keys_and_a_vocab_size(tmp_path):
     with pytest.raises(UsageError, match="valid keys"):
         ModelConfig.from_dict({"vocab_size": 10, "n_layers": 2})

@@ -78,3 +78,22 @@ def test_mp2020_parameters_of_ml_entries():
     assert any("oxide" in n for n in names) and any("mixing" in n for n in names)
     plain = ml_entry(sic(), -7.0, "y")
     assert plain.parameters["run_type"] == "GGA"
+
+
+def test_reference_selection_keeps_each_formulas_lowest(tmp_path):
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    frames = []
+    for a, ehull in ((4.36, 0.004), (4.5, 0.2), (4.6, 0.0005)):
+        atoms = AseAtomsAdaptor.get_atoms(sic(a).get_primitive_structure())
+        atoms.info["e_above_hull"] = ehull
+        frames.append(atoms)
+    frames[2] = AseAtomsAdaptor.get_atoms(Structure(Lattice.cubic(2.7), ["Si"], [[0, 0, 0]]))
+    frames[2].info["e_above_hull"] = 0.0005
+    write(tmp_path / "refs.extxyz", frames)
+    refs = load_references(tmp_path, max_ehull=0.001)
+    # SiC: neither polymorph is within 0.001, the lower one is kept; Si is within
+    assert sorted((r.structure.composition.reduced_formula, r.dft_e_hull) for r in refs) == [
+        ("Si", 0.0005), ("SiC", 0.004)]
+    assert len(load_references(tmp_path, max_ehull=None)) == 3

@@ -80,3 +80,28 @@ def test_protocol_parsing():
     for bad in ("", "sevennet", "nope:0.1", "sevennet:-1", "sevennet:x"):
         with pytest.raises(UsageError):
             parse_protocol(bad)
+
+
+def test_protocol_chains_two_potentials(tmp_path, sevennet):
+    """``sevennet:...,chgnet:...``: the second step starts where the first ended, on the ASE path."""
+    import torch
+    from chgnet.model import CHGNet
+
+    from matra_hpc.screen.potentials import load_potential
+
+    model = CHGNet(atom_fea_dim=8, bond_fea_dim=8, angle_fea_dim=8, num_radial=5, num_angular=5, n_conv=1,
+                   mlp_hidden_dims=[8], atom_graph_cutoff=5, bond_graph_cutoff=3)
+    torch.save({"model": model.as_dict()}, tmp_path / "chgnet.pth")
+    chgnet = load_potential("chgnet", str(tmp_path / "chgnet.pth"))
+    used = []
+
+    def get(name):
+        used.append(name)
+        return {"sevennet": sevennet, "chgnet": chgnet}[name]
+
+    stats = BatchStats()
+    [res] = relax_structures([rattled(silicon().get_primitive_structure(), seed=5)],
+                             [RelaxStep("sevennet", 0.5, 3), RelaxStep("chgnet", 1e-4, 2)], get, stats=stats)
+    assert used == ["sevennet", "chgnet"]
+    assert stats.fire_steps >= 1 and res.n_steps == stats.system_steps + 2  # chgnet: 2 ASE steps
+    assert res.reason == "relax_unconverged" and np.isfinite(res.energy_per_atom)

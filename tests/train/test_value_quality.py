@@ -8,7 +8,7 @@ from pathlib import Path
 from storebuild import write_store
 
 from matra_hpc.context import RunContext
-from matra_hpc.train import TrainConfig, run_training
+from matra_hpc.train import TrainConfig, run_train
 from matra_hpc.train.metrics import read_metrics
 
 
@@ -37,7 +37,7 @@ def test_per_kind_errors_fall_below_half_of_the_mean_predictor(tmp_path: Path) -
     # every row twice, the second copy in the validation split: the slice is what is measured
     store = write_store(tmp_path / "slice.zarr", [s for s in seqs for _ in range(2)], val_every=2)
     out = tmp_path / "run"
-    result = run_training(
+    result = run_train(
         TrainConfig(data=str(store), out=str(out), model="tiny", epochs=1000, global_batch=8, lr_max=1e-2,
                     max_steps=600, schedule_steps=600, log_every=50, patience=1000, ckpt_every_minutes=60.0,
                     ckpt_every_epochs=1000),

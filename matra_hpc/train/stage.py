@@ -1,4 +1,4 @@
-"""The training stage: ``run_training(TrainConfig, RunContext)`` (paper IV.3).
+"""The training stage: ``run_train(TrainConfig, RunContext)`` (paper IV.3).
 
 Input: a consolidated token store (docs/contracts.md section C). Output: a directory ``out``
 with checkpoints (``checkpoints/step_*``, see ``checkpoint.py``), the best model by validation
@@ -54,6 +54,7 @@ from matra_hpc.model.checkpoint import (
 )
 from matra_hpc.model.slots import KIND_NAMES, VALUE_KINDS, value_abs_errors
 from matra_hpc.model.transformer import point_values, target_cell_atoms, target_slot_kinds
+from matra_hpc.tokens.format import require_token_format
 from matra_hpc.train.config import TrainConfig
 from matra_hpc.train.metrics import PLOT_FILE, MetricsLog, plot_loss_curve
 from matra_hpc.util import hold_point
@@ -243,6 +244,8 @@ class _Trainer:
             path = self.out / CHECKPOINTS_DIR / name
             found = Checkpoint(path, check_dir(path))
         meta = found.meta
+        require_token_format(meta.get("token_format"), f"checkpoint {found.path}",
+                             "refusing to resume from it (use a new --out)", CheckpointError)
         if meta.get("vocab_hash") != self.store.vocab_hash:
             raise CheckpointError(
                 f"checkpoint {found.path} was trained with vocabulary {meta.get('vocab_hash')}, but {self.config.data} "
@@ -532,8 +535,9 @@ class _Trainer:
         return TrainResult(str(self.out), self.step, self.epoch, status, self.best_val, self.last_checkpoint)
 
 
-def run_training(config: TrainConfig, ctx: RunContext) -> TrainResult:
+def run_train(config: TrainConfig, ctx: RunContext) -> TrainResult:
     """Train (or resume training) the model of ``config.model`` on ``config.data`` into ``config.out``."""
+    config.validate()
     trainer = _Trainer(config, ctx)
     try:
         trainer.setup()
@@ -545,4 +549,4 @@ def run_training(config: TrainConfig, ctx: RunContext) -> TrainResult:
             dist.destroy_process_group()
 
 
-__all__ = ["TrainConfig", "TrainResult", "one_cycle_lr", "run_training"]
+__all__ = ["TrainConfig", "TrainResult", "one_cycle_lr", "run_train"]
