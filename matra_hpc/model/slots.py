@@ -200,13 +200,17 @@ def _repel_candidates(group: int, index: int, axis: int, current: list[float],
     others = ops.ops[1:]
     w = (others[:, :, :3] - rep) @ seed0 + others[:, :, 3] - shift  # (m-1, 3)
     u = (others[:, :, :3] - rep) @ unit  # (m-1, 3), integers
-    for k, i in zip(*np.nonzero(np.abs(u) > 0.5), strict=True):
-        step = abs(int(round(u[k, i])))
-        x = np.mod((np.arange(step) - w[k, i]) / u[k, i], 1.0)
-        dd = w[k][None, :] + np.outer(x, u[k])
+    k_idx, i_idx = np.nonzero(np.abs(u) > 0.5)
+    if len(k_idx):  # all (image, component) pairs at once: x = (n - w) / u for n < |u|
+        uu, ww = u[k_idx, i_idx], w[k_idx, i_idx]
+        steps = np.abs(np.rint(uu)).astype(int)
+        n = np.arange(steps.max())[None, :]
+        x = np.mod((n - ww[:, None]) / uu[:, None], 1.0)  # (P, S)
+        dd = w[k_idx][:, None, :] + x[..., None] * u[k_idx][:, None, :]  # (P, S, 3)
         dd -= np.rint(dd)
-        reps_all.append(x)
-        weights_all.append(np.exp(-0.5 * (dd**2).sum(axis=1) / AXIS_WIDTH**2))
+        valid = n < steps[:, None]
+        reps_all.append(x[valid])
+        weights_all.append(np.exp(-0.5 * (dd**2).sum(axis=-1) / AXIS_WIDTH**2)[valid])
     reps, weights = np.concatenate(reps_all), np.concatenate(weights_all)
     keep = weights > 1e-3
     reps, weights = reps[keep], weights[keep]
@@ -227,18 +231,20 @@ def repulsion_context(tokens, values) -> tuple[list[float], list[float]]:
     exactly (the site's other values fixed). Empty otherwise. The
     model's coordinate head learns how strongly to keep away from them
     (``ModelConfig.coord_repulsion``)."""
-    out = _repulsion_positions(np.asarray(tokens), np.asarray(values, dtype=np.float64), len(tokens))
+    out = _repulsion_positions(np.asarray(tokens), np.asarray(values, dtype=np.float64), len(tokens), only_last=True)
     return out.get(len(tokens), ([], []))
 
 
-def _repulsion_positions(tokens: np.ndarray, values: np.ndarray, upto: int) -> dict[int, tuple[list, list]]:
+def _repulsion_positions(
+    tokens: np.ndarray, values: np.ndarray, upto: int, only_last: bool = False
+) -> dict[int, tuple[list, list]]:
     from matra_hpc.tokens import load_vocab
 
     toks = list(tokens[:upto]) + [load_vocab().num]  # a value at ``upto`` (the next slot) too
     vals = list(values[:upto]) + [np.nan]
     out: dict[int, tuple[list, list]] = {}
     for t, group, index, axis, current, sites in _site_walk(toks, vals):
-        if axis != position_free_count(group, index) - 1:
+        if axis != position_free_count(group, index) - 1 or (only_last and t != upto):
             continue
         reps, weights = _repel_candidates(group, index, axis, current, sites)
         if reps:
