@@ -23,7 +23,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from matra_hpc.context import local_context  # noqa: E402
-from matra_hpc.data.prepare import DataPrepareConfig, run_data_prepare  # noqa: E402
+from matra_hpc.data.config import DataPrepareConfig  # noqa: E402
+from matra_hpc.data.stage import run_data_prepare  # noqa: E402
 from matra_hpc.util import git_revision  # noqa: E402
 
 

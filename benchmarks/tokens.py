@@ -1,8 +1,12 @@
 """Throughput of the token representation on one core over the flla_2015 demo set.
 
-Prints one JSON line: config, machine, git revision, encodes/s and decodes/s, and same-run
-baselines: pymatgen's SpacegroupAnalyzer conventional-cell path and a bare spglib dataset
-call (the floor any spglib-based encoder pays). Not a test; run it on a quiet machine:
+Prints one JSON line: config, machine, git revision; full encodes/s with each symmetry
+finder (moyopy, the default, and spglib) over the whole set, how many structures the two
+encode to identical sequences (and the ids that differ), decodes/s, and same-run baselines:
+bare moyopy and spglib dataset calls (the floor an encoder on each pays) and pymatgen's
+SpacegroupAnalyzer conventional-cell path. Rates are per CPU second of this process
+(``time.process_time``), so other jobs on a shared machine slow them less than wall time
+would; ``wall_encodes_per_s`` is there too. Not a test; run it on a quiet machine:
 
     OMP_NUM_THREADS=1 python benchmarks/tokens.py [--limit N] [--repeat R]
 """
@@ -13,22 +17,10 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
-
-def _git_revision() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from matra_hpc.util import git_revision
 
 
 def _cpu_model() -> str:
@@ -54,50 +46,72 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    import moyopy
     import numpy as np
     import spglib
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     from matra_hpc.data.demo import iter_flla
     from matra_hpc.tokens import EncodeError, decode, encode, load_vocab
+    from matra_hpc.tokens.roundtrip import same_sequence
     from matra_hpc.tokens.wyckoff import group_setting
 
-    structures = [r.structure for r in iter_flla(args.limit)]
+    records = list(iter_flla(args.limit))
+    structures = [r.structure for r in records]
     ordered = [s for s in structures if s.is_ordered]
     load_vocab()
     for g in range(1, 231):
         group_setting(g)  # table build is a one-off per process, not per structure
 
-    start = time.perf_counter()
-    sequences = []
-    for _ in range(args.repeat):
-        sequences = []
-        for s in structures:
-            try:
-                sequences.append(encode(s))
-            except EncodeError:
-                pass
-    encode_s = time.perf_counter() - start
+    def encode_all(symmetry: str) -> tuple[list, float, float]:
+        out: list = []
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(args.repeat):
+            out = []
+            for s in structures:
+                try:
+                    out.append(encode(s, symmetry=symmetry))
+                except EncodeError as exc:
+                    out.append(exc.reason)
+        return out, time.process_time() - cpu, time.perf_counter() - wall
 
-    start = time.perf_counter()
+    results = {name: encode_all(name) for name in ("moyopy", "spglib")}
+    sequences = [seq for seq in results["moyopy"][0] if not isinstance(seq, str)]
+    differ = [
+        r.material_id
+        for r, a, b in zip(records, results["moyopy"][0], results["spglib"][0], strict=True)
+        if (isinstance(a, str) or isinstance(b, str))
+        and a != b
+        or not (isinstance(a, str) or isinstance(b, str))
+        and not same_sequence(a, b, tol=1e-9)
+    ]
+
+    start = time.process_time()
     for _ in range(args.repeat):
         for seq in sequences:
             decode(seq)
-    decode_s = time.perf_counter() - start
+    decode_s = time.process_time() - start
 
     cells = [(s.lattice.matrix, s.frac_coords, np.array(s.atomic_numbers)) for s in ordered]
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(args.repeat):
         for cell in cells:
             spglib.get_symmetry_dataset(cell, symprec=0.01, angle_tolerance=5.0)
-    spglib_s = time.perf_counter() - start
+    spglib_s = time.process_time() - start
+    setting = moyopy.Setting.standard()
+    start = time.process_time()
+    for _ in range(args.repeat):
+        for cell in cells:
+            moyopy.MoyoDataset(moyopy.Cell(*cell), symprec=0.01, setting=setting)
+    moyopy_s = time.process_time() - start
 
     baseline = ordered[: args.baseline_limit]
-    start = time.perf_counter()
+    start = time.process_time()
     for s in baseline:
         SpacegroupAnalyzer(s, symprec=0.01, angle_tolerance=5.0).get_conventional_standard_structure()
-    sga_s = time.perf_counter() - start
+    sga_s = time.process_time() - start
 
+    n = len(structures) * args.repeat
     print(
         json.dumps(
             {
@@ -107,8 +121,9 @@ def main() -> None:
                     "structures": len(structures),
                     "repeat": args.repeat,
                     "symprec": 0.01,
-                    "angle_tolerance": 5.0,
+                    "angle_tolerance_spglib": 5.0,
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                    "clock": "process_time",
                 },
                 "machine": {
                     "cpu": _cpu_model(),
@@ -116,11 +131,17 @@ def main() -> None:
                     "load_avg_1m": round(os.getloadavg()[0], 2),
                     "python": platform.python_version(),
                     "spglib": spglib.__version__,
+                    "moyopy": moyopy.__version__,
                 },
-                "git": _git_revision(),
-                "encodes_per_s": _rate(len(structures) * args.repeat, encode_s),
-                "decodes_per_s": _rate(len(sequences) * args.repeat, decode_s),
+                "git": git_revision(),
+                "encodes_per_s": _rate(n, results["moyopy"][1]),
+                "wall_encodes_per_s": _rate(n, results["moyopy"][2]),
+                "encodes_per_s_spglib": _rate(n, results["spglib"][1]),
                 "encoded": len(sequences),
+                "identical_sequences": len(structures) - len(differ),
+                "differ": differ,
+                "decodes_per_s": _rate(len(sequences) * args.repeat, decode_s),
+                "baseline_moyopy_dataset_per_s": _rate(len(cells) * args.repeat, moyopy_s),
                 "baseline_spglib_dataset_per_s": _rate(len(cells) * args.repeat, spglib_s),
                 "baseline_pymatgen_sga_conventional_per_s": _rate(len(baseline), sga_s),
             }

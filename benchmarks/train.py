@@ -1,6 +1,6 @@
 """Training throughput: sequences/s and tokens/s per device for the ``tiny`` and ``paper`` models.
 
-One optimizer step is what ``run_training`` does per rank: forward, CE + w * MSE loss,
+One optimizer step is what ``run_train`` does per rank: forward, CE + w * MSE loss,
 backward, gradient clipping, Adam. Batches are random token sequences of the grammar's shape
 (a ``<num>`` share of ~40%) with ``--seq-len`` tokens (26: the mean row length of the demo
 store), so the figure does not depend on a data set. Each config is timed two ways in the same

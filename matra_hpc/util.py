@@ -21,6 +21,27 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 """The checkout the package runs from (``jobs/``, ``templates/`` and the demo data live here)."""
 
 
+def absolute_path(path: str | os.PathLike[str]) -> str:
+    """``~`` expanded, made absolute: configs hold these, as a job may start in another directory."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def dataclass_defaults(cls: type) -> dict[str, Any]:
+    """Field name -> default of a config dataclass (fields without one are left out).
+
+    The CLI takes its ``--help`` defaults from here, so a default is written once, in the config.
+    """
+    import dataclasses
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def fsync_dir(path: Path | str) -> None:
     """Make a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
     try:

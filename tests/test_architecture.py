@@ -177,3 +177,19 @@ def test_lazy_imports_are_walked(tmp_path: Path) -> None:
     found = _imports("matra_hpc.tokens.probe", probe)
     assert ("matra_hpc.cli", "main", 2) in found
     assert ("matra_hpc.errors", None, 3) in found
+
+
+def test_every_stage_package_has_a_stage_module_with_run_functions() -> None:
+    """``stage.py`` holds the entry ``run_<stage>(config, ctx)`` of every stage package."""
+    missing = []
+    for name in LAYERS["stage"]:
+        package = PACKAGE / name
+        if not package.is_dir():
+            continue  # listed ahead of being built
+        stage = package / "stage.py"
+        tree = ast.parse(stage.read_text()) if stage.is_file() else ast.Module(body=[], type_ignores=[])
+        entries = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name.startswith("run_")
+                   and [a.arg for a in f.args.args] == ["config", "ctx"]]
+        if not entries:
+            missing.append(name)
+    assert not missing, f"stage packages without stage.py:run_<stage>(config, ctx): {missing}"

@@ -15,20 +15,30 @@ def test_demo_commands_follow_the_pipeline(tmp_path: Path) -> None:
     assert [c[:2] for c in commands] == [
         ["data", "demo"], ["submit", "train"], ["submit", "generate"], ["report", "generate"],
         ["index", "build"], ["screen", str(tmp_path / "generated.zarr")], ["report", "screen"],
+        ["baseline", "pyxtal"], ["screen", str(tmp_path / "baseline.zarr")], ["eval", "recovery"], ["report", "all"],
     ]
+    assert commands[0][-2:] == ["--hold-out-system", "Cd-I"]
+    assert commands[-2][commands[-2].index("--system") + 1] == "Cd-I"
     screen = commands[5]
     assert screen[screen.index("--temps") + 1] == "0.70,0.75,0.80,0.85,0.90,0.95,1.00"
     assert screen[screen.index("--limit") + 1] == "64"
     # nothing to screen when no temperature is <= 1.0
-    assert [c[:2] for c in demo_commands(DemoConfig(out=str(tmp_path), temps="1.2,1.5"))][-1] == ["report", "generate"]
+    unscreened = [c[:2] for c in demo_commands(DemoConfig(out=str(tmp_path), temps="1.2,1.5"))]
+    assert unscreened[3:] == [["report", "generate"], ["baseline", "pyxtal"], ["eval", "recovery"], ["report", "all"]]
+    # a fixed number of optimizer steps, not minutes: the figures do not depend on machine load
+    train = commands[1]
+    assert train[train.index("--max-steps") + 1] == str(DemoConfig().train_steps)
+    assert "--max-minutes" not in train
+    assert DemoConfig().per_temp >= 64
 
 
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
-    config = DemoConfig(out=str(tmp_path / "demo"), train_steps=6, per_temp=4, temps="0.7,1.2", batch_size=4)
+    config = DemoConfig(out=str(tmp_path / "demo"), train_steps=6, per_temp=4, temps="0.7,1.2", batch_size=4,
+                        baseline_n=4, recovery_n=4)
     result = run_demo(config)
-    assert [s["exit_code"] for s in result["steps"]] == [0] * 7
+    assert [s["exit_code"] for s in result["steps"]] == [0] * 11
 
     out = Path(config.out)
     assert (out / "train" / "loss.png").stat().st_size > 0
@@ -42,9 +52,16 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert [r["temperature"] for r in screened["temperatures"]] == [0.7]
     assert screened["temperatures"][0]["counts"]["n_generated"] == 4
     assert (out / "screened.report.png").stat().st_size > 0
+    page = json.loads((out / "report" / "report.json").read_text())
+    assert page["screen"] == screened and page["baseline_screen"]["total"]["n_generated"] == 4
+    assert page["recovery"]["system"] == "Cd-I" and page["recovery"]["n_sampled"] == 4
+    assert page["recovery"]["n_held_out"] == 9 and "stable_ratio" in page
+    assert (out / "report" / "report.html").stat().st_size > 0
+    assert (out / "generated.report.plausibility.png").stat().st_size > 0
+    assert report["plausibility"]["generated"]["volume_per_atom"]["n"] > 0
 
     # A rerun resumes: the token store is reused and the finished shards are kept as they are.
     tokens_attrs = (out / "tokens.zarr" / "zarr.json").read_text()
     rerun = run_demo(config)
-    assert [s["exit_code"] for s in rerun["steps"]] == [0] * 7
+    assert [s["exit_code"] for s in rerun["steps"]] == [0] * 11
     assert (out / "tokens.zarr" / "zarr.json").read_text() == tokens_attrs

@@ -11,39 +11,42 @@ import argparse
 import json
 import time
 
-from matra_hpc.data.prepare import DataPrepareConfig
+from matra_hpc.data.config import DataPrepareConfig
 from matra_hpc.launch.stages import SubmittableStage
+from matra_hpc.util import dataclass_defaults
 
 HOLD_OUT_HELP = ("keep every structure of exactly this chemical system (e.g. Cd-I) out of the store, "
                  "recorded in its attrs for `eval recovery`")
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    d = dataclass_defaults(DataPrepareConfig)
     parser.add_argument("sources", nargs="+", metavar="SOURCE",
                         help="KIND[:NAME]=PATH with KIND mp|alexandria|wbm|folder (a DIR from `data fetch`, or "
                              "files), or 'flla' for the demo set")
     parser.add_argument("--out", required=True, help="token store to write (Zarr v3); rerun to resume")
-    parser.add_argument("--max-wyckoff", type=int, default=15, help="reject more Wyckoff sites (default %(default)s)")
-    parser.add_argument("--max-ehull", type=float, default=0.25,
+    parser.add_argument("--max-wyckoff", type=int, default=d["max_wyckoff"],
+                        help="reject more Wyckoff sites (default %(default)s)")
+    parser.add_argument("--max-ehull", type=float, default=d["max_ehull"],
                         help="drop Alexandria entries above this eV/atom (default %(default)s)")
-    parser.add_argument("--val-frac", type=float, default=0.1, help="validation fraction (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="salt of the prototype-hash split (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=1, help="processes per rank (default %(default)s)")
-    parser.add_argument("--shard-size", type=int, default=1000, help="input records per shard (default %(default)s)")
-    parser.add_argument("--limit", type=int, default=None, help="read only the first N records of each source")
+    parser.add_argument("--val-frac", type=float, default=d["val_frac"], help="validation fraction (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=d["seed"],
+                        help="salt of the prototype-hash split (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=d["workers"], help="processes per rank (default %(default)s)")
+    parser.add_argument("--shard-size", type=int, default=d["shard_size"],
+                        help="input records per shard (default %(default)s)")
+    parser.add_argument("--limit", type=int, default=d["limit"], help="read only the first N records of each source")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a store at --out that was made from other inputs or settings")
     parser.add_argument("--hold-out-system", default=None, metavar="A-B-C", help=HOLD_OUT_HELP)
 
 
 def build_prepare_config(args: argparse.Namespace) -> DataPrepareConfig:
-    config = DataPrepareConfig(
+    return DataPrepareConfig(
         sources=list(args.sources), out=args.out, max_wyckoff=args.max_wyckoff, max_ehull=args.max_ehull,
         val_frac=args.val_frac, seed=args.seed, workers=args.workers, shard_size=args.shard_size,
         limit=args.limit, overwrite=args.overwrite, hold_out_system=args.hold_out_system,
     )
-    config.validate()
-    return config
 
 
 def _summary(report: dict) -> dict:
@@ -57,7 +60,7 @@ def _summary(report: dict) -> dict:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from matra_hpc.data.prepare import run_data_prepare
+    from matra_hpc.data.stage import run_data_prepare
     from matra_hpc.launch.environment import context_from_environment
 
     config = build_prepare_config(args)
@@ -70,13 +73,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from matra_hpc.context import local_context
-    from matra_hpc.data.prepare import demo_config, run_data_prepare
+    from matra_hpc.data.stage import demo_config, run_data_prepare
 
     start = time.perf_counter()
     config = demo_config(args.out, workers=args.workers)
     config.overwrite = args.overwrite
     config.hold_out_system = args.hold_out_system
-    config.validate()
     report = run_data_prepare(config, local_context())
     summary = _summary(report)
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
@@ -85,7 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_consolidate(args: argparse.Namespace) -> int:
-    from matra_hpc.data.prepare import run_data_consolidate
+    from matra_hpc.data.stage import run_data_consolidate
 
     print(json.dumps(_summary(run_data_consolidate(args.store)), indent=1))
     return 0
@@ -139,7 +141,7 @@ SUBMIT_STAGES = [
         add_arguments=add_prepare_arguments,
         build_config=build_prepare_config,
         config_cls=DataPrepareConfig,
-        run="matra_hpc.data.prepare:run_data_prepare",
+        run="matra_hpc.data.stage:run_data_prepare",
         # two ranks unless a profile or flag says otherwise: the local executor then runs mpirun -n 2
         default_launch={"tasks_per_node": 2},
     )

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from matra_hpc.errors import MatraError
+from matra_hpc.generate.config import DEFAULT_TEMPS
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +27,22 @@ log = logging.getLogger(__name__)
 class DemoConfig:
     out: str = "demo-out"
     model: str = "tiny"
-    train_epochs: int = 40
-    """Length of the one-cycle schedule, in epochs of the demo store."""
+    train_steps: int = 1200
+    """Optimizer steps, the length of the one-cycle schedule too: a fixed amount of training, so
+    the demo's figures do not depend on how loaded the machine is (about 3 minutes on 2 idle
+    cores). A rerun continues a cut run, never trains a finished one."""
+    train_batch: int = 64
+    """Rows per optimizer step: small batches, many steps (docs/generation-quality.md)."""
+    train_epochs: int = 1000
+    """Upper bound only: the step budget ends the demo's training."""
     train_lr_max: float = 3e-3
     """Peak learning rate: the paper's 2e-4 is for the 41M model over many hours."""
-    train_minutes: float = 4.0
-    """Training time over all attempts: a rerun continues a cut run, never trains a finished one."""
-    train_steps: int | None = None
-    """Optional cap on optimizer steps (tests use a handful)."""
+    train_minutes: float | None = None
+    """Optional cap on training time (a safety net on a slow machine, off by default)."""
     train_procs: int = 2
     """torchrun processes (DDP over gloo on the CPU)."""
-    temps: str = "0.7:1.65:0.05"
-    per_temp: int = 32
+    temps: str = DEFAULT_TEMPS
+    per_temp: int = 64
     shards: int = 2
     ranks: int = 2
     """mpirun ranks pulling (temperature, shard) tasks."""
@@ -48,6 +53,18 @@ class DemoConfig:
     """Relax at most this many candidates (the first screenable ones, in T then row order)."""
     screen_relax: str = "sevennet:0.05:60"
     """Protocol of the demo: the embedded 7net-0, one step, capped so it fits minutes on 2 cores."""
+    hold_out_system: str | None = "Cd-I"
+    """Kept out of the demo's training and searched for by ``eval recovery``: Cd-I has the most
+    structures of the demo set's small systems (15 CdI2 polytypes; 9 pass the training filters)."""
+    baseline_n: int = 64
+    """PyXtal baseline structures, drawn in the chemical systems of the generated run."""
+    baseline_max_atoms: int = 8
+    """Small cells, so relaxing the baseline stays within minutes on 2 cores."""
+    baseline_screen_limit: int = 32
+    """Baseline structures relaxed (the first ones): enough for a rough Fig. 4 curve in minutes."""
+    recovery_n: int = 256
+    """Rows sampled conditioned on the held-out system."""
+    recovery_temperature: float = 1.0
 
 
 def demo_commands(config: DemoConfig) -> list[list[str]]:
@@ -57,15 +74,18 @@ def demo_commands(config: DemoConfig) -> list[list[str]]:
     tokens = str(out / "tokens.zarr")
     train_out = str(out / "train")
     gen = str(out / "generated.zarr")
+    screen = screen_commands(config, tokens, gen)
     return [
-        ["data", "demo", "--out", tokens],
+        ["data", "demo", "--out", tokens,
+         *(["--hold-out-system", config.hold_out_system] if config.hold_out_system else [])],
         [
             "submit", "train", "--cluster", "local", "--ntasks-per-node", str(config.train_procs),
             "--run-dir", str(out / "runs" / f"{stamp}-train"),
             "--model", config.model, "--data", tokens, "--out", train_out,
             "--epochs", str(config.train_epochs), "--lr-max", str(config.train_lr_max),
-            "--max-minutes", str(config.train_minutes),
-            *(["--max-steps", str(config.train_steps)] if config.train_steps else []),
+            "--global-batch", str(config.train_batch),
+            "--max-steps", str(config.train_steps), "--schedule-steps", str(config.train_steps),
+            *(["--max-minutes", str(config.train_minutes)] if config.train_minutes else []),
         ],
         [
             "submit", "generate", "--cluster", "local", "--ntasks-per-node", str(config.ranks),
@@ -77,7 +97,8 @@ def demo_commands(config: DemoConfig) -> list[list[str]]:
             "--run-id", "demo",
         ],
         ["report", "generate", gen],
-        *screen_commands(config, tokens, gen),
+        *screen,
+        *evaluate_commands(config, tokens, train_out, gen, screened=bool(screen)),
     ]
 
 
@@ -97,6 +118,38 @@ def screen_commands(config: DemoConfig, tokens: str, gen: str) -> list[list[str]
          "--hull-reference", tokens, "--novelty-index", index],
         ["report", "screen", screened],
     ]
+
+
+def evaluate_commands(config: DemoConfig, tokens: str, train_out: str, gen: str,
+                      screened: bool = True) -> list[list[str]]:
+    """The PyXtal baseline screened like the run, recovery of the held-out system, the HTML report.
+
+    ``screened``: the demo screened its run (some temperature <= 1.0); else the baseline is only
+    generated and the page compares validity and SMACT.
+    """
+    out = Path(config.out)
+    index = out / "ref.index"
+    base, base_screened = out / "baseline.zarr", out / "baseline-screened.zarr"
+    recovery = out / "recovery"
+    commands = [
+        ["baseline", "pyxtal", "--n", str(config.baseline_n), "--out", str(base), "--systems-from", gen,
+         "--max-atoms", str(config.baseline_max_atoms), "--train-store", tokens, "--run-id", "demo-pyxtal"],
+    ]
+    if screened:
+        commands.append(["screen", str(base), "--out", str(base_screened), "--relax", config.screen_relax,
+                         "--limit", str(config.baseline_screen_limit), "--hull-reference", tokens,
+                         "--novelty-index", str(index)])
+    if config.hold_out_system:
+        commands.append(["eval", "recovery", "--system", config.hold_out_system, "--held-out", tokens,
+                         "--checkpoint", train_out, "--n", str(config.recovery_n),
+                         "--temps", f"{config.recovery_temperature:.2f}", "--batch-size", str(config.batch_size),
+                         "--out", str(recovery)])
+    report = ["report", "all", "--generated", gen, "--checkpoint", train_out, "--out", str(out / "report"),
+              *(["--screened", str(out / "screened.zarr"), "--baseline", str(base_screened)] if screened
+                else ["--baseline", str(base)])]
+    if config.hold_out_system:
+        report += ["--recovery", str(recovery / "recovery.json")]
+    return [*commands, report]
 
 
 def run_demo(config: DemoConfig) -> dict[str, object]:
@@ -119,7 +172,8 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     config = DemoConfig(
-        out=args.out, train_minutes=args.train_minutes, per_temp=args.per_temp, temps=args.temps
+        out=args.out, train_steps=args.train_steps, train_minutes=args.train_minutes, per_temp=args.per_temp,
+        temps=args.temps,
     )
     print(json.dumps(run_demo(config)))
     return 0
@@ -135,8 +189,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "against the training data and write the reports. Rerun to resume.",
     )
     parser.add_argument("--out", default=d.out, help="output folder (default %(default)s)")
+    parser.add_argument("--train-steps", type=int, default=d.train_steps,
+                        help="optimizer steps of the tiny model (default %(default)s)")
     parser.add_argument("--train-minutes", type=float, default=d.train_minutes,
-                        help="training time of the tiny model (default %(default)s)")
+                        help="optional cap on training time (default: none, the steps decide)")
     parser.add_argument("--per-temp", type=int, default=d.per_temp, help="structures per temperature")
     parser.add_argument("--temps", default=d.temps, help="temperature sweep start:stop:step or a list")
     parser.set_defaults(func=cmd_demo)

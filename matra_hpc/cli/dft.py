@@ -105,7 +105,6 @@ def cmd_vasp_prep(args: argparse.Namespace) -> int:
         ncore=vasp.get("ncore"), kpar=vasp.get("kpar"),
         potcar_dir=args.potcar_dir or default_potcar_dir() or vasp.get("potcar_dir"), workers=args.workers,
     )
-    config.validate()
     ctx = context_from_environment()
     result = run_vasp_prep(config, ctx)
     if ctx.is_main:

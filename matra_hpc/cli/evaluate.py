@@ -34,7 +34,7 @@ def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sites", type=int, default=15, help="Wyckoff sites, as the training filter")
     parser.add_argument("--train-store", default=None, help="token store whose structures flag dup_train")
     parser.add_argument("--systems-from", default=None, metavar="GEN",
-                        help="draw each row in the chemical system of a random valid row of this generated store "
+                        help="draw each row in the chemical system of a random candidate (decoded, bonds ok) of this generated store "
                              "(default: elements uniformly at random)")
     parser.add_argument("--run-id", default=None, help="id prefix of the rows (default: run dir name or time)")
 
@@ -46,7 +46,6 @@ def build_baseline_config(args: argparse.Namespace) -> BaselineConfig:
         max_sites=args.max_sites, train_store=_absolute(args.train_store),
         systems_from=_absolute(args.systems_from), run_id=args.run_id,
     )
-    config.validate()
     return config
 
 
@@ -112,7 +111,6 @@ def cmd_recovery(args: argparse.Namespace) -> int:
         generated=_absolute(args.generated), screened=_absolute(args.screened),
         screen=_screen_options(args.screen_option, args.relax),
     )
-    config.validate()
     ctx = context_from_environment()
     result = run_recovery(config, ctx)
     if ctx.is_main:
@@ -147,7 +145,6 @@ def cmd_conditioning(args: argparse.Namespace) -> int:
         shards=args.shards, seed=args.seed, batch_size=args.batch_size, train_store=_absolute(args.train_store),
         screen=_screen_options(args.screen_option, args.relax) or {}, screened=_labelled(args.screened),
     )
-    config.validate()
     ctx = context_from_environment()
     result = run_conditioning(config, ctx)
     if ctx.is_main:
@@ -169,7 +166,6 @@ def cmd_report_all(args: argparse.Namespace) -> int:
     config = ReportAllConfig(generated=args.generated, screened=args.screened, baseline=args.baseline,
                              recovery=args.recovery, conditioning=args.conditioning, checkpoint=args.checkpoint,
                              out=args.out)
-    config.validate()
     result = run_report_all(config, context_from_environment())
     report, files = result["report"], result["files"]
     if "stable_ratio" in report:

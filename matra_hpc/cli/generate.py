@@ -8,57 +8,56 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
-from matra_hpc.generate.config import GenerateConfig
+from matra_hpc.generate.config import DEFAULT_TEMPS, GenerateConfig
 from matra_hpc.launch.stages import SubmittableStage
+from matra_hpc.util import dataclass_defaults
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = dataclass_defaults(GenerateConfig)
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (or a training output dir)")
     parser.add_argument("--out", required=True, help="generated store to write (Zarr); rerun to resume")
-    parser.add_argument("--temps", default="0.7:1.65:0.05",
+    parser.add_argument("--temps", default=DEFAULT_TEMPS,
                         help="start:stop:step (stop included, 2 decimals) or a comma list (default %(default)s)")
-    parser.add_argument("--per-temp", type=int, default=1000, help="structures per temperature (default %(default)s)")
-    parser.add_argument("--shards", type=int, default=1, help="shards (queue tasks) per temperature")
-    parser.add_argument("--condition", default=None,
+    parser.add_argument("--per-temp", type=int, default=d["per_temp"],
+                        help="structures per temperature (default %(default)s)")
+    parser.add_argument("--shards", type=int, default=d["shards"], help="shards (queue tasks) per temperature")
+    parser.add_argument("--condition", default=d["condition"],
                         help="e.g. 'elements=Al,Ca,Cu;spacegroups=191,194;stability=low' (also composition=, wyckoff=)")
-    parser.add_argument("--train-store", default=None, help="token store whose structures flag dup_train")
-    parser.add_argument("--seed", type=int, default=0, help="base seed; each (T, shard) derives its own")
-    parser.add_argument("--batch-size", type=int, default=256, help="rows sampled together (default %(default)s)")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--train-store", default=d["train_store"], help="token store whose structures flag dup_train")
+    parser.add_argument("--seed", type=int, default=d["seed"], help="base seed; each (T, shard) derives its own")
+    parser.add_argument("--batch-size", type=int, default=d["batch_size"],
+                        help="rows sampled together (default %(default)s)")
+    parser.add_argument("--max-length", type=int, default=d["max_length"],
                         help="length guard in tokens; cut rows count as invalid (default: grammar bound)")
-    parser.add_argument("--value-noise", type=float, default=0.0,
-                        help="Gaussian noise on continuous values, sigma = this x T (default 0: deterministic)")
-    parser.add_argument("--min-distance", type=float, default=0.7, help="bond check threshold in Angstrom")
-    parser.add_argument("--max-sites", type=int, default=15, help="Wyckoff sites allowed per structure")
+    parser.add_argument("--value-noise", type=float, default=d["value_noise"],
+                        help="Gaussian noise on continuous values, sigma = this x T (default %(default)s: deterministic)")
+    parser.add_argument("--min-distance", type=float, default=d["min_distance"],
+                        help="bond check threshold in Angstrom (default %(default)s)")
+    parser.add_argument("--max-sites", type=int, default=d["max_sites"],
+                        help="Wyckoff sites allowed per structure (default %(default)s)")
     parser.add_argument("--no-kv-cache", dest="use_cache", action="store_false",
                         help="recompute the whole prefix each step (slow; for checks)")
-    parser.add_argument("--check-workers", type=int, default=0,
-                        help="processes per rank checking rows while the next task samples (default 0)")
-    parser.add_argument("--device", default=None, help="torch device (default: the rank's device from the launcher)")
-    parser.add_argument("--run-id", default=None, help="id prefix of the candidates (default: run dir name or time)")
+    parser.add_argument("--check-workers", type=int, default=d["check_workers"],
+                        help="processes per rank checking rows while the next task samples (default %(default)s)")
+    parser.add_argument("--device", default=d["device"],
+                        help="torch device (default: the rank's device from the launcher)")
+    parser.add_argument("--run-id", default=d["run_id"],
+                        help="id prefix of the candidates (default: run dir name or time)")
 
 
 def build_config(args: argparse.Namespace) -> GenerateConfig:
     from matra_hpc.generate.temperatures import parse_temperatures
 
-    # Absolute paths: a job may start in another working directory than the submitting shell.
-    config = GenerateConfig(
-        checkpoint=_absolute(args.checkpoint), out=_absolute(args.out),
+    return GenerateConfig(
+        checkpoint=args.checkpoint, out=args.out,
         temperatures=tuple(parse_temperatures(args.temps)), per_temp=args.per_temp, shards=args.shards,
-        condition=args.condition, train_store=_absolute(args.train_store) if args.train_store else None,
+        condition=args.condition, train_store=args.train_store,
         seed=args.seed, batch_size=args.batch_size, max_length=args.max_length, value_noise=args.value_noise,
         min_distance=args.min_distance, max_sites=args.max_sites, use_cache=args.use_cache,
-        check_workers=args.check_workers, device=args.device,
-        run_id=args.run_id,
+        check_workers=args.check_workers, device=args.device, run_id=args.run_id,
     )
-    config.validate()
-    return config
-
-
-def _absolute(path: str) -> str:
-    return os.path.abspath(os.path.expanduser(path))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -32,7 +32,6 @@ def build_config(args: argparse.Namespace) -> IndexBuildConfig:
     config = IndexBuildConfig(sources=tuple(os.path.abspath(s) for s in args.sources),
                               out=os.path.abspath(args.out), rows_per_unit=args.rows_per_unit,
                               partition_entries=args.partition_entries)
-    config.validate()
     return config
 
 

@@ -67,7 +67,6 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
         temperatures=args.temperatures, limit=args.limit, shards=args.shards, batched=args.batched,
         batch_atoms=args.batch_atoms, max_atoms=args.max_atoms, primitive=args.primitive, device=args.device,
     )
-    config.validate()
     return config
 
 

@@ -8,10 +8,13 @@ import json
 
 def _add_encode_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--symprec", type=float, default=0.01, help="spglib distance tolerance, A (default 0.01)"
+        "--symprec", type=float, default=0.01, help="symmetry distance tolerance, A (default 0.01)"
     )
     parser.add_argument(
         "--angle-tolerance", type=float, default=5.0, help="spglib angle tolerance, degrees (default 5)"
+    )
+    parser.add_argument(
+        "--symmetry", choices=("moyopy", "spglib"), default="moyopy", help="symmetry finder (default moyopy)"
     )
     parser.add_argument("--max-sites", type=int, default=15, help="most Wyckoff sites encoded (default 15)")
     parser.add_argument("--csv-column", default=None, help="CSV column holding CIF text or Structure dicts")
@@ -20,7 +23,12 @@ def _add_encode_options(parser: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace):
     from matra_hpc.tokens.commands import EncodeOptions
 
-    return EncodeOptions(symprec=args.symprec, angle_tolerance=args.angle_tolerance, max_sites=args.max_sites)
+    return EncodeOptions(
+        symprec=args.symprec,
+        angle_tolerance=args.angle_tolerance,
+        max_sites=args.max_sites,
+        symmetry=args.symmetry,
+    )
 
 
 def cmd_encode(args: argparse.Namespace) -> int:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from types import SimpleNamespace
 
 from matra_hpc.launch.stages import SubmittableStage
 from matra_hpc.train.config import TrainConfig
+from matra_hpc.util import dataclass_defaults
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    d = TrainConfig(data="", out="")
+    d = SimpleNamespace(**dataclass_defaults(TrainConfig))
     parser.add_argument("--data", required=True, help="token store (Zarr) to train on")
     parser.add_argument("--out", required=True,
                         help="output directory (checkpoints, best/, metrics.jsonl, loss.png); rerun resumes")
@@ -61,11 +63,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from matra_hpc.launch.environment import context_from_environment
-    from matra_hpc.train.loop import run_training
+    from matra_hpc.train.stage import run_train
 
     # Under torchrun every process gets its rank from the launcher; alone it is rank 0 of 1.
     ctx = context_from_environment(gpus_per_node=torch.cuda.device_count())
-    result = run_training(build_train_config(args), ctx)
+    result = run_train(build_train_config(args), ctx)
     if ctx.rank == 0:
         print(json.dumps(asdict(result)))
     return 0
@@ -89,6 +91,6 @@ SUBMIT_STAGES = [
         add_arguments=add_train_arguments,
         build_config=build_train_config,
         config_cls=TrainConfig,
-        run="matra_hpc.train.loop:run_training",
+        run="matra_hpc.train.stage:run_train",
     )
 ]

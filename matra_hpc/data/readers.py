@@ -40,6 +40,7 @@ from typing import Any
 
 from matra_hpc.data.jsonstream import RawRecord, decode_record, iter_raw_records, iter_side_members, open_text
 from matra_hpc.errors import UsageError
+from matra_hpc.tokens.structure_io import ParseFailure, cif_blocks, read_cif_block, structure_problem
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,12 @@ def _iter_folder(spec: SourceSpec) -> Iterator[WorkItem]:
             for index, (frame, frame_id) in enumerate(_split_xyz_frames(path)):
                 yield WorkItem(spec.name, "folder", str(path), index, frame,
                                material_id=frame_id or f"{path.stem}-{index}")
+        elif name.endswith(".cif"):
+            # every data_ block is a structure (the same reader as `tokens encode`)
+            n_blocks = len(cif_blocks(path.read_text(errors="replace")))
+            for index in range(n_blocks):
+                yield WorkItem(spec.name, "folder", str(path), index, str(path),
+                               material_id=path.stem if n_blocks == 1 else f"{path.stem}#{index}")
         elif name.endswith(_STRUCTURE_SUFFIXES) or name.startswith(("poscar", "contcar")):
             yield WorkItem(spec.name, "folder", str(path), 0, str(path), material_id=path.stem)
 
@@ -319,7 +326,7 @@ def load_item(item: WorkItem, summary: str | None = None) -> LoadedItem:
         if props is not None:
             loaded.e_above_hull, loaded.e_form = props
     loaded.id = f"{item.source}:{loaded.id}"
-    reason = _structure_problem(loaded.structure)
+    reason = structure_problem(loaded.structure)
     if reason:
         loaded.reason, loaded.detail, loaded.structure = reason, reason.replace("_", " "), None
     return loaded
@@ -334,18 +341,6 @@ class _Rejected(Exception):
 def _short(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) < 200 else text[:197] + "..."
-
-
-def _structure_problem(structure: Any) -> str | None:
-    import numpy as np
-
-    lattice = np.asarray(structure.lattice.matrix, dtype=float)
-    coords = np.asarray(structure.frac_coords, dtype=float)
-    if not (np.isfinite(lattice).all() and np.isfinite(coords).all()):
-        return "nan_or_inf"
-    if not structure.is_ordered:
-        return "disordered"
-    return None
 
 
 def _finite_or_nan(value: Any) -> float:
@@ -453,12 +448,9 @@ def _load_folder_item(item: WorkItem) -> LoadedItem:
         else:
             try:
                 if item.file.lower().endswith(".cif"):
-                    from pymatgen.io.cif import CifParser
-
-                    structures = CifParser(item.file).parse_structures(primitive=False)
-                    if not structures:
-                        raise ValueError("no structure in CIF")
-                    structure = structures[0]
+                    structure = read_cif_block(cif_blocks(Path(item.file).read_text(errors="replace"))[item.index])
+                    if isinstance(structure, ParseFailure):
+                        raise ValueError(structure.detail)
                 else:
                     structure = Structure.from_file(item.file)
             except Exception as exc:
@@ -472,8 +464,3 @@ def iter_flla_items(spec: SourceSpec) -> Iterator[WorkItem]:
         for index, line in enumerate(handle):
             if line.strip():
                 yield WorkItem(spec.name, "flla", spec.paths[0], index, line)
-
-
-def iter_items(spec: SourceSpec) -> Iterator[WorkItem]:
-    """Work items of any source kind, in their fixed order."""
-    return iter_work_items(spec)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from matra_hpc.errors import StoreError
+from matra_hpc.tokens.format import require_token_format
 from matra_hpc.util import write_json_atomic
 
 SCHEMA = "matra-hpc/tokens/1"
@@ -180,6 +181,8 @@ def _open_root(path: Path, mode: str) -> Any:
     if schema != SCHEMA:
         raise StoreError(f"{path} is not a matra-hpc token store (schema {schema!r}, expected {SCHEMA!r}): "
                          f"pass a store made by `matra-hpc data prepare`, or delete it and prepare again")
+    require_token_format(root.attrs.get("token_format"), f"token store {path}",
+                         "rebuild it with `matra-hpc data prepare ... --overwrite` (or delete it)")
     return root
 
 
@@ -340,7 +343,22 @@ def consolidate(store: Path | str) -> dict[str, Any]:
     # Mark the view incomplete before touching it, so a killed consolidate is never read as done.
     root.attrs.update({"consolidated": None})
     shard_groups = [zarr.open_group(str(shard_dir(path, s)), mode="r") for s in plan]
+    keep, duplicates = _first_occurrences(shard_groups)
+    appenders = _create_view_arrays(root, shard_groups, keep)
+    split_counts = _append_shards(appenders, shard_groups, keep)
+    attrs = {
+        "n_rows": int(sum(int(mask.sum()) for mask in keep)),
+        "split_counts": split_counts,
+        "shards": plan,
+        "content_hash": content_hash(root),
+    }
+    root.attrs.update(attrs)
+    root.attrs.update({"consolidated": True})
+    return {**attrs, "duplicates": duplicates}
 
+
+def _first_occurrences(shard_groups: list[Any]) -> tuple[list[np.ndarray], list[str]]:
+    """Per shard, a mask of the rows whose id has not appeared before; and the dropped ids."""
     seen: set[str] = set()
     keep: list[np.ndarray] = []
     duplicates: list[str] = []
@@ -354,7 +372,11 @@ def consolidate(store: Path | str) -> dict[str, Any]:
             else:
                 seen.add(rid)
         keep.append(mask)
+    return keep, duplicates
 
+
+def _create_view_arrays(root: Any, shard_groups: list[Any], keep: list[np.ndarray]) -> dict[str, _Appender]:
+    """The view's arrays, sized for the kept rows (rewritten whole: the view is rebuilt each time)."""
     sizes = {"row": 0, "token": 0, "site": 0}
     for g, mask in zip(shard_groups, keep, strict=True):
         off = g["offsets"][...]
@@ -365,14 +387,17 @@ def consolidate(store: Path | str) -> dict[str, Any]:
     n_rows = sizes["row"]
     lengths = {"row": n_rows, "token": sizes["token"], "site": sizes["site"], "offset": n_rows + 1,
                "site_offset": n_rows + 1}
-
     appenders: dict[str, _Appender] = {}
     for name, (dtype, axis, trailing) in ARRAYS.items():
         n = lengths[axis]
         arr = root.create_array(name, shape=(n, *trailing), dtype=str if dtype == "str" else dtype,
                                 chunks=(max(1, min(_ROOT_CHUNKS[axis], n)), *trailing), overwrite=True)
         appenders[name] = _Appender(arr)
+    return appenders
 
+
+def _append_shards(appenders: dict[str, _Appender], shard_groups: list[Any], keep: list[np.ndarray]) -> dict[str, int]:
+    """Copy the kept rows of every shard into the view, offsets rebased; returns the split counts."""
     split_counts: dict[str, int] = {"train": 0, "val": 0}
     token_base = site_base = 0
     appenders["offsets"].add(np.zeros(1, dtype=np.int64))
@@ -402,16 +427,7 @@ def consolidate(store: Path | str) -> dict[str, Any]:
             split_counts[s] = split_counts.get(s, 0) + 1
     for a in appenders.values():
         a.flush(final=True)
-
-    attrs = {
-        "n_rows": n_rows,
-        "split_counts": split_counts,
-        "shards": plan,
-        "content_hash": content_hash(root),
-    }
-    root.attrs.update(attrs)
-    root.attrs.update({"consolidated": True})
-    return {**attrs, "duplicates": duplicates}
+    return split_counts
 
 
 def _selection(offsets: np.ndarray, mask: np.ndarray) -> Any:

@@ -105,11 +105,14 @@ class Draw:
     counts: list[int]
 
 
-def chemical_systems(store: str | Path, min_elements: int, max_elements: int) -> list[tuple[str, ...]]:
-    """The chemical system of every valid row of a generated store that the baseline can draw.
+def chemical_systems(store: str | Path, min_elements: int, max_elements: int,
+                     max_count: int) -> list[tuple[str, ...]]:
+    """The chemical systems of a generated run's candidates that the baseline can draw.
 
-    One entry per row (a system sampled often is drawn often); kept when it has min..max elements
-    that all have ICSD oxidation states. A store without one is a UsageError.
+    One entry per row that decodes and passes the bond check (what generation hands to
+    screening), so a system sampled often is drawn often; kept when it has min..max elements, all
+    with ICSD oxidation states, and some choice of states admits a neutral formula (an
+    intermetallic system has none). A store without one is a UsageError.
     """
     from pymatgen.core import Composition
 
@@ -119,14 +122,29 @@ def chemical_systems(store: str | Path, min_elements: int, max_elements: int) ->
     systems = []
     for t in gstore.store_temperatures(store):
         table = gstore.read_view(store, t)
-        for formula in table.formula[table.decodes.astype(bool)]:
+        for formula in table.formula[table.decodes.astype(bool) & table.bonds_ok.astype(bool)]:
             system = tuple(sorted(el.symbol for el in Composition(str(formula)).elements))
-            if min_elements <= len(system) <= max_elements and all(el in pool for el in system):
+            if (min_elements <= len(system) <= max_elements and all(el in pool for el in system)
+                    and _neutral_possible(system, max_count)):
                 systems.append(system)
     if not systems:
-        raise UsageError(f"--systems-from {store}: no valid row with {min_elements}..{max_elements} elements "
-                         f"that all have oxidation states")
+        raise UsageError(f"--systems-from {store}: no candidate (decoded, bonds ok) with {min_elements}.."
+                         f"{max_elements} elements that admit a charge-neutral formula")
     return systems
+
+
+@lru_cache(maxsize=4096)
+def _neutral_possible(system: tuple[str, ...], max_count: int) -> bool:
+    import itertools
+
+    import smact
+
+    states = dict(element_pool())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return any(smact.neutral_ratios(list(choice), threshold=max_count)
+                   for choice in itertools.product(*[states[el] for el in system])
+                   if any(q > 0 for q in choice) and any(q < 0 for q in choice))
 
 
 def draw_crystal(rng: np.random.Generator, config: BaselineConfig, stats: dict[str, int],
@@ -141,7 +159,7 @@ def draw_crystal(rng: np.random.Generator, config: BaselineConfig, stats: dict[s
             stats["attempts"] = stats.get("attempts", 0) + 1
             k = int(rng.integers(config.min_elements, config.max_elements + 1))
             system = systems[int(rng.integers(len(systems)))] if systems else None
-            formula = charge_balanced_formula(rng, k, config.max_count, tries=5 if system else 50, system=system)
+            formula = charge_balanced_formula(rng, k, config.max_count, system=system)
             if formula is None:
                 _count(stats, "no_neutral_formula")
                 continue
@@ -182,7 +200,7 @@ def baseline_shard(config: BaselineConfig, run_id: str, shard: int, train_index=
     from matra_hpc.tokens import encode
 
     if systems is None and config.systems_from:
-        systems = chemical_systems(config.systems_from, config.min_elements, config.max_elements)
+        systems = chemical_systems(config.systems_from, config.min_elements, config.max_elements, config.max_count)
     rng = np.random.default_rng([config.seed, shard, 0x9A7A])
     stats: dict[str, int] = {}
     groups: list[int] = []

@@ -41,9 +41,9 @@ class BaselineConfig:
     train_store: str | None = None
     """Token store whose structures flag ``dup_train`` (as ``generate --train-store``)."""
     systems_from: str | None = None
-    """A generated store: each row takes the chemical system of a random valid row of it (those with
-    min..max elements that all have ICSD oxidation states), so the baseline is drawn in the model's
-    chemistries (and its hull references are the model's); None: elements uniformly at random."""
+    """A generated store: each row takes the chemical system of a random candidate of it (a row that
+    decodes with bonds ok, min..max elements, a charge-neutral formula possible), so the baseline is
+    drawn in the model's chemistries (and needs the same hull references); None: random elements."""
     run_id: str | None = None
 
     def validate(self) -> None:

@@ -106,7 +106,7 @@ def run_baseline(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]:
     if config.systems_from:
         from matra_hpc.evaluate.baseline import chemical_systems
 
-        systems = chemical_systems(config.systems_from, config.min_elements, config.max_elements)
+        systems = chemical_systems(config.systems_from, config.min_elements, config.max_elements, config.max_count)
     claims = gstore.TaskClaims(out, prep["attempt"])
     done, skipped = [], 0
     for shard in range(config.shards):

@@ -10,7 +10,6 @@ an exception while decoding or encoding is recorded as text in the row.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,12 +45,7 @@ def sampled_spacegroup(tokens: list[int]) -> int:
     """The space group token of a sequence, 0 when it has none (e.g. cut before it)."""
     from matra_hpc.tokens import load_vocab
 
-    vocab = load_vocab()
-    start, stop = vocab.spacegroup_range
-    for t in tokens:
-        if start <= t < stop:
-            return vocab.spacegroup_of(t)
-    return 0
+    return load_vocab().spacegroup_in(tokens)
 
 
 def min_distance_ok(structure, min_distance: float) -> bool:
@@ -68,16 +62,10 @@ def check_sequence(
     min_distance: float = DEFAULT_MIN_DISTANCE,
     with_cif: bool = True,
 ) -> StructureCheck:
-    """Decode a sampled sequence and check it; every failure lands in the result, none raises."""
-    with warnings.catch_warnings():
-        # pymatgen warns about missing electronegativities of superheavy elements for every row
-        warnings.filterwarnings("ignore", message="No Pauling electronegativity", category=UserWarning)
-        return _check_sequence(tokens, values, complete, min_distance=min_distance, with_cif=with_cif)
+    """Decode a sampled sequence and check it; every failure lands in the result, none raises.
 
-
-def _check_sequence(
-    tokens: list[int], values: list[float], complete: bool, *, min_distance: float, with_cif: bool
-) -> StructureCheck:
+    (pymatgen's electronegativity warnings for noble gases are silenced once, in ``matra_hpc``.)
+    """
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     from matra_hpc.tokens import TokenSequence, decode, encode, prototype_hash

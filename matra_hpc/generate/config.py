@@ -9,6 +9,10 @@ from pathlib import Path
 
 from matra_hpc.errors import MatraError, UsageError
 from matra_hpc.generate.temperatures import parse_temperatures, temperature_group
+from matra_hpc.util import absolute_path
+
+DEFAULT_TEMPS = "0.7:1.65:0.05"
+"""The paper's sweep (Fig. 2), as the ``--temps`` text the CLI and the demo show."""
 
 
 @dataclass
@@ -17,7 +21,7 @@ class GenerateConfig:
 
     checkpoint: str
     out: str
-    temperatures: tuple[float, ...] = field(default_factory=lambda: tuple(parse_temperatures("0.7:1.65:0.05")))
+    temperatures: tuple[float, ...] = field(default_factory=lambda: tuple(parse_temperatures(DEFAULT_TEMPS)))
     per_temp: int = 1000
     shards: int = 1
     """Shards per temperature; each (temperature, shard) is one task of the queue."""
@@ -42,9 +46,13 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         self.temperatures = tuple(round(float(t), 2) for t in self.temperatures)
+        # absolute: a job may start in another working directory than the submitting shell
+        self.checkpoint, self.out = absolute_path(self.checkpoint), absolute_path(self.out)
+        if self.train_store is not None:
+            self.train_store = absolute_path(self.train_store)
 
     def validate(self) -> None:
-        """Fail on bad settings before anything runs (also before a job is submitted)."""
+        """Bad settings or missing inputs are a UsageError (``run_generate`` and ``submit``)."""
         if not self.temperatures:
             raise UsageError("no temperatures to sample")
         if any(not (t > 0 and math.isfinite(t)) for t in self.temperatures):

@@ -1,4 +1,4 @@
-"""The generated store (contract section 4, schema ``matra-hpc/generated/1``).
+"""The generated store (docs/contracts.md section G, schema ``matra-hpc/generated/1``).
 
 Layout (Zarr v3 on a local or shared POSIX filesystem)::
 
@@ -29,6 +29,7 @@ import zarr
 from matra_hpc.errors import StoreError
 from matra_hpc.generate.table import GeneratedTable
 from matra_hpc.generate.temperatures import group_temperature, temperature_group
+from matra_hpc.tokens.format import TOKEN_FORMAT, require_token_format
 from matra_hpc.util import write_json_atomic
 
 SCHEMA = "matra-hpc/generated/1"
@@ -60,6 +61,8 @@ def open_root(store: Path, mode: str = "r") -> zarr.Group:
     schema = root.attrs.get("schema")
     if schema != SCHEMA:
         raise StoreError(f"{path} has schema {schema!r}, expected {SCHEMA!r}")
+    require_token_format(root.attrs.get("token_format"), f"generated store {path}",
+                         "generate again into a new --out, from a checkpoint of this token format")
     return root
 
 
@@ -82,7 +85,8 @@ def init_store(store: Path, attrs: dict[str, Any], fingerprint: dict[str, Any]) 
     else:
         path.mkdir(parents=True, exist_ok=True)
         root = zarr.open_group(str(path), mode="w")
-        root.attrs.update({**attrs, "fingerprint": fingerprint})
+        # The sequences' format (matra_hpc.tokens.format): readers refuse another one.
+        root.attrs.update({"token_format": TOKEN_FORMAT, **attrs, "fingerprint": fingerprint})
     for t in fingerprint["temperatures"]:
         tgroup = root.require_group(temperature_group(t))
         if "temperature" not in tgroup.attrs:

@@ -2,7 +2,7 @@
 
 One ``GeneratedTable`` is a shard (or a temperature's consolidated view): ragged tokens/values
 with ``offsets``, ragged structures with ``site_offsets``, per-row flags and text. Layout of the
-generated store (contract section 4) in ``matra_hpc/generate/store.py``.
+generated store (docs/contracts.md section G) in ``matra_hpc/generate/store.py``.
 """
 
 from __future__ import annotations

@@ -80,12 +80,16 @@ def submit_stage(
 
     ``array=N`` runs N independent shards (function stages only) with at most
     ``launch.array_parallelism`` at once; ``after`` names run directories whose jobs must
-    all succeed first. Everything is checked before the first job is submitted.
+    all succeed first. Everything is checked before the first job is submitted, the stage's
+    settings and inputs too (``config.validate()``, unless ``after`` names runs still to come).
     """
     if array is not None and (array < 1 or stage.kind != "function"):
         raise UsageError("--array needs a positive count and a function stage (not torchrun/mpi)")
     if stage.kind == "function" and launch.nodes != 1:
         raise UsageError(f"stage {stage.name} runs one process; it cannot use nodes={launch.nodes}")
+    if not after and hasattr(config, "validate"):
+        # fail before submitting (with --after the inputs may still come from that run)
+        config.validate()
     dependencies = [dependency_jobs(Path(d), launch.cluster) for d in after]
     run_path = create_run_dir(Path(run_dir) if run_dir else default_run_dir(stage.name))
     config_dict = asdict(config)

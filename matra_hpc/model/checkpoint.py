@@ -37,13 +37,16 @@ import torch
 
 from matra_hpc.errors import CheckpointError
 from matra_hpc.model.transformer import MatraTransformer, ModelConfig
+from matra_hpc.tokens.format import TOKEN_FORMAT, require_token_format
 from matra_hpc.util import file_sha256, fsync_dir
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
-CHECKPOINT_FORMAT = "matra-hpc/checkpoint/1"
+CHECKPOINT_FORMAT = "matra-hpc/checkpoint/2"
+"""Format 2: model configs with typed value slots and the mixture value head (docs/contracts.md).
+Checkpoints of another format (1: before them) are refused, never loaded with guessed fields."""
 STATE_FILE = "train_state.pt"
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -73,7 +76,8 @@ def _write_dir_atomically(final: Path, files: dict[str, Any], meta: dict[str, An
         with path.open("rb") as handle:
             os.fsync(handle.fileno())
         listing[name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
-    meta = {**meta, "files": listing}
+    # The sequences a model learnt: readers refuse another format (matra_hpc.tokens.format).
+    meta = {"token_format": TOKEN_FORMAT, **meta, "files": listing}
     meta_tmp = tmp / META_FILE
     meta_tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
     with meta_tmp.open("rb") as handle:
@@ -138,8 +142,7 @@ def check_dir(path: Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{meta_path} is unreadable: {exc}") from exc
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format {meta.get('format')!r})")
+    check_format(meta, path)
     for name, expected in meta.get("files", {}).items():
         file = path / name
         if not file.is_file():
@@ -150,6 +153,16 @@ def check_dir(path: Path) -> dict[str, Any]:
         if file_sha256(file) != expected["sha256"]:
             raise CheckpointError(f"{file} is corrupt: its sha256 does not match {META_FILE}")
     return meta
+
+
+def check_format(meta: dict[str, Any], path: str | Path) -> None:
+    """CheckpointError unless ``meta`` is of this version's ``CHECKPOINT_FORMAT``."""
+    found = meta.get("format")
+    if found != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is a checkpoint of format {found!r}, this matra-hpc reads {CHECKPOINT_FORMAT} "
+            "(format 2 changed the value head: typed value slots, mixture head); train a new model"
+        )
 
 
 def find_latest_valid(out_dir: Path) -> Checkpoint | None:
@@ -184,15 +197,17 @@ def _find_model_dir(out_dir: Path) -> Path:
     if out_dir.name == CHECKPOINTS_DIR and not (out_dir / CHECKPOINTS_DIR).exists():
         out_dir = out_dir.parent
     best = out_dir / BEST_DIR
+    why = ""
     if best.is_dir():
         try:
             check_dir(best)
             return best
         except CheckpointError as exc:
             log.warning("skipping %s: %s", best, exc)
+            why = f"; {BEST_DIR}/: {exc}"
     latest = find_latest_valid(out_dir)
     if latest is None:
-        raise CheckpointError(f"{out_dir} holds no valid checkpoint (no best/ and no checkpoints/step_*)")
+        raise CheckpointError(f"{out_dir} holds no valid checkpoint (no best/ and no checkpoints/step_*){why}")
     return latest.path
 
 
@@ -239,6 +254,15 @@ class ResolvedCheckpoint:
     """Over meta.json and the weights (names and bytes): ``load_model(expect_sha256=)`` checks it."""
 
 
+def _require_token_format(path: Path, meta: dict[str, Any]) -> None:
+    require_token_format(
+        meta.get("token_format"),
+        f"checkpoint {path}",
+        "train again on a token store rebuilt with `matra-hpc data prepare ... --overwrite`",
+        CheckpointError,
+    )
+
+
 def describe_checkpoint(path: str | Path) -> ResolvedCheckpoint:
     """Resolve ``path`` (see ``resolve_checkpoint``) and read its meta and hash from one read."""
     folder = resolve_checkpoint(path)
@@ -247,6 +271,7 @@ def describe_checkpoint(path: str | Path) -> ResolvedCheckpoint:
         meta = json.loads(meta_bytes)
     except ValueError as exc:
         raise CheckpointError(f"{folder / META_FILE} is unreadable: {exc}") from exc
+    _require_token_format(folder, meta)
     return ResolvedCheckpoint(folder, meta, _files_sha256(meta_bytes, weights_bytes))
 
 
@@ -272,12 +297,17 @@ def load_model(
         )
     try:
         meta = json.loads(meta_bytes)
+        if isinstance(meta, dict) and meta.get("format") != CHECKPOINT_FORMAT:
+            check_format(meta, path)  # raised below, not reported as unreadable
         config = ModelConfig.from_dict(meta["model_config"])
         state = load_safetensors(weights_bytes)
+    except CheckpointError:
+        raise
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
     except Exception as exc:  # safetensors raises its own SafetensorError on a damaged header
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+    _require_token_format(path, meta)
     model = MatraTransformer(config)
     try:
         model.load_state_dict(state)

@@ -119,6 +119,11 @@ def describe_source(raw: str) -> Source:
 
         root = zarr.open_group(str(path), mode="r")
         from matra_hpc.generate.temperatures import temperature_group
+        from matra_hpc.tokens.format import require_token_format
+
+        if schema == SCHEMA_GENERATED:  # its prototype hashes are compared with this format's
+            require_token_format(root.attrs.get("token_format"), f"generated store {path}",
+                                 "generate again into a new --out before indexing it")
 
         groups, views = {}, {}
         for t in root.attrs.get("temperatures") or root.attrs.get("fingerprint", {}).get("temperatures", []):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from matra_hpc.errors import UsageError
 from matra_hpc.tokens.decode import decode
-from matra_hpc.tokens.encode import encode
+from matra_hpc.tokens.encode import DEFAULT_SYMMETRY, SYMMETRY_BACKENDS, encode
 from matra_hpc.tokens.errors import DecodeError, EncodeError
 from matra_hpc.tokens.hashing import prototype_hash
 from matra_hpc.tokens.roundtrip import check_roundtrip, summarize
@@ -42,9 +42,19 @@ class EncodeOptions:
     symprec: float = 0.01
     angle_tolerance: float = 5.0
     max_sites: int = 15
+    symmetry: str = DEFAULT_SYMMETRY
+
+    def __post_init__(self) -> None:
+        if self.symmetry not in SYMMETRY_BACKENDS:
+            raise UsageError(f"symmetry must be one of {', '.join(SYMMETRY_BACKENDS)}, got {self.symmetry!r}")
 
     def kwargs(self) -> dict:
-        return {"symprec": self.symprec, "angle_tolerance": self.angle_tolerance, "max_sites": self.max_sites}
+        return {
+            "symprec": self.symprec,
+            "angle_tolerance": self.angle_tolerance,
+            "max_sites": self.max_sites,
+            "symmetry": self.symmetry,
+        }
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Conditions for generation: constraints the grammar enforces in its masks.
 
-A :class:`Condition` restricts the sequences the grammar allows (docs/contracts.md section A):
+A :class:`Condition` restricts the sequences the grammar allows (docs/contracts.md section E):
 
 * ``stability``: ``'low'`` or ``'high'``; the sequence must start with ``EHULL_LOW``/``EHULL_HIGH``.
 * ``elements``: the chemical system, exactly these elements (arity = their number).

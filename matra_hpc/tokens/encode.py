@@ -1,14 +1,15 @@
-"""Structure -> canonical token sequence.
+"""Structure -> canonical token sequence (token format v2, docs/contracts.md section F).
 
-Steps: validate the input (one rejection reason each, contract section 3); spglib, called on
-plain arrays, gives the standardised conventional cell in pyxtal's setting (origin choice 2,
-``hall_number`` asked for explicitly where spglib's default differs), its Wyckoff letters and
-orbits; then the canonical description is chosen among every alternative the group's
-normaliser allows: pyxtal's coset representatives, for polar groups every origin along the
-polar axes that puts an atom of the first site at 0, and for monoclinic groups the most
-reduced cells among the cell choices that keep the standard symbol (a and c, unique axis b).
-Rejections: ``too_many_sites`` also covers more than 8 elements or a count above 512 (the
-vocabulary's limits).
+Steps: validate the input (one rejection reason each, contract section 3); a symmetry finder
+(moyopy by default, spglib on request), called on plain arrays, gives the group, its standard
+conventional cell in pyxtal's setting (ITA standard, origin choice 2) and the transformation
+from the input into it; the orbits and Wyckoff letters are found from the group's operations
+in that cell, and the metric and positions are refined from the input itself (so both finders
+give the same values); then the canonical description is chosen among every alternative the
+group's normaliser allows: its cosets (closed under composition), for polar groups every
+origin along the polar axes that puts an atom of the first site at 0, and for triclinic and
+monoclinic groups every equally reduced cell. Rejections: ``too_many_sites`` also covers more
+than 8 elements or a count above 512 (the vocabulary's limits).
 
 Canonical order, per alternative: sites sorted by (Wyckoff letter order, Z, free values); each
 orbit represented by the point of the orbit on the position's representative expression whose
@@ -18,10 +19,10 @@ list first makes the choice of Wyckoff letters a property of the prototype alone
 ``prototype_hash`` stable for crystals of one prototype with different free values. Values
 within 1e-7 compare equal, so float noise never flips a choice.
 
-The chosen description is rebuilt as an exactly symmetric primitive cell and described again
-until it is stable (usually one extra spglib call, so encoding costs about two spglib dataset
-calls), so that ``encode(decode(encode(x)))`` equals ``encode(x)``
-even when symmetrising reveals more symmetry than the raw input showed.
+The finder then looks at the exactly symmetric primitive cell the description spells (one
+more finder call): when it shows more symmetry the description is rebuilt until stable, so
+that ``encode(decode(encode(x)))`` equals ``encode(x)`` even when symmetrising reveals more
+symmetry than the raw input showed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,7 +133,81 @@ def _arrays(structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------- symmetry
-def _dataset(matrix, frac, numbers, symprec: float, angle_tolerance: float):
+SYMMETRY_BACKENDS = ("moyopy", "spglib")
+DEFAULT_SYMMETRY = "moyopy"
+
+
+@dataclass(frozen=True)
+class _StandardCell:
+    """The symmetry finder's conventional cell in pyxtal's setting of ``group``.
+
+    ``positions`` are the finder's refined positions (used for the orbits only); ``rotation``
+    and ``shift`` map input fractional coordinates into the cell before any refinement
+    (``x_std = rotation @ x + shift``), so that encode refines the input itself."""
+
+    group: int
+    positions: np.ndarray  # (n, 3) fractional, in [0, 1)
+    types: np.ndarray  # (n,) atomic numbers
+    rotation: np.ndarray  # (3, 3)
+    shift: np.ndarray  # (3,)
+
+
+def _standard_cell(
+    matrix, frac, numbers, symprec: float, angle_tolerance: float, symmetry: str
+) -> _StandardCell:
+    if symmetry == "moyopy":
+        group, positions, types, rotation, shift = _moyopy_cell(matrix, frac, numbers, symprec)
+    elif symmetry == "spglib":
+        group, positions, types, rotation, shift = _spglib_cell(
+            matrix, frac, numbers, symprec, angle_tolerance
+        )
+    else:
+        raise ValueError(f"symmetry must be one of {SYMMETRY_BACKENDS}, got {symmetry!r}")
+    return _StandardCell(
+        group,
+        np.mod(np.asarray(positions, dtype=float), 1.0),
+        np.asarray(types, dtype=int),
+        np.asarray(rotation, dtype=float),
+        np.asarray(shift, dtype=float),
+    )
+
+
+def _moyopy_cell(matrix, frac, numbers, symprec: float):
+    # No angle tolerance: moyopy's own lattice criterion follows symprec (an explicit angle
+    # tolerance makes moyopy 0.21 loop without end on some cells, e.g. flla mp-1411).
+    import moyopy
+
+    try:
+        ds = moyopy.MoyoDataset(
+            moyopy.Cell(matrix, frac, numbers), symprec=symprec, setting=_moyopy_setting()
+        )
+    except Exception as exc:  # moyopy raises ValueError on overlapping atoms and similar
+        raise EncodeError("symmetry_failed", f"moyopy: {exc}") from None
+    if ds.number == 1:
+        raise EncodeError("spacegroup_1", "space group P1")
+    if ds.hall_number != group_setting(ds.number).hall_number:
+        raise EncodeError("symmetry_failed", f"moyopy gave Hall setting {ds.hall_number} for {ds.number}")
+    cell = ds.std_cell
+    # moyopy: x_std = inv(std_linear) @ (x - std_origin_shift).
+    rotation = np.linalg.inv(np.asarray(ds.std_linear))
+    return ds.number, cell.positions, cell.numbers, rotation, -rotation @ np.asarray(ds.std_origin_shift)
+
+
+@functools.cache
+def _moyopy_setting():
+    import moyopy
+
+    # ITA standard: unique axis b, cell choice 1, hexagonal axes, origin choice 2 (pyxtal's).
+    return moyopy.Setting.standard()
+
+
+def _spglib_cell(matrix, frac, numbers, symprec: float, angle_tolerance: float):
+    ds = _spglib_dataset(matrix, frac, numbers, symprec, angle_tolerance)
+    # spglib: x_std = transformation_matrix @ x + origin_shift.
+    return int(ds.number), ds.std_positions, ds.std_types, ds.transformation_matrix, ds.origin_shift
+
+
+def _spglib_dataset(matrix, frac, numbers, symprec: float, angle_tolerance: float):
     import spglib
 
     try:
@@ -158,37 +234,87 @@ def _dataset(matrix, frac, numbers, symprec: float, angle_tolerance: float):
     return ds
 
 
-def _orbits(ds, group: int) -> list[tuple[int, int, np.ndarray]]:
-    """Orbits of the standardised cell: (letter index, Z, atom indices) each."""
-    table = wyckoff_table()[group]
-    index_of_letter = {p.letter: p.index for p in table}
-    prim_orbit = {}
-    for j, p in enumerate(ds.mapping_to_primitive):
-        # crystallographic_orbits (orbits under the full group with centring) stays
-        # consistent with the standardised cell where equivalent_atoms can split an orbit.
-        prim_orbit[int(p)] = (int(ds.crystallographic_orbits[j]), ds.wyckoffs[j])
-    members: dict[int, list[int]] = {}
-    letters: dict[int, str] = {}
-    for i, p in enumerate(ds.std_mapping_to_primitive):
-        orbit, letter = prim_orbit[int(p)]
-        members.setdefault(orbit, []).append(i)
-        letters[orbit] = letter
-    types = np.asarray(ds.std_types)
+_ORBIT_TOL = 1e-4  # fractional; the standard cells are refined, so images coincide to ~1e-10
+
+
+def _orbits(cell: _StandardCell) -> list[tuple[int, int, np.ndarray]]:
+    """Orbits of the standard cell under the group: (letter index, Z, atom indices) each.
+
+    Found from the group's operations in the cell itself rather than from the symmetry
+    finder's per-site lists, so both finders give the same orbits and letters."""
+    group = cell.group
+    general = position_ops(group)[-1].ops
+    positions = cell.positions
+    n = len(positions)
+    related = None
+    if len(general) * n * n <= 60_000:  # every pair at once; per orbit below for big cells
+        images = np.einsum("mij,nj->mni", general[:, :, :3], positions) + general[:, None, :, 3]
+        diff = images[:, :, None, :] - positions[None, None, :, :]
+        diff -= np.rint(diff)
+        related = (np.abs(diff) < _ORBIT_TOL).all(axis=-1).any(axis=0)
+    orbit_of = np.full(n, -1)
     out = []
-    for orbit, idx in members.items():
-        letter = letters[orbit]
-        if letter not in index_of_letter:
-            raise EncodeError(
-                "symmetry_failed", f"spglib letter {letter!r} is not a position of group {group}"
-            )
-        li = index_of_letter[letter]
-        if table[li].multiplicity != len(idx):
-            raise EncodeError(
-                "symmetry_failed",
-                f"orbit of {len(idx)} atoms on {group}{letter} of multiplicity {table[li].multiplicity}",
-            )
-        out.append((li, int(types[idx[0]]), np.asarray(idx)))
+    for i in range(n):
+        if orbit_of[i] >= 0:
+            continue
+        if related is not None:
+            members = np.flatnonzero(related[i])
+        else:
+            images = general[:, :, :3] @ positions[i] + general[:, :, 3]
+            diff = images[:, None, :] - positions[None, :, :]
+            diff -= np.rint(diff)
+            members = np.flatnonzero((np.abs(diff) < _ORBIT_TOL).all(axis=-1).any(axis=0))
+        if (orbit_of[members] >= 0).any() or (cell.types[members] != cell.types[i]).any():
+            raise EncodeError("symmetry_failed", f"orbits of group {group} overlap in the standard cell")
+        orbit_of[members] = len(out)
+        out.append((_identify_letter(group, positions[members]), int(cell.types[i]), members))
     return out
+
+
+@functools.cache
+def _point_group(group: int) -> np.ndarray:
+    """The distinct rotation parts of the group's operations in its standard setting."""
+    rotations = np.rint(position_ops(group)[-1].ops[:, :, :3]).astype(int)
+    return np.unique(rotations, axis=0).astype(float)
+
+
+def _refine(cell: _StandardCell, matrix, frac, numbers, orbits, symprec: float, exact: bool):
+    """Exactly symmetric metric and positions of the standard cell, from the input itself.
+
+    The metric is averaged over the point group; each orbit's representative is the mean of
+    every image of the input's atoms that lands on it (within a few symprec), which lies on
+    its Wyckoff locus exactly, and the other points of the orbit are its images. The result
+    depends on the input and the chosen cell only, not on how the symmetry finder refines,
+    so moyopy and spglib give the same values when they find the same group. An ``exact``
+    input (the cell encode rebuilt itself) needs no averaging: the finder's cell is it.
+    """
+    group = cell.group
+    general = position_ops(group)[-1].ops
+    rotations, translations = general[:, :, :3], general[:, :, 3]
+    basis = np.linalg.inv(cell.rotation).T @ matrix  # rows: the standard cell's vectors
+    metric = basis @ basis.T
+    if exact:
+        return metric, cell.positions
+    point_group = _point_group(group)
+    metric = np.einsum("rji,jk,rkl->il", point_group, metric, point_group) / len(point_group)
+    inside = frac @ cell.rotation.T + cell.shift
+    images_of_input = np.einsum("mij,nj->mni", rotations, inside) + translations[:, None, :]
+    positions = cell.positions.copy()
+    limit = (4.0 * symprec) ** 2
+    for _, z, members in orbits:
+        anchor = cell.positions[members[0]]
+        delta = images_of_input[:, numbers == z] - anchor
+        delta -= np.rint(delta)
+        near = np.einsum("mni,ij,mnj->mn", delta, metric, delta) < limit
+        if not near.any():
+            raise EncodeError("symmetry_failed", "no input atom lies near an orbit of the standard cell")
+        centre = anchor + delta[near].mean(axis=0)
+        images = rotations @ centre + translations
+        offset = positions[members][None, :, :] - images[:, None, :]
+        offset -= np.rint(offset)
+        nearest = np.einsum("mki,mki->mk", offset, offset).argmin(axis=0)
+        positions[members] -= offset[nearest, np.arange(len(members))]
+    return metric, np.mod(positions, 1.0)
 
 
 _TOL = 1e-7  # values closer than this compare equal (the inputs of the last pass are exact)
@@ -221,12 +347,12 @@ def _reader(
 def _free_values(group: int, letter_index: int, points: np.ndarray) -> list[float]:
     """Smallest free-value tuple among orbit points on the representative expression."""
     rotation_t, translation, rows, signs, read_translation = _reader(group, letter_index)
+    if not len(rows):
+        return []  # a fixed position: its letter was identified from these points already
     diff = points @ rotation_t + translation - points
     fit = np.abs(diff - np.rint(diff)).max(axis=1) < 1e-4
     if not fit.any():
         raise EncodeError("symmetry_failed", "no atom of the orbit lies on its representative expression")
-    if not len(rows):
-        return []
     values = np.mod(signs * (points[fit][:, rows] - read_translation), 1.0)
     values[values > 1.0 - _SNAP] = 0.0
     rows_as_lists = values.tolist()
@@ -238,26 +364,52 @@ def _free_values(group: int, letter_index: int, points: np.ndarray) -> list[floa
 
 
 def describe(
-    structure, *, symprec: float = 0.01, angle_tolerance: float = 5.0, max_sites: int = 15
+    structure,
+    *,
+    symprec: float = 0.01,
+    angle_tolerance: float = 5.0,
+    max_sites: int = 15,
+    symmetry: str = DEFAULT_SYMMETRY,
 ) -> Description:
     """The canonical description of an ordered periodic structure (raises ``EncodeError``).
 
-    Symmetrising can reveal more symmetry than spglib found in the raw input (a free value
+    Symmetrising can reveal more symmetry than the finder saw in the raw input (a free value
     within tolerance of a special one), so the description is rebuilt into an exact cell and
     described again until it no longer changes: then decode followed by encode reproduces it.
+    ``symmetry`` names the finder (``"moyopy"`` or ``"spglib"``); ``angle_tolerance``
+    (degrees) applies to spglib only.
     """
     matrix, frac, numbers = _arrays(structure)
-    options = (symprec, angle_tolerance, max_sites)
-    # Always at least one pass on the rebuilt primitive cell: spglib can find a higher group
-    # for the same exactly symmetric crystal in another cell (seen in flla, mp-560374), so a
-    # skip for inputs that are already symmetric would break decode -> encode.
-    description = _describe_cell(matrix, frac, numbers, *options)
+    options = (symprec, angle_tolerance, symmetry)
+    description = _describe_cell(
+        _standard_cell(matrix, frac, numbers, *options), matrix, frac, numbers, symprec, max_sites
+    )
+    # Always one more symmetry search, on the exactly symmetric cell that the description
+    # spells: it can show a higher group (mp-18965: 164 -> 194), and a finder can find a
+    # higher group for the same exact crystal in another cell (mp-560374). When it finds the
+    # same group and cell content, describing it again gives this description (the values
+    # were refined exactly, the normaliser's alternatives do not depend on the finder's cell),
+    # so the second description is only built when something changed. Not so for triclinic
+    # and monoclinic cells, whose equally reduced cells are searched near the finder's cell:
+    # on special metrics (a = c, beta = 120) two starting cells can reach different sets.
     for _ in range(_MAX_PASSES):
-        again = _describe_cell(*primitive_cell(description), *options)
+        rebuilt = primitive_cell(description)
+        cell = _standard_cell(*rebuilt, *options)
+        if (
+            cell.group == description.group
+            and crystal_system(cell.group) not in ("triclinic", "monoclinic")
+            and _cell_counts(cell) == description.counts()
+        ):
+            return description
+        again = _describe_cell(cell, *rebuilt, symprec, max_sites, exact=True)
         if _same_description(description, again):
             return again
         description = again
     raise EncodeError("symmetry_failed", "symmetrisation does not settle on one description")
+
+
+def _cell_counts(cell: _StandardCell) -> dict[int, int]:
+    return dict(Counter(cell.types.tolist()))
 
 
 _MAX_PASSES = 4
@@ -279,12 +431,11 @@ def _same_description(a: Description, b: Description, tol: float = 1e-6) -> bool
 
 
 def _describe_cell(
-    matrix, frac, numbers, symprec: float, angle_tolerance: float, max_sites: int
+    cell: _StandardCell, matrix, frac, numbers, symprec: float, max_sites: int, exact: bool = False
 ) -> Description:
-    """One pass: spglib, orbits, canonical choice."""
-    ds = _dataset(matrix, frac, numbers, symprec, angle_tolerance)
-    group = int(ds.number)
-    orbits = _orbits(ds, group)
+    """One description: orbits of the finder's cell, refined values, canonical choice."""
+    group = cell.group
+    orbits = _orbits(cell)
     if len(orbits) > max_sites:
         raise EncodeError("too_many_sites", f"{len(orbits)} Wyckoff sites > {max_sites}")
     table = wyckoff_table()[group]
@@ -295,11 +446,13 @@ def _describe_cell(
         raise EncodeError("too_many_sites", f"{len(counts)} elements > {MAX_ARITY}")
     if max(counts.values()) > MAX_COUNT:
         raise EncodeError("too_many_sites", f"an element count {max(counts.values())} > {MAX_COUNT}")
-    std_lattice = np.asarray(ds.std_lattice, dtype=float)
-    positions = np.mod(np.asarray(ds.std_positions, dtype=float), 1.0)
-    frames = [(std_lattice @ std_lattice.T, positions, orbits)]
-    if crystal_system(group) == "monoclinic":
-        frames = _monoclinic_frames(group, std_lattice, positions, orbits)
+    metric, positions = _refine(cell, matrix, frac, numbers, orbits, symprec, exact)
+    frames = [(metric, positions, orbits)]
+    system = crystal_system(group)
+    if system == "monoclinic":
+        frames = _monoclinic_frames(group, metric, positions, orbits)
+    elif system == "triclinic":
+        frames = _triclinic_frames(group, metric, positions, orbits)
     return _canonical(group, frames)
 
 
@@ -339,13 +492,18 @@ def conventional_cell(description: Description) -> tuple[np.ndarray, np.ndarray,
     return lattice_matrix(description.group, description.lattice), np.concatenate(coords), np.asarray(numbers)
 
 
+@functools.cache
+def _to_primitive_inverse(group: int) -> np.ndarray:
+    return np.linalg.inv(group_setting(group).to_primitive)
+
+
 def primitive_cell(description: Description) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The described crystal in a primitive cell (fewer atoms for spglib to search)."""
     matrix, frac, numbers = conventional_cell(description)
     to_primitive = group_setting(description.group).to_primitive
     if to_primitive is None:
         return matrix, frac, numbers
-    prim_frac = np.mod(frac @ np.linalg.inv(to_primitive), 1.0)
+    prim_frac = np.mod(frac @ _to_primitive_inverse(description.group), 1.0)
     # Atoms related by a centring translation land on one primitive point: keep the first.
     diff = prim_frac[:, None, :] - prim_frac[None, :, :]
     diff -= np.rint(diff)
@@ -355,41 +513,98 @@ def primitive_cell(description: Description) -> tuple[np.ndarray, np.ndarray, np
     return to_primitive @ matrix, prim_frac[keep], numbers[keep]
 
 
+@functools.cache
+def _positions_of_multiplicity(group: int, multiplicity: int) -> tuple[tuple[int, np.ndarray], ...]:
+    return tuple(
+        (position.index, ops.ops[0])
+        for position, ops in zip(wyckoff_table()[group], position_ops(group), strict=True)
+        if position.multiplicity == multiplicity
+    )
+
+
 def _identify_letter(group: int, points: np.ndarray) -> int:
     """Index of the Wyckoff position an orbit (its points in the conventional cell) sits on."""
-    for position, ops in zip(wyckoff_table()[group], position_ops(group), strict=True):
-        if position.multiplicity == len(points) and on_locus(ops.ops[0], points).any():
-            return position.index
+    candidates = _positions_of_multiplicity(group, len(points))
+    if len(candidates) == 1:
+        return candidates[0][0]  # an orbit lies on exactly one position: the only one that size
+    for index, representative in candidates:
+        if on_locus(representative, points).any():
+            return index
     raise EncodeError("symmetry_failed", f"orbit of {len(points)} atoms fits no Wyckoff position of {group}")
 
 
-def _monoclinic_frames(group: int, std_lattice: np.ndarray, positions: np.ndarray, orbits):
+_REDUCED_TOL = 1e-5  # relative: cells this close to the most reduced one count as equally reduced
+
+
+def _near_min(values: np.ndarray, scale: float) -> np.ndarray:
+    """Which values are within the tolerance of the smallest (``scale`` sets the unit)."""
+    return values <= values.min() + _REDUCED_TOL * scale
+
+
+def _reframe(group: int, metric: np.ndarray, positions: np.ndarray, orbits, rows: np.ndarray):
+    """The crystal in the cell whose vectors are ``rows`` (in the current cell's coordinates)."""
+    moved = np.mod(positions @ np.linalg.inv(rows), 1.0)
+    new_orbits = [(_identify_letter(group, moved[idx]), z, idx) for _, z, idx in orbits]
+    return rows @ metric @ rows.T, moved, new_orbits
+
+
+def _monoclinic_frames(group: int, metric: np.ndarray, positions: np.ndarray, orbits):
     """The standard-setting cells of a monoclinic crystal that are most reduced.
 
     A monoclinic group keeps its standard symbol under many changes of the a, c axes (cell
-    choices), and spglib's pick among nearly equivalent ones depends on the input cell. We
-    take, among the changes of basis that keep the group's operations, the cells with the
-    smallest a^2 + c^2, then beta closest to 90 (obtuse preferred); ties go on to the
-    canonical comparison.
+    choices), and a finder's pick among nearly equivalent ones depends on the input cell.
+    Rule: among the changes of basis that keep the group's operations, keep the cells whose
+    a^2 + c^2 is smallest, then those with beta closest to 90, then the obtuse ones, then
+    those with the shortest a, each "within 1e-5 relative"; the canonical comparison picks
+    among what remains. Tolerances instead of exact ties, so float noise in the input cannot
+    drop an equally good cell.
     """
-    frames = []
-    keys = []
-    for basis_change in monoclinic_cell_changes(group):
-        lattice = basis_change.T @ std_lattice
-        metric = lattice @ lattice.T
-        a2, c2 = metric[0, 0], metric[2, 2]
-        cos_beta = metric[0, 2] / math.sqrt(a2 * c2)
-        keys.append((round((a2 + c2) * 1e6), round(abs(cos_beta) * 1e9), cos_beta > 1e-9, round(a2 * 1e6)))
-        frames.append((basis_change, metric))
-    best = min(keys)
-    out = []
-    for key, (basis_change, metric) in zip(keys, frames, strict=True):
-        if key != best:
-            continue
-        moved = np.mod(positions @ np.linalg.inv(basis_change).T, 1.0)
-        new_orbits = [(_identify_letter(group, moved[idx]), z, idx) for _, z, idx in orbits]
-        out.append((metric, moved, new_orbits))
-    return out
+    changes = np.array(monoclinic_cell_changes(group))  # columns: new vectors in old coordinates
+    rows = np.transpose(changes, (0, 2, 1))
+    metrics = np.einsum("kij,jl,kml->kim", rows, metric, rows)
+    a2, c2 = metrics[:, 0, 0], metrics[:, 2, 2]
+    cos_beta = metrics[:, 0, 2] / np.sqrt(a2 * c2)
+    keep = _near_min(a2 + c2, a2[0] + c2[0])
+    keep &= _near_min(np.where(keep, np.abs(cos_beta), np.inf), 1.0)
+    if (keep & (cos_beta <= _REDUCED_TOL)).any():
+        keep &= cos_beta <= _REDUCED_TOL
+    keep &= _near_min(np.where(keep, a2, np.inf), a2[keep].min())
+    return [_reframe(group, metric, positions, orbits, rows[k]) for k in np.flatnonzero(keep)]
+
+
+@functools.cache
+def _short_vectors() -> tuple[np.ndarray, np.ndarray]:
+    """The 26 lattice vectors with coefficients in -1..1, and every right-handed basis of three
+    of them (index triples)."""
+    vectors = np.array([v for v in itertools.product((-1, 0, 1), repeat=3) if any(v)], dtype=float)
+    triples = np.array(list(itertools.product(range(len(vectors)), repeat=3)))
+    dets = np.linalg.det(vectors[triples])
+    return vectors, triples[np.abs(dets - 1.0) < 1e-6]
+
+
+def _triclinic_frames(group: int, metric: np.ndarray, positions: np.ndarray, orbits):
+    """The reduced cells of a triclinic crystal, in the order-independent sense of Niggli.
+
+    Every right-handed basis of short vectors (coefficients -1..1 of the finder's reduced
+    cell) is a candidate; kept are those with the smallest a^2 + b^2 + c^2, with
+    a <= b <= c and with Niggli's sign rule (the dot products b.c, a.c, a.b all positive or
+    all non-positive), each within 1e-5 relative. Several cells survive only when the lattice
+    is (nearly) special; the canonical comparison picks among them, so two equally reduced
+    cells can no longer give two sequences.
+    """
+    vectors, triples = _short_vectors()
+    lengths = np.einsum("vi,ij,vj->v", vectors, metric, vectors)
+    sums = lengths[triples].sum(axis=1)
+    scale = sums.min()
+    candidates = triples[_near_min(sums, scale)]
+    rows = vectors[candidates]  # (k, 3, 3): rows are the new vectors
+    metrics = np.einsum("kij,jl,kml->kim", rows, metric, rows)
+    a2, b2, c2 = metrics[:, 0, 0], metrics[:, 1, 1], metrics[:, 2, 2]
+    dots = np.stack([metrics[:, 1, 2], metrics[:, 0, 2], metrics[:, 0, 1]], axis=1)
+    tol = _REDUCED_TOL * scale
+    keep = (a2 <= b2 + tol) & (b2 <= c2 + tol)
+    keep &= (dots > -tol).all(axis=1) | (dots <= tol).all(axis=1)
+    return [_reframe(group, metric, positions, orbits, rows[k]) for k in np.flatnonzero(keep)]
 
 
 @functools.cache
@@ -531,6 +746,7 @@ def encode(
     symprec: float = 0.01,
     angle_tolerance: float = 5.0,
     max_sites: int = 15,
+    symmetry: str = DEFAULT_SYMMETRY,
 ) -> TokenSequence:
     """The canonical token sequence of a structure; ``EncodeError`` names why not.
 
@@ -538,5 +754,7 @@ def encode(
     EHULL_HIGH; absent or NaN gives no property token. ``augment_rng`` (numpy Generator)
     permutes element and site order for training; without it the sequence is canonical.
     """
-    description = describe(structure, symprec=symprec, angle_tolerance=angle_tolerance, max_sites=max_sites)
+    description = describe(
+        structure, symprec=symprec, angle_tolerance=angle_tolerance, max_sites=max_sites, symmetry=symmetry
+    )
     return to_sequence(description, properties, augment_rng=augment_rng)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from matra_hpc.errors import UsageError
 
-__all__ = ["ParseFailure", "iter_structures", "structure_from_text"]
+__all__ = ["ParseFailure", "cif_blocks", "iter_structures", "read_cif_block", "structure_from_text",
+           "structure_problem"]
 
 _CIF = {".cif"}
 _POSCAR_SUFFIX = {".vasp", ".poscar"}
@@ -63,18 +64,57 @@ def structure_from_text(text: str):
     return Structure.from_str(stripped, fmt="cif")
 
 
+def cif_blocks(text: str) -> list[str]:
+    """The ``data_`` blocks of a CIF, each as its own CIF text (a file without one is one block)."""
+    blocks: list[list[str]] = []
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().lower().startswith("data_") or not blocks:
+            blocks.append([])
+        blocks[-1].append(line)
+    return ["".join(b) for b in blocks if any(x.lstrip().lower().startswith("data_") for x in b)] or [text]
+
+
+def read_cif_block(block: str) -> object:
+    """The structure of one CIF block (``cif_blocks``), or a ParseFailure saying why not."""
+    from pymatgen.io.cif import CifParser
+
+    try:
+        structures = CifParser.from_str(block).parse_structures(primitive=False)
+    except Exception as exc:  # pymatgen raises ValueError and friends on malformed blocks
+        return ParseFailure(f"{type(exc).__name__}: {exc}".splitlines()[0])
+    return structures[0] if structures else ParseFailure("no structure in CIF block")
+
+
+def structure_problem(structure: object) -> str | None:
+    """The rejection reason of a structure a reader returned, or None: the checks every reader makes.
+
+    ``not_periodic`` (a molecule, or a cell without volume), ``nan_or_inf`` (non-finite cell or
+    coordinates), ``disordered`` (partial occupancies).
+    """
+    import numpy as np
+    from pymatgen.core import Structure
+
+    if not isinstance(structure, Structure):
+        return "not_periodic"
+    lattice = np.asarray(structure.lattice.matrix, dtype=float)
+    coords = np.asarray(structure.frac_coords, dtype=float)
+    if not (np.isfinite(lattice).all() and np.isfinite(coords).all()):
+        return "nan_or_inf"
+    if abs(np.linalg.det(lattice)) < 1e-9:
+        return "not_periodic"
+    if not structure.is_ordered:
+        return "disordered"
+    return None
+
+
 def _read_file(path: Path, kind: str) -> Iterator[tuple[str, object]]:
     from pymatgen.core import Structure
 
     try:
         if kind == "cif":
-            from pymatgen.io.cif import CifParser
-
-            structures = CifParser(str(path)).parse_structures(primitive=False)
-            for i, s in enumerate(structures):
-                yield (f"{path}" if len(structures) == 1 else f"{path}#{i}"), s
-            if not structures:
-                yield str(path), ParseFailure("no structure in CIF")
+            blocks = cif_blocks(path.read_text(errors="replace"))
+            for i, block in enumerate(blocks):
+                yield (f"{path}" if len(blocks) == 1 else f"{path}#{i}"), read_cif_block(block)
         elif kind == "poscar":
             yield str(path), Structure.from_file(str(path))
         elif kind == "xyz":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Iterable
 
 from matra_hpc.tokens.wyckoff import WyckoffPosition, n_wyckoff_tokens, wyckoff_table
 
@@ -121,6 +122,14 @@ class Vocab:
 
     def spacegroup_of(self, t: int) -> int:
         return self._offset(t, self.spacegroup_range, "a space group") + 1
+
+    def spacegroup_in(self, tokens: Iterable[int]) -> int:
+        """The space group of a token sequence (its first space-group token); 0 when it has none."""
+        start, stop = self.spacegroup_range
+        for t in tokens:
+            if start <= t < stop:
+                return int(t) - start + 1
+        return 0
 
     def wyckoff_of(self, group: int, t: int) -> WyckoffPosition | None:
         """The position of ``group`` that token ``t`` stands for, or None if it has none."""

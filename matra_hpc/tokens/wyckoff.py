@@ -327,12 +327,59 @@ def _hall_numbers() -> tuple[int, ...]:
     return tuple(first[g] for g in range(1, 231))
 
 
+def _op_keys(ops: np.ndarray) -> list[tuple[int, ...]]:
+    """Hashable keys of affine operations (k, 3, 4), translations taken modulo 1."""
+    rotations = np.rint(ops[:, :, :3]).reshape(len(ops), 9)
+    shifts = np.mod(ops[:, :, 3] * 96, 96)
+    if not np.allclose(shifts, np.rint(shifts), atol=1e-6):
+        raise AssertionError("normaliser translations are not multiples of 1/96")
+    shifts = np.rint(shifts) % 96
+    return [tuple(row) for row in np.concatenate([rotations, shifts], axis=1).astype(int).tolist()]
+
+
+def _compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """All products a[i] after b[j] of affine operations, as (len(a) * len(b), 3, 4)."""
+    rotations = np.einsum("aij,bjk->abik", a[:, :, :3], b[:, :, :3])
+    shifts = np.einsum("aij,bj->abi", a[:, :, :3], b[:, :, 3]) + a[:, None, :, 3]
+    return np.concatenate([rotations, shifts[..., None]], axis=-1).reshape(-1, 3, 4)
+
+
+def _coset_keys(ops: np.ndarray, general: np.ndarray) -> list[tuple[int, ...]]:
+    """A key per operation that is equal exactly for operations of one coset ``op G``."""
+    keys = _op_keys(_compose(ops, general))
+    return [min(keys[i * len(general) : (i + 1) * len(general)]) for i in range(len(ops))]
+
+
+def _coset_representatives(group: int, listed: np.ndarray) -> np.ndarray:
+    """One operation per coset of the group in the normaliser that ``listed`` generates.
+
+    pyxtal's list is not always complete (groups 44, 45 and 80 list half of the cosets, 19
+    lists two twice): encode would then reach different alternatives from different starting
+    cells. Closing the list under composition (the group is normal in its normaliser, so
+    cosets compose) makes the alternatives a property of the crystal. pyxtal's
+    representatives keep their order, identity first."""
+    general = position_ops(group)[-1].ops
+    representatives, seen = [], set()
+    frontier = listed
+    while len(frontier):
+        fresh = []
+        for op, key in zip(frontier, _coset_keys(frontier, general), strict=True):
+            if key not in seen:
+                seen.add(key)
+                fresh.append(op)
+        representatives += fresh
+        frontier = _compose(np.array(fresh), listed) if fresh else fresh
+    return np.array(representatives)
+
+
 @functools.cache
 def group_setting(group: int) -> GroupSetting:
     """Hall number, normaliser cosets and polar axes of a group in pyxtal's setting (cached)."""
     _check_group(group)
     alternatives = _wyckoff_sets()[str(group)]
-    normalizer = np.array([_parse_xyz(rep) for rep in alternatives["Coset Representative"]])
+    normalizer = _coset_representatives(
+        group, np.array([_parse_xyz(rep) for rep in alternatives["Coset Representative"]])
+    )
     letter_maps = tuple(_letter_map(group, op) for op in normalizer)
     general = position_ops(group)[-1].ops
     rotations = general[:, :, :3]

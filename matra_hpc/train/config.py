@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from matra_hpc.errors import UsageError
+from matra_hpc.util import absolute_path
 
 
 @dataclass
@@ -66,6 +67,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        # absolute: a job may start in another working directory than the submitting shell
+        self.data, self.out = absolute_path(self.data), absolute_path(self.out)
+
+    def validate(self) -> None:
+        """Bad settings are a UsageError (``run_train`` and ``submit``; the store is checked on opening)."""
         if self.global_batch < 1 or self.epochs < 1:
             raise UsageError("global_batch and epochs must be positive")
         if self.precision not in ("auto", "bf16", "fp32"):

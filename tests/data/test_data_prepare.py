@@ -18,7 +18,8 @@ from data_inputs import flla_rows, write_alexandria, write_mp
 from matra_hpc.cli import main
 from matra_hpc.context import local_context
 from matra_hpc.data import store as st
-from matra_hpc.data.prepare import DataPrepareConfig, run_data_prepare
+from matra_hpc.data.config import DataPrepareConfig
+from matra_hpc.data.stage import run_data_prepare
 from matra_hpc.errors import UsageError
 from matra_hpc.tokens import load_vocab
 
@@ -183,6 +184,11 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys) -> None:
     (tmp_path / "mp" / "2025-02-01-mp-energies.csv.gz").write_bytes(b"cut short")
     assert main(["data", "prepare", f"mp={tmp_path / 'mp'}", "--out", str(tmp_path / "y")]) == 2
     assert "summary table" in capsys.readouterr().err
+    # submit validates the same config before anything is submitted: no run directory appears
+    run_dir = tmp_path / "run"
+    assert main(["submit", "data-prepare", f"mp={tmp_path / 'mp'}", "--out", str(tmp_path / "z"),
+                 "--run-dir", str(run_dir)]) == 2
+    assert "summary table" in capsys.readouterr().err and not run_dir.exists()
 
 
 @pytest.mark.slow

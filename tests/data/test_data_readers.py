@@ -10,7 +10,7 @@ import pytest
 from data_inputs import write_alexandria, write_mp, write_wbm
 
 from matra_hpc.data import jsonstream
-from matra_hpc.data.readers import iter_items, load_item, parse_source
+from matra_hpc.data.readers import iter_work_items, load_item, parse_source
 from matra_hpc.errors import UsageError
 
 RECORDS = [{"a": [1, 2, {"b": 'x]"}{'}], "s": "q\\\\", "n": i, "u": "é"} for i in range(30)]
@@ -54,7 +54,7 @@ def test_mp_reader_counts_corrupt_and_nan_records(tmp_path, flla40) -> None:
     write_mp(tmp_path / "mp", rows, corrupt_index=3, nan_index=5)
     spec = parse_source(f"mp={tmp_path / 'mp'}")
     assert spec.summary is not None and spec.summary.endswith("mp-energies.csv.gz")
-    loaded = [load_item(item, spec.summary) for item in iter_items(spec)]
+    loaded = [load_item(item, spec.summary) for item in iter_work_items(spec)]
     assert len(loaded) == 12
     assert [x.id for x in loaded] == [f"mp:{r.material_id}" for r in rows]
     assert loaded[3].reason == "parse_error" and loaded[3].structure is None
@@ -72,7 +72,7 @@ def test_cut_compressed_file_is_counted_not_raised(tmp_path, flla40) -> None:
     cut = tmp_path / "alex" / "alexandria_000.json.bz2"
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # an interrupted copy
     spec = parse_source(f"alexandria={tmp_path / 'alex'}")
-    loaded = [load_item(i) for i in iter_items(spec)]
+    loaded = [load_item(i) for i in iter_work_items(spec)]
     bad = [x for x in loaded if x.reason]
     assert len(bad) == 1 and bad[0].reason == "parse_error" and "alexandria_000.json.bz2#unreadable" in bad[0].id
     assert sum(x.reason is None for x in loaded) >= 10  # the second file is read in full
@@ -83,14 +83,14 @@ def test_alexandria_and_wbm_readers(tmp_path, flla40) -> None:
     write_alexandria(tmp_path / "alex", rows, per_file=10)
     spec = parse_source(f"alexandria={tmp_path / 'alex'}")
     assert len(spec.paths) == 3  # 10 + 10 + 5 entries
-    loaded = [load_item(i) for i in iter_items(spec)]
+    loaded = [load_item(i) for i in iter_work_items(spec)]
     assert [x.id for x in loaded][:1] == ["alex:agm" + rows[0].material_id.split("-")[1].zfill(9)]
     assert all(x.reason is None for x in loaded)
     assert [x.e_above_hull for x in loaded] == pytest.approx([r.properties["e_above_hull"] for r in rows])
 
     write_wbm(tmp_path / "wbm", rows[:6])
     spec = parse_source(f"wbm={tmp_path / 'wbm'}")
-    loaded = [load_item(i, spec.summary) for i in iter_items(spec)]
+    loaded = [load_item(i, spec.summary) for i in iter_work_items(spec)]
     assert [x.id for x in loaded] == [f"wbm:wbm-1-{i + 1}" for i in range(6)]
     assert loaded[2].e_form == pytest.approx(rows[2].properties["e_form"])
 
@@ -115,10 +115,19 @@ def test_folder_reader_counts_bad_files(tmp_path, flla40) -> None:
     molecule = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], pbc=False)
     ase.io.write(folder / "frames.extxyz", [periodic, molecule], format="extxyz")
     (folder / "properties.csv").write_text("id,e_above_hull,e_form\ngood,0.01,-1.5\n")
+    # two data_ blocks in one file: both are read (the same reader as `tokens encode`)
+    (folder / "pair.cif").write_text(str(CifWriter(s1)) + "\n" + str(CifWriter(s0)))
 
     spec = parse_source(f"folder={folder}")
-    loaded = {x.id: x for x in (load_item(i, spec.summary) for i in iter_items(spec))}
-    assert set(loaded) == {"mine:good", "mine:POSCAR", "mine:broken", "mine:alloy", "mine:si-x", "mine:frames-1"}
+    loaded = {x.id: x for x in (load_item(i, spec.summary) for i in iter_work_items(spec))}
+    assert set(loaded) == {"mine:good", "mine:POSCAR", "mine:broken", "mine:alloy", "mine:si-x", "mine:frames-1",
+                           "mine:pair#0", "mine:pair#1"}
+    assert loaded["mine:pair#0"].structure.composition == s1.composition
+    assert loaded["mine:pair#1"].structure.composition == s0.composition
+    from matra_hpc.tokens.structure_io import iter_structures
+
+    assert [name for name, _ in iter_structures([str(folder / "pair.cif")])] == [
+        f"{folder / 'pair.cif'}#0", f"{folder / 'pair.cif'}#1"]
     assert loaded["mine:broken"].reason == "parse_error"
     assert loaded["mine:alloy"].reason == "disordered"
     assert loaded["mine:frames-1"].reason == "not_periodic"

@@ -11,8 +11,9 @@ import pytest
 import zarr
 
 from matra_hpc.data import store as st
-from matra_hpc.data.prepare import DataPrepareConfig, init_store, split_of
+from matra_hpc.data.config import DataPrepareConfig
 from matra_hpc.data.readers import parse_source
+from matra_hpc.data.stage import init_store, split_of
 from matra_hpc.errors import StoreError
 from matra_hpc.util import write_json_atomic
 

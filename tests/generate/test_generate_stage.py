@@ -62,7 +62,7 @@ def test_store_follows_the_contract(reference_store: Path, checkpoint: Path) -> 
             assert view.n_sites_conventional[r] == view.site_offsets[r + 1] - view.site_offsets[r] > 0
             assert bool(view.spacegroup_ok[r]) == (view.found_spacegroup[r] == view.sampled_spacegroup[r])
             if view.prototype_hash[r]:
-                assert view.prototype_hash[r].startswith("v1:")
+                assert view.prototype_hash[r].startswith("v2:")
         assert not view.dup_train.any()  # no training store given
     manifest = gstore.read_manifest(reference_store, 0.7, 1)
     assert manifest["rows"] == 3 and manifest["seed"] > 0 and manifest["run_id"] == "ref"

@@ -42,7 +42,8 @@ def known_crystals() -> dict[str, Structure]:
 
 @pytest.fixture(scope="module")
 def token_store(tmp_path_factory) -> str:
-    from matra_hpc.data.prepare import DataPrepareConfig, run_data_prepare
+    from matra_hpc.data.config import DataPrepareConfig
+    from matra_hpc.data.stage import run_data_prepare
 
     base = tmp_path_factory.mktemp("known")
     folder = base / "cifs"

@@ -66,9 +66,10 @@ def test_roundtrip_csv_and_files(inputs, capsys):
     ]
     assert all(f["failed"].startswith(str(inputs / "flla.csv") + ":mp-") for f in failed if f not in broken)
 
-    assert main(["tokens", "roundtrip", str(inputs / "files")]) == 0
-    summary = _last_json(capsys)
-    assert summary["n"] == 4 and summary["rate"] == 1.0
+    for symmetry in ("moyopy", "spglib"):
+        assert main(["tokens", "roundtrip", str(inputs / "files"), "--symmetry", symmetry]) == 0
+        summary = _last_json(capsys)
+        assert summary["n"] == 4 and summary["rate"] == 1.0, symmetry
 
 
 def test_encode_then_decode_writes_cifs(inputs, tmp_path, capsys):
@@ -80,7 +81,7 @@ def test_encode_then_decode_writes_cifs(inputs, tmp_path, capsys):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert summary["encoded"] == len(lines) and summary["n"] == 13
     assert all(
-        line["prototype_hash"].startswith("v1:") and len(line["tokens"]) == len(line["values"])
+        line["prototype_hash"].startswith("v2:") and len(line["tokens"]) == len(line["values"])
         for line in lines
     )
     cifs = tmp_path / "cifs"

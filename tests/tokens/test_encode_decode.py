@@ -164,7 +164,7 @@ def test_prototype_hash_ignores_values_and_properties():
     h1 = prototype_hash(encode(rocksalt(5.64), {"e_above_hull": 0.0}))
     h2 = prototype_hash(encode(rocksalt(6.1), {"e_above_hull": 0.3}))
     h3 = prototype_hash(encode(rocksalt(5.64, "K", "Cl")))
-    assert h1 == h2 and h1 != h3 and h1.startswith("v1:")
+    assert h1 == h2 and h1 != h3 and h1.startswith("v2:")
     assert prototype_text(encode(rocksalt())) == "Na4.Cl4|225|a:Na.b:Cl"
 
 

@@ -63,7 +63,7 @@ def test_flla_every_encodable_structure_round_trips():
 
 @pytest.mark.parametrize("which", ["aflow", "minerals"])
 def test_reference_sets_round_trip(which):
-    from matra_hpc.tokens.reference import iter_aflow_prototypes, iter_minerals
+    from reference_sets import iter_aflow_prototypes, iter_minerals
 
     items = list(iter_aflow_prototypes() if which == "aflow" else iter_minerals())
     results = [(label, check_roundtrip(s)) for label, s in items]

@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 
 from matra_hpc.tokens import load_vocab
+from matra_hpc.tokens.format import TOKEN_FORMAT
 
 
 def random_sequences(n: int, seed: int = 0) -> list[tuple[list[int], list[float]]]:
@@ -90,6 +91,7 @@ def write_store(path: Path, seqs: list[tuple[list[int], list[float]]], val_every
         "config": {},
         "vocab": json.loads(json.dumps(vocab.to_json())),
         "vocab_hash": vocab_hash or vocab.hash,
+        "token_format": TOKEN_FORMAT,
         "sources": [],
         "energy": {},
         "n_rows": n,

@@ -1,4 +1,4 @@
-"""Reference crystal sets bundled with installed dependencies, for round-trip checks.
+"""Reference crystal sets bundled with installed dependencies, for the round-trip tests.
 
 - ``iter_aflow_prototypes``: pymatgen's 288 AFLOW prototype structures
   (pymatgen/analysis/prototypes/aflow_prototypes.json.gz).

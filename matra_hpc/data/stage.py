@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +35,18 @@ import numpy as np
 from matra_hpc import __version__
 from matra_hpc.context import RunContext
 from matra_hpc.data import store as st
+from matra_hpc.data.config import DataPrepareConfig, held_out_elements
 from matra_hpc.data.readers import (
     ENERGY_PROVENANCE,
     SourceSpec,
     WorkItem,
     iter_unit_items,
     load_item,
-    load_summary,
     parse_source,
     read_units,
 )
-from matra_hpc.errors import MatraError, StoreError, UsageError
+from matra_hpc.errors import MatraError, StoreError
+from matra_hpc.tokens.format import TOKEN_FORMAT, TokenFormatError
 from matra_hpc.util import file_sha256, git_revision, hold_point, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -57,66 +58,6 @@ FILTER_REASONS = ("above_max_ehull", "held_out_system")
 # Settings that change the content of the store: a resumed run must use the same ones.
 _CONTENT_KEYS = ("sources", "limit", "max_wyckoff", "max_ehull", "ehull_filter_kinds", "val_frac", "seed",
                  "shard_size", "symprec", "angle_tolerance")
-
-
-@dataclass
-class DataPrepareConfig:
-    """Configuration of ``matra-hpc data prepare`` (and ``submit data-prepare``)."""
-
-    sources: list[str] = field(default_factory=list)
-    """``KIND[:NAME]=PATH`` or ``flla`` (see matra_hpc.data.readers)."""
-    out: str = "tokens.zarr"
-    max_wyckoff: int = 15
-    """Structures with more Wyckoff sites are rejected (``too_many_sites``)."""
-    max_ehull: float = 0.25
-    """eV/atom; entries of the kinds in ``ehull_filter_kinds`` above it are dropped (paper: Alexandria)."""
-    ehull_filter_kinds: list[str] = field(default_factory=lambda: ["alexandria"])
-    val_frac: float = 0.1
-    seed: int = 0
-    """Salts the prototype-hash split; the same seed always gives the same split."""
-    workers: int = 1
-    """Processes per rank (a local process pool when > 1)."""
-    shard_size: int = 1000
-    symprec: float = 0.01
-    angle_tolerance: float = 5.0
-    limit: int | None = None
-    """Read only the first N records of each source (smoke runs, benchmarks)."""
-    overwrite: bool = False
-    """Delete an existing store at ``out`` that was made with other settings, instead of refusing."""
-    hold_out_system: str | None = None
-    """Chemical system ``A-B-C``: every structure whose element set is exactly {A, B, C} is kept out
-    of the store (reason ``held_out_system``) and recorded in its attrs ``held_out`` with its
-    structure, so ``eval recovery`` can count what conditioned generation finds again."""
-
-    def validate(self) -> None:
-        if not self.sources:
-            raise UsageError("data prepare: give at least one source (e.g. mp=DIR, alexandria=DIR, flla)")
-        if not 0.0 <= self.val_frac < 1.0:
-            raise UsageError(f"--val-frac must be in [0, 1), got {self.val_frac}")
-        if self.max_wyckoff < 1:
-            raise UsageError(f"--max-wyckoff must be >= 1, got {self.max_wyckoff}")
-        if self.workers < 1:
-            raise UsageError(f"--workers must be >= 1, got {self.workers}")
-        if self.shard_size < 1:
-            raise UsageError(f"--shard-size must be >= 1, got {self.shard_size}")
-        if self.limit is not None and self.limit < 1:
-            raise UsageError(f"--limit must be >= 1, got {self.limit}")
-        if not math.isfinite(self.max_ehull):
-            raise UsageError("--max-ehull must be a finite number of eV/atom")
-        if self.hold_out_system is not None:
-            held_out_elements(self.hold_out_system)
-
-
-def held_out_elements(system: str) -> frozenset[str]:
-    """The element set of ``A-B-C``; a UsageError names what is wrong."""
-    from pymatgen.core.periodic_table import Element
-
-    parts = [p.strip() for p in str(system).split("-")]
-    bad = [p for p in parts if not Element.is_valid_symbol(p)]
-    if not parts or bad or len(set(parts)) != len(parts):
-        raise UsageError(f"--hold-out-system {system!r}: expected distinct element symbols joined by '-', "
-                         f"e.g. Al-Ca-Cu")
-    return frozenset(parts)
 
 
 def split_of(prototype_hash: str, val_frac: float, seed: int) -> str:
@@ -229,8 +170,7 @@ def process_shard(task: ShardTask) -> dict[str, Any]:
             rejected.setdefault("symmetry_failed", []).append(loaded.id)
             continue
         tokens = np.asarray(seq.tokens, dtype=np.int32)
-        sg_lo = vocab.spacegroup_range[0]
-        group = int(tokens[(tokens >= sg_lo) & (tokens < vocab.spacegroup_range[1])][0]) - sg_lo + 1
+        group = vocab.spacegroup_in(seq.tokens)
         try:
             # The stored cell is the decoded canonical one, so tokens and structure arrays agree exactly.
             conventional = decode(seq)
@@ -346,8 +286,16 @@ def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str 
     out = Path(config.out)
     sources = [source_record(s) for s in specs]
     if out.exists():
+        # Never delete something that is not a token store, --overwrite or not (StoreError).
         try:
             root = st._open_root(out, "r")
+        except TokenFormatError:
+            # A store of an older token format is rebuilt with --overwrite, never resumed.
+            if not config.overwrite:
+                raise
+            root = None
+        same = False
+        if root is not None:
             recorded = dict(root.attrs.get("config", {}).get("content", {}))
             current = _content_config(config)
             # Sources are compared by what they hold, not by how their paths were spelled.
@@ -355,9 +303,6 @@ def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str 
             current.pop("sources")
             same = recorded == current and ([(s["kind"], s["name"], s["sha256"]) for s in root.attrs.get("sources", [])]
                                             == [(s["kind"], s["name"], s["sha256"]) for s in sources])
-        except StoreError:
-            # Never delete something that is not a token store, --overwrite or not.
-            raise
         if same:
             return
         if not config.overwrite:
@@ -374,6 +319,7 @@ def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str 
         "config": {"content": _content_config(config), "full": asdict(config)},
         "vocab": vocab.to_json(),
         "vocab_hash": vocab.hash,
+        "token_format": TOKEN_FORMAT,
         "sources": sources,
         "energy": energy_attr(specs),
         "consolidated": None,
@@ -383,17 +329,33 @@ def init_store(config: DataPrepareConfig, specs: list[SourceSpec], run_dir: str 
 
 def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, Any]:
     """Build (or finish) the token store ``config.out``; returns the report (rank 0; others get it too)."""
-    config.validate()
-    specs = [parse_source(s) for s in config.sources]
     from matra_hpc.tokens import load_vocab
 
+    config.validate()
+    specs = [parse_source(s) for s in config.sources]
     load_vocab()  # built once per process (about a second); forked pool workers inherit it
-    for spec in specs:
-        if spec.summary:
-            load_summary(spec.summary)  # a bad table is a usage error now, not a worker crash later
     t0 = time.perf_counter()
     ctx.on_rank0(init_store, config, specs, ctx.run_dir)
+    shard_ids = _write_shards(config, specs, ctx)
+    if ctx.comm is None and ctx.world_size > 1:
+        return _finish_without_comm(config, ctx, shard_ids, time.perf_counter() - t0)
+    if ctx.comm is not None and ctx.world_size > 1:
+        # Ranks that split a source by file saw only their files' shards: the plan is the union.
+        seen = ctx.comm.gather(shard_ids, root=0)
+        if ctx.rank == 0:
+            shard_ids = sorted({sid for part in seen for sid in part})
 
+    def plan_and_report() -> dict[str, Any]:
+        write_json_atomic(Path(config.out) / "shards" / st.PLAN, {"shards": shard_ids})
+        return build_report(config.out, time.perf_counter() - t0, ctx, config.workers)
+
+    report = ctx.on_rank0(plan_and_report)
+    assert report is not None
+    return report
+
+
+def _write_shards(config: DataPrepareConfig, specs: list[SourceSpec], ctx: RunContext) -> list[str]:
+    """Write this rank's unfinished shards (in a pool when ``workers`` > 1); returns every shard id seen."""
     cfg = asdict(config)
     shard_ids: list[str] = []
     done_here = skipped = 0
@@ -431,20 +393,7 @@ def run_data_prepare(config: DataPrepareConfig, ctx: RunContext) -> dict[str, An
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     log.info("rank %d: wrote %d shards, skipped %d finished ones", ctx.rank, done_here, skipped)
-    if ctx.comm is None and ctx.world_size > 1:
-        return _finish_without_comm(config, ctx, shard_ids, time.perf_counter() - t0)
-    if ctx.comm is not None and ctx.world_size > 1:
-        # Ranks that split a source by file saw only their files' shards: the plan is the union.
-        seen = ctx.comm.gather(shard_ids, root=0)
-        if ctx.rank == 0:
-            shard_ids = sorted({sid for part in seen for sid in part})
-    def plan_and_report() -> dict[str, Any]:
-        write_json_atomic(Path(config.out) / "shards" / st.PLAN, {"shards": shard_ids})
-        return build_report(config.out, time.perf_counter() - t0, ctx, config.workers)
-
-    report = ctx.on_rank0(plan_and_report)
-    assert report is not None
-    return report
+    return shard_ids
 
 
 def _finish_without_comm(config: DataPrepareConfig, ctx: RunContext, shard_ids: list[str],
