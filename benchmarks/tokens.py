@@ -17,22 +17,10 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
-
-def _git_revision() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from matra_hpc.util import git_revision
 
 
 def _cpu_model() -> str:
@@ -145,7 +133,7 @@ def main() -> None:
                     "spglib": spglib.__version__,
                     "moyopy": moyopy.__version__,
                 },
-                "git": _git_revision(),
+                "git": git_revision(),
                 "encodes_per_s": _rate(n, results["moyopy"][1]),
                 "wall_encodes_per_s": _rate(n, results["moyopy"][2]),
                 "encodes_per_s_spglib": _rate(n, results["spglib"][1]),

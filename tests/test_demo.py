@@ -25,6 +25,11 @@ def test_demo_commands_follow_the_pipeline(tmp_path: Path) -> None:
     # nothing to screen when no temperature is <= 1.0
     unscreened = [c[:2] for c in demo_commands(DemoConfig(out=str(tmp_path), temps="1.2,1.5"))]
     assert unscreened[3:] == [["report", "generate"], ["baseline", "pyxtal"], ["eval", "recovery"], ["report", "all"]]
+    # a fixed number of optimizer steps, not minutes: the figures do not depend on machine load
+    train = commands[1]
+    assert train[train.index("--max-steps") + 1] == str(DemoConfig().train_steps)
+    assert "--max-minutes" not in train
+    assert DemoConfig().per_temp >= 64
 
 
 @pytest.mark.slow
@@ -52,6 +57,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert page["recovery"]["system"] == "Cd-I" and page["recovery"]["n_sampled"] == 4
     assert page["recovery"]["n_held_out"] == 9 and "stable_ratio" in page
     assert (out / "report" / "report.html").stat().st_size > 0
+    assert (out / "generated.report.plausibility.png").stat().st_size > 0
+    assert report["plausibility"]["generated"]["volume_per_atom"]["n"] > 0
 
     # A rerun resumes: the token store is reused and the finished shards are kept as they are.
     tokens_attrs = (out / "tokens.zarr" / "zarr.json").read_text()

@@ -27,18 +27,22 @@ log = logging.getLogger(__name__)
 class DemoConfig:
     out: str = "demo-out"
     model: str = "tiny"
-    train_epochs: int = 40
-    """Length of the one-cycle schedule, in epochs of the demo store."""
+    train_steps: int = 1200
+    """Optimizer steps, the length of the one-cycle schedule too: a fixed amount of training, so
+    the demo's figures do not depend on how loaded the machine is (about 3 minutes on 2 idle
+    cores). A rerun continues a cut run, never trains a finished one."""
+    train_batch: int = 64
+    """Rows per optimizer step: small batches, many steps (docs/generation-quality.md)."""
+    train_epochs: int = 1000
+    """Upper bound only: the step budget ends the demo's training."""
     train_lr_max: float = 3e-3
     """Peak learning rate: the paper's 2e-4 is for the 41M model over many hours."""
-    train_minutes: float = 4.0
-    """Training time over all attempts: a rerun continues a cut run, never trains a finished one."""
-    train_steps: int | None = None
-    """Optional cap on optimizer steps (tests use a handful)."""
+    train_minutes: float | None = None
+    """Optional cap on training time (a safety net on a slow machine, off by default)."""
     train_procs: int = 2
     """torchrun processes (DDP over gloo on the CPU)."""
     temps: str = DEFAULT_TEMPS
-    per_temp: int = 32
+    per_temp: int = 64
     shards: int = 2
     ranks: int = 2
     """mpirun ranks pulling (temperature, shard) tasks."""
@@ -54,8 +58,10 @@ class DemoConfig:
     structures of the demo set's small systems (15 CdI2 polytypes; 9 pass the training filters)."""
     baseline_n: int = 64
     """PyXtal baseline structures, drawn in the chemical systems of the generated run."""
-    baseline_max_atoms: int = 12
-    """Small cells, so the baseline's screening costs what the model's does."""
+    baseline_max_atoms: int = 8
+    """Small cells, so relaxing the baseline stays within minutes on 2 cores."""
+    baseline_screen_limit: int = 32
+    """Baseline structures relaxed (the first ones): enough for a rough Fig. 4 curve in minutes."""
     recovery_n: int = 256
     """Rows sampled conditioned on the held-out system."""
     recovery_temperature: float = 1.0
@@ -77,8 +83,9 @@ def demo_commands(config: DemoConfig) -> list[list[str]]:
             "--run-dir", str(out / "runs" / f"{stamp}-train"),
             "--model", config.model, "--data", tokens, "--out", train_out,
             "--epochs", str(config.train_epochs), "--lr-max", str(config.train_lr_max),
-            "--max-minutes", str(config.train_minutes),
-            *(["--max-steps", str(config.train_steps)] if config.train_steps else []),
+            "--global-batch", str(config.train_batch),
+            "--max-steps", str(config.train_steps), "--schedule-steps", str(config.train_steps),
+            *(["--max-minutes", str(config.train_minutes)] if config.train_minutes else []),
         ],
         [
             "submit", "generate", "--cluster", "local", "--ntasks-per-node", str(config.ranks),
@@ -130,7 +137,8 @@ def evaluate_commands(config: DemoConfig, tokens: str, train_out: str, gen: str,
     ]
     if screened:
         commands.append(["screen", str(base), "--out", str(base_screened), "--relax", config.screen_relax,
-                         "--hull-reference", tokens, "--novelty-index", str(index)])
+                         "--limit", str(config.baseline_screen_limit), "--hull-reference", tokens,
+                         "--novelty-index", str(index)])
     if config.hold_out_system:
         commands.append(["eval", "recovery", "--system", config.hold_out_system, "--held-out", tokens,
                          "--checkpoint", train_out, "--n", str(config.recovery_n),
@@ -164,7 +172,8 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     config = DemoConfig(
-        out=args.out, train_minutes=args.train_minutes, per_temp=args.per_temp, temps=args.temps
+        out=args.out, train_steps=args.train_steps, train_minutes=args.train_minutes, per_temp=args.per_temp,
+        temps=args.temps,
     )
     print(json.dumps(run_demo(config)))
     return 0
@@ -180,8 +189,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "against the training data and write the reports. Rerun to resume.",
     )
     parser.add_argument("--out", default=d.out, help="output folder (default %(default)s)")
+    parser.add_argument("--train-steps", type=int, default=d.train_steps,
+                        help="optimizer steps of the tiny model (default %(default)s)")
     parser.add_argument("--train-minutes", type=float, default=d.train_minutes,
-                        help="training time of the tiny model (default %(default)s)")
+                        help="optional cap on training time (default: none, the steps decide)")
     parser.add_argument("--per-temp", type=int, default=d.per_temp, help="structures per temperature")
     parser.add_argument("--temps", default=d.temps, help="temperature sweep start:stop:step or a list")
     parser.set_defaults(func=cmd_demo)

@@ -17,7 +17,8 @@ def cmd_report_generate(args: argparse.Namespace) -> int:
         print(format_table(report))
         if not report["complete"]:
             print("note: the run is incomplete (some shards are not finished)")
-    print(f"wrote {files.json}, {files.csv}, {files.png}")
+    extra = f", {files.plausibility_png}" if files.plausibility_png else ""
+    print(f"wrote {files.json}, {files.csv}, {files.png}{extra}")
     return 0
 
 

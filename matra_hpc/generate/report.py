@@ -8,6 +8,9 @@ not a training duplicate and not a duplicate of an earlier row of the run (``dup
 ``smact_valid`` counts the valid rows whose composition SMACT accepts (``frac_smact_of_valid`` is
 over the valid rows, as the paper counts compositions); the top-level ``smact`` compares all
 valid rows of the run with the training split of the run's token store, when that is readable.
+``plausibility`` (``generate/plausibility.py``) compares volume per atom and shortest distances
+per element pair with the training store and gives the checkpoint's per-kind value errors; its
+plot is ``PREFIX.plausibility.png``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 from matra_hpc.errors import StoreError
 from matra_hpc.generate import store as gstore
+from matra_hpc.generate.plausibility import format_plausibility, plausibility, plot_plausibility
 from matra_hpc.generate.temperatures import temperature_group
 
 COUNT_COLUMNS = ["rows", "length_cut", "valid", "bond_valid", "spacegroup_consistent", "dup_train", "dup_run",
@@ -34,6 +38,7 @@ class ReportFiles:
     json: Path
     csv: Path
     png: Path
+    plausibility_png: Path | None = None
 
 
 def temperature_row(table, temperature: float, shards_done: int, shards_total: int, requested: int) -> dict:
@@ -91,8 +96,10 @@ def build_report(store: Path) -> dict[str, Any]:
         gstore.consolidate(store)
     shards_total = int(root.attrs["fingerprint"]["shards"])
     rows = []
+    structures: dict[float, list] = {}
     for t in temperatures:
         table = gstore.read_view(store, t)
+        structures[t] = [table.row_structure(r) for r in range(len(table)) if table.decodes[r]]
         shards = gstore.finished_shards(store, t)
         row = temperature_row(table, t, len(shards), shards_total, int(root.attrs["fingerprint"]["per_temp"]))
         # Rank-seconds spent on the shards (sampling and checks), so throughput per device.
@@ -111,6 +118,7 @@ def build_report(store: Path) -> dict[str, Any]:
         "complete": all(r["shards_done"] == shards_total for r in rows),
         "temperatures": rows,
         "smact": smact_summary(rows, root.attrs.get("train_store")),
+        "plausibility": plausibility(structures, root.attrs.get("train_store"), root.attrs.get("checkpoint")),
     }
 
 
@@ -122,7 +130,10 @@ def default_prefix(store: Path) -> Path:
 def write_report(report: dict[str, Any], prefix: Path) -> ReportFiles:
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    files = ReportFiles(Path(f"{prefix}.json"), Path(f"{prefix}.csv"), Path(f"{prefix}.png"))
+    files = ReportFiles(Path(f"{prefix}.json"), Path(f"{prefix}.csv"), Path(f"{prefix}.png"),
+                        Path(f"{prefix}.plausibility.png"))
+    section = report.get("plausibility")
+    raw = section.pop("_plot", {}) if section else {}
     files.json.write_text(json.dumps(report, indent=2) + "\n")
     columns = ["temperature", "requested", "shards_done", "shards_total", *COUNT_COLUMNS,
                *[f"frac_{c}" for c in FRACTION_COLUMNS], "task_seconds", "rows_per_task_second",
@@ -134,6 +145,10 @@ def write_report(report: dict[str, Any], prefix: Path) -> ReportFiles:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) and k.startswith("frac_") else v)
                              for k, v in row.items()})
     plot_report(report, files.png)
+    if section:
+        plot_plausibility({**section, "_plot": raw}, files.plausibility_png)
+    else:
+        files.plausibility_png = None
     return files
 
 
@@ -180,6 +195,8 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{pct('novel_unique'):>7}")
     if report.get("smact"):
         lines.append(_smact_line(report["smact"]))
+    if report.get("plausibility"):
+        lines.append(format_plausibility(report["plausibility"]))
     return "\n".join(lines)
 
 

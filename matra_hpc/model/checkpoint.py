@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
-CHECKPOINT_FORMAT = "matra-hpc/checkpoint/1"
+CHECKPOINT_FORMAT = "matra-hpc/checkpoint/2"
+"""Format 2: model configs with typed value slots and the mixture value head (docs/contracts.md).
+Checkpoints of another format (1: before them) are refused, never loaded with guessed fields."""
 STATE_FILE = "train_state.pt"
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -140,8 +142,7 @@ def check_dir(path: Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{meta_path} is unreadable: {exc}") from exc
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format {meta.get('format')!r})")
+    check_format(meta, path)
     for name, expected in meta.get("files", {}).items():
         file = path / name
         if not file.is_file():
@@ -152,6 +153,16 @@ def check_dir(path: Path) -> dict[str, Any]:
         if file_sha256(file) != expected["sha256"]:
             raise CheckpointError(f"{file} is corrupt: its sha256 does not match {META_FILE}")
     return meta
+
+
+def check_format(meta: dict[str, Any], path: str | Path) -> None:
+    """CheckpointError unless ``meta`` is of this version's ``CHECKPOINT_FORMAT``."""
+    found = meta.get("format")
+    if found != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is a checkpoint of format {found!r}, this matra-hpc reads {CHECKPOINT_FORMAT} "
+            "(format 2 changed the value head: typed value slots, mixture head); train a new model"
+        )
 
 
 def find_latest_valid(out_dir: Path) -> Checkpoint | None:
@@ -186,15 +197,17 @@ def _find_model_dir(out_dir: Path) -> Path:
     if out_dir.name == CHECKPOINTS_DIR and not (out_dir / CHECKPOINTS_DIR).exists():
         out_dir = out_dir.parent
     best = out_dir / BEST_DIR
+    why = ""
     if best.is_dir():
         try:
             check_dir(best)
             return best
         except CheckpointError as exc:
             log.warning("skipping %s: %s", best, exc)
+            why = f"; {BEST_DIR}/: {exc}"
     latest = find_latest_valid(out_dir)
     if latest is None:
-        raise CheckpointError(f"{out_dir} holds no valid checkpoint (no best/ and no checkpoints/step_*)")
+        raise CheckpointError(f"{out_dir} holds no valid checkpoint (no best/ and no checkpoints/step_*){why}")
     return latest.path
 
 
@@ -284,8 +297,12 @@ def load_model(
         )
     try:
         meta = json.loads(meta_bytes)
+        if isinstance(meta, dict) and meta.get("format") != CHECKPOINT_FORMAT:
+            check_format(meta, path)  # raised below, not reported as unreadable
         config = ModelConfig.from_dict(meta["model_config"])
         state = load_safetensors(weights_bytes)
+    except CheckpointError:
+        raise
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
     except Exception as exc:  # safetensors raises its own SafetensorError on a damaged header

@@ -4,9 +4,11 @@ Paper sections II.2 and IV.2. The input of the model is ``<bos>`` followed by th
 ``TokenSequence``; ``values`` runs parallel to ``tokens`` and holds the continuous value of every
 ``<num>`` token (NaN elsewhere). At every position the model predicts the next token (logits over
 the vocabulary, trained with cross-entropy) and, for positions whose next token is ``<num>``, the
-next continuous value (``cont_pred``, in the values' own units, trained with MSE; by default in
-symlog space, sign(v) * log1p(|v|), see ``cont_loss_scale``).
-``loss = CE + cont_loss_weight * MSE``.
+next continuous value. Two value heads (``ModelConfig.value_head``): ``regression`` (the paper's:
+``cont_pred`` in the values' own units, trained with the MSE of ``cont_loss_scale``) and
+``mixture`` (per kind of value a mixture distribution, trained by negative log-likelihood and
+sampled at the temperature; ``ValueMixture``). With ``slot_kinds`` the model is told the kind of
+the next value (``model/slots.py``). ``loss = CE + cont_loss_weight * value loss``.
 
 Architecture (paper IV.2):
 - discrete tokens: learned embeddings; ``<num>`` tokens: Gaussian embeddings of the value, a
@@ -36,14 +38,26 @@ Shape letters: B batch, T time (positions), C = d_model, nh heads, hs head size,
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from matra_hpc.errors import UsageError
+from matra_hpc.model.slots import (
+    ANGLE,
+    COORD,
+    LENGTH,
+    N_KINDS,
+    NONE,
+    VALUE_KINDS,
+    sequence_cell_atoms,
+    sequence_repulsion,
+    sequence_slot_kinds,
+)
 
 # Ids pinned by docs/contracts.md section A.
 PAD_ID = 0
@@ -83,6 +97,37 @@ class ModelConfig:
     10 A length is 100x weaker than for a coordinate, and the head was seen not to learn
     lengths at all); ``absolute``: plain MSE in the values' own units, where angle errors of
     degrees would swamp coordinate errors of hundredths."""
+    slot_kinds: bool = False
+    """Typed value slots: a learned embedding of the kind of the *next* slot (none, coordinate,
+    length, angle; ``model/slots.py``) is added to every position's input, so the model knows
+    what it predicts (the paper's model does not: False)."""
+    value_head: str = "regression"
+    """``regression`` (paper): one number per position, trained with the MSE of
+    ``cont_loss_scale`` and taken as is by the sampler. ``mixture``: per kind, a mixture of
+    ``n_mix`` components in a normalised space (coordinates: von Mises over the period;
+    lengths: Gaussians over log length; angles: Gaussians over degrees), trained by negative
+    log-likelihood and *sampled* at the temperature (see ``ValueMixture``)."""
+    n_mix: int = 8
+    """Components per kind of the mixture head."""
+    length_log_loc: float = 1.9
+    length_log_scale: float = 0.5
+    """Lengths enter the mixture head as z = (ln(a / 1 A) - loc) / scale (demo set: 1.93, 0.47)."""
+    length_per_atom: bool = False
+    """Lengths are first divided by the cube root of the atoms in the cell (the sum of the
+    composition's counts, known before any length): z = (ln(a / N^(1/3)) - loc) / scale, so the
+    head need not learn how the cell grows with N (demo set: loc 1.03, scale 0.42)."""
+    angle_loc: float = 90.0
+    angle_scale: float = 20.0
+    """Angles enter the mixture head as (degrees - loc) / scale."""
+    coord_repulsion: bool = False
+    """The mixture head's coordinate density also keeps the last free value of a site away from
+    the values that would put the site onto an earlier atom (any image of an earlier site under the
+    group, ``model/slots.py: repulsion_context``): density * exp(-lambda * sum_j w_j k(x - r_j)),
+    normalised over the period, with lambda and the kernel's width predicted per position and
+    learned from the data (``ValueMixture``). Not a sampler guard: the model's own density."""
+    value_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Weights of the value loss of coordinates, lengths and angles (the loss is the weighted
+    mean over the values of a batch)."""
     pad_id: int = PAD_ID
     bos_id: int = BOS_ID
     num_id: int = NUM_ID
@@ -91,6 +136,13 @@ class ModelConfig:
         # JSON and YAML give lists; keep tuples so configs compare equal after a round trip.
         self.gauss_lin_range = tuple(float(x) for x in self.gauss_lin_range)
         self.gauss_log_range = tuple(float(x) for x in self.gauss_log_range)
+        self.value_loss_weights = tuple(float(x) for x in self.value_loss_weights)
+        if self.value_head not in ("regression", "mixture"):
+            raise UsageError(f"value_head must be regression or mixture, not {self.value_head!r}")
+        if self.n_mix < 1 or len(self.value_loss_weights) != 3 or min(self.value_loss_weights) < 0:
+            raise UsageError("n_mix must be >= 1 and value_loss_weights three numbers >= 0")
+        if self.length_log_scale <= 0 or self.angle_scale <= 0:
+            raise UsageError("length_log_scale and angle_scale must be positive")
         if self.d_model % self.n_head:
             raise UsageError(f"d_model={self.d_model} is not a multiple of n_head={self.n_head}")
         if self.cont_loss_scale not in ("log", "relative", "absolute"):
@@ -102,6 +154,7 @@ class ModelConfig:
         out = asdict(self)
         out["gauss_lin_range"] = list(self.gauss_lin_range)
         out["gauss_log_range"] = list(self.gauss_log_range)
+        out["value_loss_weights"] = list(self.value_loss_weights)
         return out
 
     @classmethod
@@ -297,8 +350,13 @@ class MatraTransformer(nn.Module):
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.d_model)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size)
-        self.cont_head = nn.Linear(config.d_model, 1)
+        self.kind_emb = nn.Embedding(N_KINDS, config.d_model) if config.slot_kinds else None
+        self.mixture = ValueMixture(config) if config.value_head == "mixture" else None
+        self.cont_head = nn.Linear(config.d_model, 1 if self.mixture is None else self.mixture.n_params)
         self.apply(self._init_weights)
+        if self.mixture is not None:
+            with torch.no_grad():
+                self.cont_head.bias.copy_(self.mixture.initial_bias())
         # Scaled init of the projections that feed the residual stream (GPT-2), so the stream's
         # variance does not grow with depth.
         for name, p in self.named_parameters():
@@ -329,10 +387,15 @@ class MatraTransformer(nn.Module):
         return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
     def embed(
-        self, tokens: torch.Tensor, values: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        values: torch.Tensor,
+        start: int = 0,
+        positions: torch.Tensor | None = None,
+        kinds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token or value embedding plus the position's encoding: positions ``start..start+T-1``,
-        or per row, ``positions`` (B, T)."""
+        or per row, ``positions`` (B, T); plus the next slot's kind embedding (``slot_kinds``)."""
         T = tokens.shape[1]
         is_num = tokens == self.config.num_id  # (B, T)
         x_tok = self.tok_emb(tokens)  # (B, T, C)
@@ -341,12 +404,31 @@ class MatraTransformer(nn.Module):
         x_num = self.gauss_emb(v).to(x_tok.dtype)  # (B, T, C)
         x = torch.where(is_num[..., None], x_num, x_tok)
         pos_enc = self.pos_enc[start : start + T] if positions is None else self.pos_enc[positions]
-        return self.drop(x + pos_enc.to(x.dtype))  # (B, T, C)
+        x = x + pos_enc.to(x.dtype)
+        if self.kind_emb is not None:
+            x = x + self.kind_emb(kinds.to(device=tokens.device, dtype=torch.long)).to(x.dtype)
+        return self.drop(x)  # (B, T, C)
 
     def forward(
-        self, tokens: torch.Tensor, values: torch.Tensor, kv_cache: KVCache | None = None
+        self,
+        tokens: torch.Tensor,
+        values: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        kinds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits[B, T, V], cont[B, T])`` for the regression head, ``cont[B, T, P]`` (the
+        mixture's parameters, see ``ValueMixture``) for the mixture head.
+
+        ``kinds`` (B, T): the kind of the slot that *follows* each input position
+        (``model/slots.py``); only read when ``config.slot_kinds``. When None it is derived from
+        the tokens, which is exact only if the last position is not followed by a value (true of
+        training batches, whose last target is ``<end>`` or padding); the sampler passes it.
+        """
         B, T = tokens.shape
+        if self.kind_emb is not None and kinds is None:
+            if kv_cache is not None:
+                raise UsageError("slot_kinds models need the kinds of the next slots when decoding with a cache")
+            kinds = input_slot_kinds(tokens)
         step = None
         if kv_cache is None:
             end = T
@@ -361,14 +443,18 @@ class MatraTransformer(nn.Module):
         if kv_cache is not None:
             step = self._cache_step(kv_cache, T, end, tokens.device)
         positions = step.positions if step is not None else None
-        x = self.embed(tokens, values, step.start if step is not None and step.start is not None else 0, positions)
+        x = self.embed(tokens, values, step.start if step is not None and step.start is not None else 0, positions,
+                       kinds)
         for layer, block in enumerate(self.blocks):
             x = block(x, kv_cache, layer, step)
         x = self.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
-        cont_pred = self.cont_head(x).squeeze(-1)  # (B, T)
-        if self.config.cont_loss_scale == "log":
-            cont_pred = symexp(cont_pred)
+        if self.mixture is not None:
+            cont_pred = self.cont_head(x).float()  # (B, T, P): float32 even under autocast
+        else:
+            cont_pred = self.cont_head(x).squeeze(-1)  # (B, T)
+            if self.config.cont_loss_scale == "log":
+                cont_pred = symexp(cont_pred)
         if kv_cache is not None:
             kv_cache.lengths += T
         return logits, cont_pred
@@ -393,7 +479,12 @@ class LossParts:
     ce_sum: torch.Tensor
     n_tokens: int
     mse_sum: torch.Tensor
+    """Weighted sum of the value loss (squared error of the regression head, negative
+    log-likelihood of the mixture head) over the ``<num>`` targets."""
     n_values: int
+    kind_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    """Unweighted value loss summed per kind (coordinate, length, angle), for the metrics."""
+    kind_counts: list[int] = field(default_factory=lambda: [0, 0, 0])
 
 
 def symlog(v: torch.Tensor) -> torch.Tensor:
@@ -406,18 +497,258 @@ def symexp(h: torch.Tensor) -> torch.Tensor:
     return torch.sign(h) * torch.expm1(h.abs().clamp(max=12.0))
 
 
+def input_slot_kinds(tokens: torch.Tensor) -> torch.Tensor:
+    """Next-slot kinds of model inputs ``<bos> + seq[:-1]`` (B, T): the kinds of ``seq[0..T-2]``,
+    then NONE for the last position (whose target is not a value in a training batch)."""
+    targets = tokens[:, 1:].detach().cpu().numpy()
+    kinds = np.zeros(tuple(tokens.shape), dtype=np.int64)
+    kinds[:, :-1] = sequence_slot_kinds(targets)
+    return torch.from_numpy(kinds).to(tokens.device)
+
+
+def target_slot_kinds(target_tokens: torch.Tensor) -> torch.Tensor:
+    """Kinds of the targets (B, T): the model input ``kinds`` of a training batch."""
+    kinds = sequence_slot_kinds(target_tokens.detach().cpu().numpy()).astype(np.int64)
+    return torch.from_numpy(kinds).to(target_tokens.device)
+
+
+class ValueMixture:
+    """The mixture head: per kind, ``n_mix`` weighted components in a normalised space.
+
+    Parameters per position: for each kind (coordinate, length, angle) ``n_mix`` logits, then
+    ``n_mix`` locations, then ``n_mix`` log-scales (``n_params = 9 * n_mix``); the slot's kind
+    selects its block. Spaces: a coordinate x is the angle 2 pi x, each component a von Mises
+    of mean 2 pi loc and concentration exp(log-scale): periodic, so 0.98 and 0.02 are close and
+    several candidate positions stay apart instead of being averaged. A length a is
+    z = (ln a - length_log_loc) / length_log_scale and an angle z = (deg - angle_loc) /
+    angle_scale, each component a Gaussian of mean loc and standard deviation exp(log-scale).
+
+    Sampling at temperature T tempers every part alike: component weights ``w^(1/T)``,
+    von Mises concentration ``kappa / T``, Gaussian deviation ``sigma * sqrt(T)`` (each the
+    component density raised to 1/T). The point value (metrics) is the location of the component
+    with the highest peak density.
+    """
+
+    LOG_KAPPA = (-3.0, 10.0)
+    LOG_SIGMA = (-7.0, 3.0)
+    LOG_KAPPA_REPEL = (2.0, 8.0)
+    GRID = 256  # points over the period that normalise a repelled coordinate density
+    SAMPLE_GRID = 2048
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.k = config.n_mix
+        self.repulsion = config.coord_repulsion
+        # 9K mixture parameters, then (repulsion) the strength and the log kernel concentration
+        self.n_params = 9 * self.k + (2 if self.repulsion else 0)
+        self.length_loc, self.length_scale = config.length_log_loc, config.length_log_scale
+        self.per_atom = config.length_per_atom
+        self.angle_loc, self.angle_scale = config.angle_loc, config.angle_scale
+
+    def initial_bias(self) -> torch.Tensor:
+        """Components spread over each kind's range at the start, so they do not all chase the
+        same mode: coordinates at k / n_mix with kappa 8, lengths and angles over -1.5..1.5."""
+        k = self.k
+        bias = torch.zeros(3, 3, k)
+        bias[0, 1] = torch.arange(k) / k
+        bias[0, 2] = math.log(8.0)
+        spread = torch.linspace(-1.5, 1.5, k) if k > 1 else torch.zeros(1)
+        bias[1:, 1] = spread
+        bias[1:, 2] = math.log(0.5)
+        extra = torch.tensor([2.0, math.log(300.0)]) if self.repulsion else torch.zeros(0)
+        return torch.cat([bias.reshape(-1), extra])
+
+    def select(self, params: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """(..., 9K) parameters and (...) kinds -> (..., 3, K): the block of each slot's kind."""
+        blocks = params[..., : 9 * self.k].reshape(*params.shape[:-1], 3, 3, self.k)
+        index = (kinds.long() - 1).clamp(min=0, max=2)
+        index = index[..., None, None, None].expand(*kinds.shape, 1, 3, self.k)
+        return blocks.gather(-3, index).squeeze(-3)
+
+    def length_offset(self, atoms):
+        """ln(N) / 3 (``length_per_atom``) else 0, for N atoms in the cell (tensor, array or int)."""
+        if not self.per_atom or atoms is None:
+            return 0.0
+        if isinstance(atoms, torch.Tensor):
+            return torch.log(atoms.float().clamp(min=1.0)) / 3.0
+        return np.log(np.maximum(atoms, 1)) / 3.0
+
+    def normalise(self, values: torch.Tensor, kinds: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
+        """Values in the head's space: coordinates as they are, lengths and angles as z."""
+        safe_len = torch.where(kinds == LENGTH, values, torch.ones_like(values)).clamp(min=1e-6)
+        z_len = (torch.log(safe_len) - self.length_offset(atoms) - self.length_loc) / self.length_scale
+        z_ang = (values - self.angle_loc) / self.angle_scale
+        return torch.where(kinds == LENGTH, z_len, torch.where(kinds == ANGLE, z_ang, values))
+
+    def _coord_log_density(self, block: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log mixture density of coordinates: block (..., 3, K), x (..., G) -> (..., G)."""
+        log_w = torch.log_softmax(block[..., 0, :], dim=-1)[..., None, :]
+        loc = block[..., 1, :][..., None, :]
+        kappa = block[..., 2, :].clamp(*self.LOG_KAPPA).exp()[..., None, :]
+        lp = kappa * (torch.cos(2 * math.pi * (x[..., None] - loc)) - 1.0) - torch.log(torch.special.i0e(kappa))
+        return torch.logsumexp(log_w + lp, dim=-1)
+
+    def _repel(self, params: torch.Tensor, x: torch.Tensor, reps: torch.Tensor, weights: torch.Tensor):
+        """lambda * sum_j w_j exp(kappa_r (cos 2 pi (x - r_j) - 1)): params (N, P), x (N, G),
+        reps and weights (N, R) -> (N, G)."""
+        strength = F.softplus(params[:, -2])[:, None, None]
+        kappa = params[:, -1].clamp(*self.LOG_KAPPA_REPEL).exp()[:, None, None]
+        kern = torch.exp(kappa * (torch.cos(2 * math.pi * (x[..., None] - reps[:, None, :])) - 1.0))
+        return (strength * weights[:, None, :] * kern).sum(-1)
+
+    def repelled_nll(self, params: torch.Tensor, values: torch.Tensor, reps: torch.Tensor,
+                     weights: torch.Tensor) -> torch.Tensor:
+        """NLL of coordinates (N,) under the repelled density: params (N, P), reps/weights (N, R)."""
+        block = self.select(params.float(), torch.full(values.shape, COORD, device=values.device))
+        grid = (torch.arange(self.GRID, device=values.device, dtype=torch.float32) + 0.5) / self.GRID
+        grid = grid.expand(len(values), -1)
+        log_on_grid = self._coord_log_density(block, grid) - self._repel(params.float(), grid, reps, weights)
+        log_z = torch.logsumexp(log_on_grid, dim=-1) - math.log(self.GRID)  # the mean over the period
+        at = values.float()[:, None]
+        log_at = self._coord_log_density(block, at)[:, 0] - self._repel(params.float(), at, reps, weights)[:, 0]
+        return log_z - log_at
+
+    def nll(
+        self,
+        params: torch.Tensor,
+        values: torch.Tensor,
+        kinds: torch.Tensor,
+        atoms: torch.Tensor | None = None,
+        reps: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Negative log-likelihood of each value (0 where the kind is NONE), float32.
+
+        Coordinates: log density over x in [0, 1) is kappa (cos(2 pi (x - loc)) - 1) -
+        ln(i0e(kappa)), with i0e the exponentially scaled Bessel function (no overflow).
+        Lengths and angles: Gaussian log density in z.
+        """
+        block = self.select(params.float(), kinds)
+        log_w = torch.log_softmax(block[..., 0, :], dim=-1)
+        loc, log_scale = block[..., 1, :], block[..., 2, :]
+        v = torch.nan_to_num(values.float(), nan=0.0)
+        z = self.normalise(v, kinds, atoms)[..., None]
+        log_kappa = log_scale.clamp(*self.LOG_KAPPA)
+        kappa = log_kappa.exp()
+        lp_coord = kappa * (torch.cos(2 * math.pi * (z - loc)) - 1.0) - torch.log(torch.special.i0e(kappa))
+        log_sigma = log_scale.clamp(*self.LOG_SIGMA)
+        lp_gauss = -0.5 * ((z - loc) * torch.exp(-log_sigma)) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
+        lp = torch.where((kinds == COORD)[..., None], lp_coord, lp_gauss)
+        nll = -torch.logsumexp(log_w + lp, dim=-1)
+        if self.repulsion and reps is not None:
+            # the last free values of sites that share a Wyckoff token with an earlier site
+            repelled = (kinds == COORD) & (weights > 0).any(dim=-1)
+            if bool(repelled.any()):
+                nll = nll.clone()
+                nll[repelled] = self.repelled_nll(params[repelled], v[repelled], reps[repelled].float(),
+                                                  weights[repelled].float())
+        return torch.where(kinds > NONE, nll, torch.zeros_like(nll))
+
+    def point(self, params: torch.Tensor, kinds: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
+        """The location of the component with the highest peak density (weight over width: the
+        mixture's approximate mode), in the values' units (NaN where NONE)."""
+        block = self.select(params.float(), kinds)
+        log_w = torch.log_softmax(block[..., 0, :], dim=-1)
+        kappa = block[..., 2, :].clamp(*self.LOG_KAPPA).exp()
+        peak_coord = log_w - torch.log(torch.special.i0e(kappa))  # von Mises peak: exp(kappa) / I0(kappa)
+        peak_gauss = log_w - block[..., 2, :].clamp(*self.LOG_SIGMA)  # Gaussian peak: 1 / sigma
+        peak = torch.where((kinds == COORD)[..., None], peak_coord, peak_gauss)
+        top = peak.argmax(dim=-1, keepdim=True)
+        loc = block[..., 1, :].gather(-1, top).squeeze(-1)
+        out = torch.where(kinds == COORD, torch.remainder(loc, 1.0),
+                          torch.where(kinds == LENGTH,
+                                      torch.exp(loc * self.length_scale + self.length_loc + self.length_offset(atoms)),
+                                      loc * self.angle_scale + self.angle_loc))
+        return torch.where(kinds > NONE, out, torch.full_like(out, math.nan))
+
+    def sample(
+        self,
+        params: np.ndarray,
+        kind: int,
+        temperature: float,
+        rng: np.random.Generator,
+        atoms: int = 1,
+        repel: tuple[list[float], list[float]] | None = None,
+    ) -> float:
+        """One value of ``kind`` from a position's parameters (P,) at ``temperature`` (``atoms``:
+        in the cell, for lengths): one uniform picks the component, then one von Mises or normal
+        draw, all from ``rng``. A coordinate with ``repel`` (values, weights) is drawn from the
+        repelled density raised to 1/T on a fine grid: two uniforms (cell, place in the cell)."""
+        if kind == COORD and self.repulsion and repel and repel[0]:
+            return self._sample_repelled(params, temperature, rng, repel)
+        k = self.k
+        block = np.asarray(params, dtype=np.float64)[: 9 * k].reshape(3, 3, k)[kind - 1]
+        logits = block[0] / temperature
+        w = np.exp(logits - logits.max())
+        cdf = np.cumsum(w)
+        c = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), k - 1)
+        loc = float(block[1, c])
+        if kind == COORD:
+            kappa = math.exp(min(max(float(block[2, c]), self.LOG_KAPPA[0]), self.LOG_KAPPA[1])) / temperature
+            theta = float(rng.vonmises(2 * math.pi * loc, kappa))
+            return (theta / (2 * math.pi)) % 1.0
+        sigma = math.exp(min(max(float(block[2, c]), self.LOG_SIGMA[0]), self.LOG_SIGMA[1])) * math.sqrt(temperature)
+        z = loc + sigma * float(rng.standard_normal())
+        if kind == LENGTH:
+            return math.exp(min(z * self.length_scale + self.length_loc + float(self.length_offset(atoms)), 700.0))
+        return z * self.angle_scale + self.angle_loc
+
+
+    def _sample_repelled(self, params: np.ndarray, temperature: float, rng: np.random.Generator,
+                         repel: tuple[list[float], list[float]]) -> float:
+        p = np.asarray(params, dtype=np.float64)
+        block = p[: 9 * self.k].reshape(3, 3, self.k)[0]
+        g = (np.arange(self.SAMPLE_GRID) + 0.5) / self.SAMPLE_GRID
+        log_w = block[0] - np.logaddexp.reduce(block[0])
+        kappa = np.exp(np.clip(block[2], *self.LOG_KAPPA))
+        lp = kappa[None, :] * (np.cos(2 * np.pi * (g[:, None] - block[1][None, :])) - 1.0) - np.log(_i0e(kappa))
+        log_d = np.logaddexp.reduce(log_w[None, :] + lp, axis=1)
+        strength = float(np.logaddexp(0.0, p[-2]))
+        kr = math.exp(min(max(float(p[-1]), self.LOG_KAPPA_REPEL[0]), self.LOG_KAPPA_REPEL[1]))
+        reps, weights = np.asarray(repel[0]), np.asarray(repel[1])
+        log_d -= strength * (weights[None, :] * np.exp(kr * (np.cos(2 * np.pi * (g[:, None] - reps[None, :])) - 1))).sum(1)
+        log_d /= temperature
+        cdf = np.cumsum(np.exp(log_d - log_d.max()))
+        cell = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), self.SAMPLE_GRID - 1)
+        return float((cell + rng.random()) / self.SAMPLE_GRID) % 1.0
+
+
+def _i0e(kappa: np.ndarray) -> np.ndarray:
+    return torch.special.i0e(torch.from_numpy(np.asarray(kappa, dtype=np.float64))).numpy()
+
+
+def point_values(
+    model: MatraTransformer, cont: torch.Tensor, kinds: torch.Tensor, atoms: torch.Tensor
+) -> torch.Tensor:
+    """The model's single value per slot (B, T), in the values' units: the regression output,
+    or the mixture's approximate mode (``ValueMixture.point``). ``atoms`` (B,): atoms in each row's cell."""
+    if model.mixture is None:
+        return cont.float()
+    return model.mixture.point(cont, kinds.to(cont.device), atoms.to(cont.device)[:, None].expand(kinds.shape))
+
+
+def target_cell_atoms(target_tokens: torch.Tensor) -> torch.Tensor:
+    """Atoms in each row's conventional cell (B,), from the composition block of the targets."""
+    atoms = sequence_cell_atoms(target_tokens.detach().cpu().numpy())
+    return torch.from_numpy(np.asarray(atoms, dtype=np.int64)).to(target_tokens.device)
+
+
 def loss_sums(
     logits: torch.Tensor,
     cont_pred: torch.Tensor,
     target_tokens: torch.Tensor,
     target_values: torch.Tensor,
     config: ModelConfig,
+    kinds: torch.Tensor | None = None,
+    atoms: torch.Tensor | None = None,
 ) -> LossParts:
-    """Summed CE over non-pad targets and summed squared error where the target is ``<num>``.
+    """Summed CE over non-pad targets and summed value loss where the target is ``<num>``.
 
-    ``target_tokens``/``target_values`` are the inputs shifted left by one (B, T); the caller
-    divides by the global counts, which keeps a batch split over ranks or micro-batches exactly
-    equal to the whole batch.
+    ``target_tokens``/``target_values`` are the inputs shifted left by one (B, T); ``kinds``
+    the targets' slot kinds and ``atoms`` (B,) the atoms in each row's cell (both derived from
+    ``target_tokens`` when None). The caller divides by
+    the global counts, which keeps a batch split over ranks or micro-batches exactly equal to
+    the whole batch. The value loss of a ``<num>`` target is weighted by its kind's
+    ``value_loss_weights``.
     """
     valid = target_tokens != config.pad_id  # (B, T)
     ce = F.cross_entropy(
@@ -425,17 +756,42 @@ def loss_sums(
     ).view_as(target_tokens)
     ce_sum = (ce * valid).sum()
     is_num = target_tokens == config.num_id
+    if kinds is None:
+        kinds = target_slot_kinds(target_tokens)
+    kinds = torch.where(is_num, kinds.to(target_tokens.device).long(), 0)
     target = torch.nan_to_num(target_values.float(), nan=0.0)
-    if config.cont_loss_scale == "log":
-        err = torch.where(is_num, symlog(cont_pred.float()) - symlog(target), 0.0)
+    if config.value_head == "mixture":
+        # only the <num> targets: a third of the positions, and no NaN from the others
+        if atoms is None:
+            atoms = target_cell_atoms(target_tokens)
+        row_atoms = atoms.to(target.device)[:, None].expand(target.shape)
+        reps = weights = None
+        if config.coord_repulsion:
+            r, w = sequence_repulsion(target_tokens.detach().cpu().numpy(), target_values.detach().cpu().numpy())
+            reps = torch.from_numpy(r).to(target.device)[is_num]
+            weights = torch.from_numpy(w).to(target.device)[is_num]
+        per_value = torch.zeros_like(target)
+        per_value[is_num] = ValueMixture(config).nll(cont_pred[is_num], target[is_num], kinds[is_num],
+                                                     row_atoms[is_num], reps, weights)
     else:
-        err = torch.where(is_num, cont_pred.float() - target, 0.0)
-    if config.cont_loss_scale == "relative":
-        err = err / target.abs().clamp(min=1.0)
-    mse_sum = (err**2).sum()
-    return LossParts(ce_sum, int(valid.sum()), mse_sum, int(is_num.sum()))
+        if config.cont_loss_scale == "log":
+            err = torch.where(is_num, symlog(cont_pred.float()) - symlog(target), 0.0)
+        else:
+            err = torch.where(is_num, cont_pred.float() - target, 0.0)
+        if config.cont_loss_scale == "relative":
+            err = err / target.abs().clamp(min=1.0)
+        per_value = err**2
+    # a <num> the layout cannot place (no space group before it) keeps weight 1: the regression
+    # head needs no kind; the mixture head gives it no loss
+    weights = torch.tensor((1.0, *config.value_loss_weights), device=per_value.device)[kinds]
+    weights = torch.where(is_num, weights, 0.0)
+    mse_sum = (per_value * weights).sum()
+    detached = per_value.detach()
+    kind_sums = [float(detached[kinds == k].sum()) for k in VALUE_KINDS]
+    kind_counts = [int((kinds == k).sum()) for k in VALUE_KINDS]
+    return LossParts(ce_sum, int(valid.sum()), mse_sum, int(is_num.sum()), kind_sums, kind_counts)
 
 
 def combine_loss(parts: LossParts, n_tokens: int, n_values: int, config: ModelConfig) -> torch.Tensor:
-    """CE per token + w * MSE per value, normalised by the (global) counts given."""
+    """CE per token + w * value loss per value, normalised by the (global) counts given."""
     return parts.ce_sum / max(n_tokens, 1) + config.cont_loss_weight * parts.mse_sum / max(n_values, 1)

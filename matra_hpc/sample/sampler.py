@@ -44,6 +44,14 @@ import numpy as np
 import torch
 
 from matra_hpc.errors import UsageError
+from matra_hpc.model.slots import (
+    COORD,
+    LENGTH,
+    NONE,
+    grammar_slot_kind,
+    repulsion_context,
+    sequence_cell_atoms,
+)
 
 
 @dataclass(frozen=True)
@@ -166,21 +174,25 @@ class _Run:
         self.complete = [False] * n
         self.states: dict[int, object] = {}  # running sequences only
         self.rngs: dict[int, np.random.Generator] = {}
+        self.kinds: dict[int, int] = {}  # kind of each running sequence's next slot
+        self.mixture = getattr(model, "mixture", None)
 
     def start(self, index: int) -> None:
         self.states[index] = self.grammar.new_states(1)[0]
         self.rngs[index] = sequence_rng(self.base_seed, index)
+        self.kinds[index] = NONE  # a sequence never starts with a value
 
-    def forward(self, step_tokens, step_values, cache, live: list[int], capacity: int):
-        """One model step over every slot; returns the last position's outputs of the live slots."""
+    def forward(self, step_tokens, step_values, step_kinds, cache, live: list[int], capacity: int):
+        """One model step over every slot; returns the last position's outputs of the live slots
+        (logits, and the value head's output: (b,) numbers or (b, P) mixture parameters)."""
         started = time.perf_counter()
         busy = len(live)
-        logits, cont = self.model(step_tokens, step_values, kv_cache=cache)
+        logits, cont = self.model(step_tokens, step_values, kv_cache=cache, kinds=step_kinds)
         last_logits, last_cont = logits[:, -1, :], cont[:, -1]
         if busy < step_tokens.shape[0]:  # idle slots ran too (fixed batch layout): drop their outputs
             live_idx = torch.tensor(live, dtype=torch.long, device=last_logits.device)
             last_logits, last_cont = last_logits.index_select(0, live_idx), last_cont.index_select(0, live_idx)
-        last_cont_host = last_cont.double().cpu().numpy()  # (b,); waits for the device
+        last_cont_host = last_cont.double().cpu().numpy()  # (b,) or (b, P); waits for the device
         if self.stats is not None:
             s = self.stats
             s.forward_calls += 1
@@ -192,9 +204,11 @@ class _Run:
                                 int(cache.lengths.max()), time.perf_counter() - started))
         return last_logits, last_cont_host
 
-    def advance(self, seqs: list[int], last_logits: torch.Tensor, last_cont: np.ndarray) -> list[tuple[int, float, bool]]:
+    def advance(
+        self, seqs: list[int], last_logits: torch.Tensor, last_cont: np.ndarray
+    ) -> list[tuple[int, float, int, bool]]:
         """Draw the next token (and value) of each sequence from its row of the model's output;
-        returns (token, value, still running) per sequence."""
+        returns (token, value, kind of the slot after it, still running) per sequence."""
         grammar, settings, temperature = self.grammar, self.settings, self.temperature
         allowed = torch.from_numpy(np.ascontiguousarray(grammar.masks([self.states[i] for i in seqs])))
         u = torch.tensor([self.rngs[i].random() for i in seqs], dtype=torch.float64)
@@ -206,10 +220,19 @@ class _Run:
             value = math.nan
             if token == self.model.config.num_id:
                 lo, hi = grammar.value_range(state)
-                raw = float(last_cont[k])
-                if settings.value_noise > 0:
-                    raw += settings.value_noise * temperature * float(rng.standard_normal())
-                value = _into_range(raw, lo, hi, periodic=_is_coordinate(lo, hi))
+                periodic = _is_coordinate(lo, hi)
+                if self.mixture is not None:
+                    kind = self.kinds[i]
+                    atoms = sequence_cell_atoms(self.tokens[i]) if kind == LENGTH else 1
+                    repel = (repulsion_context(self.tokens[i], self.values[i])
+                             if kind == COORD and self.mixture.repulsion else None)
+                    value = _mixture_value(self.mixture, last_cont[k], kind, temperature, rng, grammar, state,
+                                           lo, hi, periodic, atoms, repel)
+                else:
+                    raw = float(last_cont[k])
+                    if settings.value_noise > 0:
+                        raw += settings.value_noise * temperature * float(rng.standard_normal())
+                    value = _into_range(raw, lo, hi, periodic=periodic)
                 value = _admissible_value(grammar, state, value, lo, hi, rng)
             grammar.advance(state, token, value)
             self.tokens[i].append(token)
@@ -219,9 +242,12 @@ class _Run:
                 self.complete[i], running = True, False
             elif len(self.tokens[i]) >= self.max_length:
                 running = False  # cut by the length guard, left incomplete
-            if not running:
-                del self.states[i], self.rngs[i]
-            out.append((token, value, running))
+            kind = NONE
+            if running:
+                kind = self.kinds[i] = grammar_slot_kind(grammar, state)
+            else:
+                del self.states[i], self.rngs[i], self.kinds[i]
+            out.append((token, value, kind, running))
         return out
 
 
@@ -238,28 +264,32 @@ def _sample_cohort(run: _Run, seqs: list[int]) -> None:
     # Model input of every slot: the next position only (cache) or the whole prefix.
     step_tokens = torch.full((rows, 1), config.bos_id, dtype=torch.long, device=device)
     step_values = torch.full((rows, 1), math.nan, dtype=torch.float32, device=device)
+    step_kinds = torch.full((rows, 1), NONE, dtype=torch.long, device=device)
     steps = 0
     while True:
         live = [j for j, i in enumerate(slots) if i in running]  # slots still sampling, in slot order
         if not live:
             break
-        last_logits, last_cont = run.forward(step_tokens, step_values, cache, live, capacity)
+        last_logits, last_cont = run.forward(step_tokens, step_values, step_kinds, cache, live, capacity)
         steps += 1
         live_seqs = [slots[j] for j in live]
         next_tokens = np.full(len(slots), config.pad_id, dtype=np.int64)
         next_values = np.full(len(slots), math.nan)
-        for j, i, (token, value, still) in zip(live, live_seqs, run.advance(live_seqs, last_logits, last_cont),
-                                               strict=True):
-            next_tokens[j], next_values[j] = token, value
+        next_kinds = np.full(len(slots), NONE, dtype=np.int64)
+        for j, i, (token, value, kind, still) in zip(live, live_seqs,
+                                                     run.advance(live_seqs, last_logits, last_cont), strict=True):
+            next_tokens[j], next_values[j], next_kinds[j] = token, value, kind
             if not still:
                 running.discard(i)
         new_tokens = torch.from_numpy(next_tokens).to(device)[:, None]
         new_values = torch.from_numpy(next_values).to(device=device, dtype=torch.float32)[:, None]
+        new_kinds = torch.from_numpy(next_kinds).to(device)[:, None]
         if cache is not None:
-            step_tokens, step_values = new_tokens, new_values
+            step_tokens, step_values, step_kinds = new_tokens, new_values, new_kinds
         else:
             step_tokens = torch.cat([step_tokens, new_tokens], dim=1)
             step_values = torch.cat([step_values, new_values], dim=1)
+            step_kinds = torch.cat([step_kinds, new_kinds], dim=1)
         # Finished rows ride along (their outputs ignored) until an eighth of the batch is
         # finished: compacting the KV cache copies all of it, so not on every finished row.
         keep = [j for j, i in enumerate(slots) if i in running]
@@ -267,6 +297,7 @@ def _sample_cohort(run: _Run, seqs: list[int]) -> None:
             keep_idx = torch.tensor(keep, dtype=torch.long, device=device)
             step_tokens = step_tokens.index_select(0, keep_idx)
             step_values = step_values.index_select(0, keep_idx)
+            step_kinds = step_kinds.index_select(0, keep_idx)
             if cache is not None:
                 cache.select(keep_idx)
             slots = [slots[j] for j in keep]
@@ -290,6 +321,7 @@ def _sample_refill(run: _Run) -> None:
     slots: list[int | None] = [None] * capacity  # sequence in each slot, None when free
     next_tokens = np.full(capacity, config.pad_id, dtype=np.int64)
     next_values = np.full(capacity, math.nan)
+    next_kinds = np.full(capacity, NONE, dtype=np.int64)
     pending = 0
     steps = 0
     while True:
@@ -299,7 +331,7 @@ def _sample_refill(run: _Run) -> None:
                 break
             slots[j] = pending
             run.start(pending)
-            next_tokens[j], next_values[j] = config.bos_id, math.nan
+            next_tokens[j], next_values[j], next_kinds[j] = config.bos_id, math.nan, NONE
             pending += 1
         live = [j for j, i in enumerate(slots) if i is not None]
         if not live:
@@ -309,12 +341,13 @@ def _sample_refill(run: _Run) -> None:
             cache.reset(free)
         step_tokens = torch.from_numpy(next_tokens).to(device)[:, None]
         step_values = torch.from_numpy(next_values).to(device=device, dtype=torch.float32)[:, None]
-        last_logits, last_cont = run.forward(step_tokens, step_values, cache, live, capacity)
+        step_kinds = torch.from_numpy(next_kinds).to(device)[:, None]
+        last_logits, last_cont = run.forward(step_tokens, step_values, step_kinds, cache, live, capacity)
         steps += 1
         live_seqs = [slots[j] for j in live]
-        next_tokens[:], next_values[:] = config.pad_id, math.nan
-        for j, (token, value, still) in zip(live, run.advance(live_seqs, last_logits, last_cont), strict=True):
-            next_tokens[j], next_values[j] = token, value
+        next_tokens[:], next_values[:], next_kinds[:] = config.pad_id, math.nan, NONE
+        for j, (token, value, kind, still) in zip(live, run.advance(live_seqs, last_logits, last_cont), strict=True):
+            next_tokens[j], next_values[j], next_kinds[j] = token, value, kind
             if not still:
                 slots[j] = None
         if pending == n:
@@ -322,7 +355,7 @@ def _sample_refill(run: _Run) -> None:
             if keep and len(slots) - len(keep) >= max(1, len(slots) // 8):
                 cache.select(torch.tensor(keep, dtype=torch.long))
                 slots = [slots[j] for j in keep]
-                next_tokens, next_values = next_tokens[keep], next_values[keep]
+                next_tokens, next_values, next_kinds = next_tokens[keep], next_values[keep], next_kinds[keep]
     if run.stats is not None:
         run.stats.per_cohort_steps.append(steps)
 
@@ -373,6 +406,24 @@ def _admissible_value(grammar, state, value: float, lo: float, hi: float, rng: n
         if grammar.value_allowed(state, candidate):
             return candidate
     raise RuntimeError(f"no value in [{lo}, {hi}) allowed by the grammar after {MAX_REDRAWS} redraws")
+
+
+# Draws from the model's own distribution before the nudge-and-redraw fallback of a refused value.
+MODEL_REDRAWS = 8
+
+
+def _mixture_value(mixture, params: np.ndarray, kind: int, temperature: float, rng: np.random.Generator,
+                   grammar, state, lo: float, hi: float, periodic: bool, atoms: int = 1,
+                   repel: tuple[list[float], list[float]] | None = None) -> float:
+    """A value drawn from the mixture head at the temperature, brought into the grammar's range;
+    a value the grammar refuses (a coordinate on a special position or an earlier atom) is drawn
+    again from the model, up to MODEL_REDRAWS times, before ``_admissible_value`` takes over."""
+    value = lo
+    for _ in range(MODEL_REDRAWS):
+        value = _into_range(mixture.sample(params, kind, temperature, rng, atoms, repel), lo, hi, periodic=periodic)
+        if grammar.value_allowed(state, value):
+            return value
+    return value
 
 
 def _is_coordinate(lo: float, hi: float) -> bool:

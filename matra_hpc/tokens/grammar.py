@@ -246,6 +246,16 @@ class Grammar:
             return lo, hi
         return ANGLE_MIN, ANGLE_MAX
 
+    def value_kind(self, state: GrammarState) -> str | None:
+        """Kind of the next ``<num>``: ``coordinate``, ``length`` or ``angle``; None when the next
+        token is not a value (the model is told what it predicts, see model/slots.py)."""
+        if state.phase == _COORD:
+            return "coordinate"
+        if state.phase != _LATTICE:
+            return None
+        name = state.lattice_names[len(state.lattice_values)]
+        return "length" if name in ("a", "b", "c") else "angle"
+
     def advance(self, state: GrammarState, token: int, value: float = math.nan) -> None:
         """Append ``token`` (and its value, for ``<num>``) to the prefix; GrammarError if illegal."""
         token = int(token)

@@ -53,8 +53,14 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+KINDS = ("coordinate", "length", "angle")
+
+
 def plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
-    """Train loss per step and validation loss per epoch, log scale."""
+    """Left: train loss per step and validation loss per epoch (log scale while every loss is
+    positive; the mixture head's negative log-likelihood can take the total below zero).
+    Right: per kind of value, the validation mean absolute error over the mean predictor's
+    (below 1: the model beats a constant; the dashed line is half of it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,17 +69,31 @@ def plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, (ax, kx) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     if train:
         ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train loss")
     if val:
         ax.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", ms=3, label="validation loss")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("CE + w * MSE")
+    ax.set_ylabel("CE + w * value loss")
     if train or val:
-        ax.set_yscale("log")
+        if all(r["loss"] > 0 for r in train + val):
+            ax.set_yscale("log")
         ax.legend()
     ax.grid(alpha=0.3)
+    for kind in KINDS:
+        pts = [(r["step"], r[f"mae_{kind}"] / r[f"base_mae_{kind}"]) for r in val
+               if r.get(f"base_mae_{kind}") and f"mae_{kind}" in r]
+        if pts:
+            kx.plot(*zip(*pts, strict=True), "o-", ms=3, label=kind)
+    kx.axhline(1.0, color="k", lw=0.8)
+    kx.axhline(0.5, color="k", lw=0.8, ls="--")
+    kx.set_xlabel("optimizer step")
+    kx.set_ylabel("validation MAE / mean predictor's")
+    kx.set_title("per-kind value errors", fontsize=9)
+    if kx.lines[2:]:
+        kx.legend()
+    kx.grid(alpha=0.3)
     fig.tight_layout()
     tmp = png_path.with_name(png_path.stem + ".tmp.png")
     fig.savefig(tmp)

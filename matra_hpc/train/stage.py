@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -51,6 +52,8 @@ from matra_hpc.model.checkpoint import (
     save_checkpoint,
     save_model_dir,
 )
+from matra_hpc.model.slots import KIND_NAMES, VALUE_KINDS, value_abs_errors
+from matra_hpc.model.transformer import point_values, target_cell_atoms, target_slot_kinds
 from matra_hpc.tokens.format import require_token_format
 from matra_hpc.train.config import TrainConfig
 from matra_hpc.train.metrics import PLOT_FILE, MetricsLog, plot_loss_curve
@@ -78,6 +81,33 @@ def one_cycle_lr(step: int, total: int, config: TrainConfig) -> float:
         return start + (config.lr_max - start) * step / warm
     frac = min((step - warm) / max(total - warm, 1), 1.0)
     return config.lr_max + (end - config.lr_max) * frac
+
+
+def _kind_means(ds: TokenStoreDataset, max_rows: int = 50_000) -> list[float]:
+    """The per-kind mean predictor: the constant with the smallest mean error over the first
+    ``max_rows`` training rows (coordinates: the periodic median on a 1/200 grid; lengths and
+    angles: the median)."""
+    from matra_hpc.model.slots import COORD, sequence_slot_kinds
+
+    n = min(len(ds), max_rows)
+    if n == 0:
+        return [0.0] * len(VALUE_KINDS)
+    tokens, values, _ = ds.store.read_span(int(ds.rows[0]), int(ds.rows[n - 1]) + 1)
+    lo = int(ds.store.offsets[ds.rows[0]])
+    kinds = np.zeros(len(tokens), dtype=np.int8)  # val rows in between stay NONE
+    for row in ds.rows[:n]:
+        a, b = int(ds.store.offsets[row]) - lo, int(ds.store.offsets[row + 1]) - lo
+        kinds[a:b] = sequence_slot_kinds(tokens[a:b])
+    means = []
+    for kind in VALUE_KINDS:
+        v = values[kinds == kind]
+        if kind == COORD and len(v):
+            grid = np.linspace(0.0, 1.0, 201)[:-1]
+            d = np.abs(v[None, :20_000] - grid[:, None]) % 1.0
+            means.append(float(grid[np.argmin(np.minimum(d, 1.0 - d).mean(axis=1))]))
+        else:
+            means.append(float(np.median(v)) if len(v) else 0.0)
+    return means
 
 
 class _StopFlag:
@@ -157,6 +187,9 @@ class _Trainer:
         self.schedule_steps = cfg.schedule_steps or cfg.max_steps or cfg.epochs * self.steps_per_epoch
         store_info = describe_store(self.store) if self.is_main else None
         self.store_info = self.ctx.broadcast(store_info)
+        # the per-kind mean predictor the validation errors are compared with
+        self.kind_means = self.ctx.broadcast(_kind_means(self.train_ds) if self.is_main else None)
+        self.last_val: dict[str, float] | None = None
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model = MatraTransformer(model_cfg).to(self.device)
@@ -261,6 +294,7 @@ class _Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "best_val_loss": self.best_val,
+            "val": self.last_val,
             "train_config": asdict(self.config),
             "world_size": self.ctx.world_size,
             "created_by": {"package": __version__},
@@ -301,8 +335,9 @@ class _Trainer:
 
         return collate([(np.array([2], dtype=np.int64), np.array([np.nan]))])
 
-    def train_step(self, shard: GlobalBatchShard) -> tuple[float, float]:
-        """One optimizer step on this rank's share; returns this rank's (CE sum, MSE sum)."""
+    def train_step(self, shard: GlobalBatchShard) -> tuple[float, float, list[float]]:
+        """One optimizer step on this rank's share; returns this rank's (CE sum, value loss sum,
+        [unweighted value loss sum per kind..., value count per kind...])."""
         cfg = self.config
         lr = one_cycle_lr(self.step, self.schedule_steps, cfg)
         for group in self.optimizer.param_groups:
@@ -314,44 +349,68 @@ class _Trainer:
         scale = 1.0 if micro else 0.0
         micro = micro or [self._dummy_batch()]
         ce_total = mse_total = 0.0
+        kind_total = [0.0] * (2 * len(VALUE_KINDS))
         for i, mb in enumerate(micro):
             mb = mb.to(self.device)
+            # the kind of each target is the model's "next slot" input at that position
+            kinds, atoms = target_slot_kinds(mb.target_tokens), target_cell_atoms(mb.target_tokens)
             sync = i == len(micro) - 1 or not self.distributed
             ctx = contextlib.nullcontext() if sync else self.forward_model.no_sync()
             with ctx:
                 with self.autocast():
-                    logits, cont = self.forward_model(mb.tokens, mb.values)
-                parts = loss_sums(logits, cont, mb.target_tokens, mb.target_values, self.model_cfg)
+                    logits, cont = self.forward_model(mb.tokens, mb.values, kinds=kinds)
+                parts = loss_sums(logits, cont, mb.target_tokens, mb.target_values, self.model_cfg, kinds, atoms)
                 # Sum / global count, times world size to undo DDP's average over ranks.
                 loss = combine_loss(parts, shard.n_tokens, shard.n_values, self.model_cfg) * self.ctx.world_size * scale
                 loss.backward()
             ce_total += float(parts.ce_sum.detach()) * scale
             mse_total += float(parts.mse_sum.detach()) * scale
+            kind_total = [a + b * scale for a, b in zip(kind_total, parts.kind_sums + parts.kind_counts, strict=True)]
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
-        return ce_total, mse_total
+        return ce_total, mse_total, kind_total
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        """Validation loss, and per kind of value: the value loss and the mean absolute error of
+        the model's point value (coordinates: periodic distance; lengths: A; angles: degrees)."""
         self.forward_model.eval()
-        ce = mse = n_tok = n_val = 0.0
+        n_kinds = len(VALUE_KINDS)
+        sums = [0.0] * (4 + 4 * n_kinds)  # ce, value loss, tokens, values | per kind: loss, |err|, count | base
         for shard in self.val_ds.iter_eval_batches(self.config.val_batch, self.ctx.rank, self.ctx.world_size):
             for mb in shard.micro_batches:
                 mb = mb.to(self.device)
+                kinds, atoms = target_slot_kinds(mb.target_tokens), target_cell_atoms(mb.target_tokens)
                 with self.autocast():
-                    logits, cont = self.model(mb.tokens, mb.values)
-                parts = loss_sums(logits, cont, mb.target_tokens, mb.target_values, self.model_cfg)
-                ce += float(parts.ce_sum)
-                mse += float(parts.mse_sum)
-                n_tok += parts.n_tokens
-                n_val += parts.n_values
-        ce, mse, n_tok, n_val = self._all_sum([ce, mse, n_tok, n_val])
-        ce_mean = ce / max(n_tok, 1)
-        mse_mean = mse / max(n_val, 1)
-        return {"loss": ce_mean + self.model_cfg.cont_loss_weight * mse_mean, "ce": ce_mean, "mse": mse_mean,
-                "n_rows": len(self.val_ds)}
+                    logits, cont = self.model(mb.tokens, mb.values, kinds=kinds)
+                parts = loss_sums(logits, cont, mb.target_tokens, mb.target_values, self.model_cfg, kinds, atoms)
+                errors = value_abs_errors(point_values(self.model, cont, kinds, atoms), mb.target_values, kinds)
+                constant = torch.tensor([0.0, *self.kind_means])[kinds.cpu()]
+                base = value_abs_errors(constant, mb.target_values, kinds)
+                sums[0] += float(parts.ce_sum)
+                sums[1] += float(parts.mse_sum)
+                sums[2] += parts.n_tokens
+                sums[3] += parts.n_values
+                for j, kind in enumerate(VALUE_KINDS):
+                    sums[4 + 3 * j] += parts.kind_sums[j]
+                    sums[5 + 3 * j] += float(errors[kind].sum())
+                    sums[6 + 3 * j] += parts.kind_counts[j]
+                    sums[4 + 3 * n_kinds + j] += float(base[kind].sum())
+        sums = self._all_sum(sums)
+        ce_mean = sums[0] / max(sums[2], 1)
+        mse_mean = sums[1] / max(sums[3], 1)
+        out = {"loss": ce_mean + self.model_cfg.cont_loss_weight * mse_mean, "ce": ce_mean, "mse": mse_mean,
+               "n_rows": len(self.val_ds)}
+        for j, kind in enumerate(VALUE_KINDS):
+            count = sums[6 + 3 * j]
+            if count:
+                out[f"vloss_{KIND_NAMES[kind]}"] = sums[4 + 3 * j] / count
+                out[f"mae_{KIND_NAMES[kind]}"] = sums[5 + 3 * j] / count
+                out[f"base_mae_{KIND_NAMES[kind]}"] = sums[4 + 3 * n_kinds + j] / count
+        self.last_val = out
+        return out
 
     def _decide(self, stop: _StopFlag) -> tuple[str | None, bool]:
         """(reason to stop or None, checkpoint due), agreed by every rank in one all-reduce."""
@@ -410,6 +469,7 @@ class _Trainer:
         window_t0 = time.monotonic()
         window_rows = window_tokens = 0
         ce_acc = mse_acc = tok_acc = val_acc = 0.0
+        kind_acc = [0.0] * (2 * len(VALUE_KINDS))
         with _StopFlag() as stop:
             while self.epoch < cfg.epochs:
                 plan = self.train_ds.epoch_plan(cfg.global_batch, cfg.seed, self.epoch)
@@ -419,28 +479,33 @@ class _Trainer:
                 ):
                     if stopped:
                         break
-                    ce, mse = self.train_step(shard)
+                    ce, mse, kind_sums = self.train_step(shard)
                     self.batch_in_epoch = shard.index + 1
                     ce_acc += ce
                     mse_acc += mse
+                    kind_acc = [a + b for a, b in zip(kind_acc, kind_sums, strict=True)]
                     tok_acc += shard.n_tokens
                     val_acc += shard.n_values
                     window_rows += shard.n_rows
                     window_tokens += shard.n_tokens
                     if self.step % cfg.log_every == 0:
-                        ce_acc, mse_acc = self._all_sum([ce_acc, mse_acc])
+                        ce_acc, mse_acc, *kind_acc = self._all_sum([ce_acc, mse_acc, *kind_acc])
                         elapsed = time.monotonic() - window_t0
                         ce_mean, mse_mean = ce_acc / max(tok_acc, 1), mse_acc / max(val_acc, 1)
+                        n_kinds = len(VALUE_KINDS)
+                        per_kind = {f"vloss_{KIND_NAMES[k]}": kind_acc[j] / kind_acc[n_kinds + j]
+                                    for j, k in enumerate(VALUE_KINDS) if kind_acc[n_kinds + j]}
                         self.metrics.write({
                             "kind": "train", "step": self.step, "epoch": self.epoch,
                             "loss": ce_mean + self.model_cfg.cont_loss_weight * mse_mean, "ce": ce_mean,
-                            "mse": mse_mean, "lr": self.optimizer.param_groups[0]["lr"],
+                            "mse": mse_mean, **per_kind, "lr": self.optimizer.param_groups[0]["lr"],
                             "seq_per_s": window_rows / elapsed, "tok_per_s": window_tokens / elapsed,
                             "time": time.time(),
                         })
                         window_t0 = time.monotonic()
                         window_rows = window_tokens = 0
                         ce_acc = mse_acc = tok_acc = val_acc = 0.0
+                        kind_acc = [0.0] * (2 * n_kinds)
                     if self.batch_in_epoch == len(plan):
                         break  # the epoch's end is checkpointed after validation
                     stopped, due = self._decide(stop)

@@ -59,3 +59,28 @@ def test_a_temperature_without_finished_shards_reports_no_fractions(tmp_path: Pa
     assert "NaN" not in text
     t07, t10 = json.loads(text)["temperatures"]
     assert t07["rows_per_task_second"] == 0.5 and t10["rows"] == 0 and t10["frac_valid"] is None
+
+
+def test_plausibility_section_measures_volume_distances_and_value_errors(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "meta.json").write_text(json.dumps({"step": 7, "val": {
+        "mae_coordinate": 0.1, "base_mae_coordinate": 0.2, "mae_length": 1.0, "base_mae_length": 4.0}}))
+    out = tmp_path / "gen.zarr"
+    gstore.init_store(out, {"schema": gstore.SCHEMA, "run_id": "r1", "checkpoint": {"resolved": str(ckpt)}},
+                      FINGERPRINT)
+    gstore.write_shard(out, 0.7, 0, build_table([(rock_salt(5.6), "h1"), (rock_salt(5.0), "h2")], "a"), {})
+    section = build_report(out)["plausibility"]
+    # rock salt: 8 atoms in a^3, Na-Cl at a/2, Na-Na and Cl-Cl at a/sqrt(2)
+    vpa = section["generated"]["volume_per_atom"]
+    assert vpa["n"] == 2 and vpa["median"] == pytest.approx((5.6**3 / 8 + 5.0**3 / 8) / 2, rel=1e-3)
+    pairs = {p["pair"]: p["generated"]["median"] for p in section["pairs"]}
+    assert pairs["Na-Cl"] == pytest.approx((2.8 + 2.5) / 2, rel=1e-3)
+    assert pairs["Na-Na"] == pytest.approx(5.3 / 2**0.5, rel=1e-3)
+    assert section["train"] is None  # the store names no training store
+    errors = section["value_errors"]
+    assert errors["step"] == 7 and errors["kinds"]["length"] == {"mae": 1.0, "mean_predictor_mae": 4.0,
+                                                                  "value_loss": None}
+    assert main(["report", "generate", str(out)]) == 0
+    assert (tmp_path / "gen.report.plausibility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "_plot" not in json.loads((tmp_path / "gen.report.json").read_text())["plausibility"]

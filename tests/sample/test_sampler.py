@@ -44,9 +44,9 @@ def test_every_token_is_legal_and_every_sequence_completes(hostile_model, temper
         assert rejection is None, rejection
 
 
-def test_values_stay_in_range_coordinates_wrap_lattice_clamps(tiny_model) -> None:
+def test_values_stay_in_range_coordinates_wrap_lattice_clamps(tiny_paper_model) -> None:
     grammar = Grammar()
-    model = copy.deepcopy(tiny_model)
+    model = copy.deepcopy(tiny_paper_model)
     with torch.no_grad():
         model.cont_head.weight.zero_()
         # the head works in symlog space (cont_loss_scale: log): this makes every value 1.25, so
@@ -99,11 +99,11 @@ def test_length_guard_cuts_and_says_so(tiny_model) -> None:
     assert all(len(s.tokens) <= 20 for s in seqs)
 
 
-def test_value_noise_is_seeded_and_stays_legal(tiny_model) -> None:
+def test_value_noise_is_seeded_and_stays_legal(tiny_paper_model) -> None:
     grammar = Grammar()
-    a = _sample(tiny_model, grammar, 6, 1.0, seed=8, value_noise=0.5)
-    b = _sample(tiny_model, grammar, 6, 1.0, seed=8, value_noise=0.5)
-    plain = _sample(tiny_model, grammar, 6, 1.0, seed=8)
+    a = _sample(tiny_paper_model, grammar, 6, 1.0, seed=8, value_noise=0.5)
+    b = _sample(tiny_paper_model, grammar, 6, 1.0, seed=8, value_noise=0.5)
+    plain = _sample(tiny_paper_model, grammar, 6, 1.0, seed=8)
     assert _flat_values(a) == pytest.approx(_flat_values(b), nan_ok=True)
     assert _flat_values(a) != pytest.approx(_flat_values(plain), nan_ok=True)
     assert all(grammar.accepts(TokenSequence(tokens=s.tokens, values=s.values)) for s in a)
@@ -187,44 +187,57 @@ def test_refill_gives_the_sequences_of_the_cohort_and_no_cache_samplers(tiny_mod
             assert a.values == pytest.approx(b.values, abs=1e-4, nan_ok=True)
 
 
-def test_refilled_sequences_replay_exactly_on_a_full_forward(tiny_model) -> None:
+@pytest.mark.parametrize("head", ["mixture", "regression"])
+def test_refilled_sequences_replay_exactly_on_a_full_forward(tiny_model, tiny_paper_model, head) -> None:
     """KV cache with refill vs recompute: each sequence, replayed alone with a no-cache forward of
-    its whole prefix and its own generator, draws the same token at every step and the same value
-    at every <num>."""
+    its whole prefix (and the kinds of its slots) and its own generator, draws the same token at
+    every step and the same value at every <num>."""
+    from matra_hpc.model.slots import COORD, repulsion_context, sequence_cell_atoms, sequence_slot_kinds
     from matra_hpc.sample.sampler import (
         _admissible_value,
         _base_seed,
         _draw_tokens,
         _into_range,
         _is_coordinate,
+        _mixture_value,
         sequence_rng,
     )
 
     grammar = Grammar()
-    model = tiny_model
+    model = tiny_model if head == "mixture" else tiny_paper_model
     temperature = 1.3
     seqs = _sample(model, grammar, 10, temperature, seed=17, batch_size=3)
     base = _base_seed(torch.Generator().manual_seed(17))
-    replayed_values = 0
+    replayed_values = repelled = 0
     for index, seq in enumerate(seqs):
         rng = sequence_rng(base, index)
         state = grammar.new_states(1)[0]
         tokens = torch.tensor([[model.config.bos_id] + seq.tokens[:-1]])
         values = torch.tensor([[math.nan] + seq.values[:-1]], dtype=torch.float32)
+        kinds = torch.from_numpy(sequence_slot_kinds(seq.tokens)).long()[None]  # next slot of each input
         with torch.no_grad():
-            logits, cont = model(tokens, values)
+            logits, cont = model(tokens, values, kinds=kinds)
         for t, (token, value) in enumerate(zip(seq.tokens, seq.values, strict=True)):
             allowed = torch.from_numpy(grammar.masks([state]))
             u = torch.tensor([rng.random()], dtype=torch.float64)
             assert int(_draw_tokens(logits[0, t : t + 1].float(), allowed, temperature, u)[0]) == token
             if token == model.config.num_id:
                 lo, hi = grammar.value_range(state)
-                raw = _into_range(float(cont[0, t]), lo, hi, periodic=_is_coordinate(lo, hi))
+                periodic = _is_coordinate(lo, hi)
+                if head == "mixture":
+                    repel = repulsion_context(seq.tokens[:t], seq.values[:t])
+                    raw = _mixture_value(model.mixture, cont[0, t].double().numpy(), int(kinds[0, t]),
+                                         temperature, rng, grammar, state, lo, hi, periodic,
+                                         int(sequence_cell_atoms(seq.tokens[:t])), repel)
+                    repelled += bool(repel[0]) and int(kinds[0, t]) == COORD
+                else:
+                    raw = _into_range(float(cont[0, t]), lo, hi, periodic=periodic)
                 assert _admissible_value(grammar, state, raw, lo, hi, rng) == pytest.approx(value, abs=1e-4)
                 replayed_values += 1
             grammar.advance(state, token, value)
         assert grammar.is_complete(state) == seq.complete
     assert replayed_values > 0
+    assert head == "regression" or repelled > 0  # repelled draws were replayed too
 
 
 def test_refill_keeps_the_batch_busier_than_cohorts(tiny_model) -> None:

@@ -1,0 +1,273 @@
+"""The kind of every continuous slot of a token sequence: free coordinate, lattice length, angle.
+
+A ``<num>`` token carries one of three kinds of value (docs/contracts.md section A): a free
+coordinate of a Wyckoff site (fractional, periodic, in [0, 1)), a lattice length (Angstrom) or a
+lattice angle (degrees). Which one is fixed by the layout: the ``n_free`` values after a Wyckoff
+token and its element are coordinates; the values after the last site are the lattice parameters
+of the space group's crystal system, in the order of ``lattice_parameter_names``.
+
+The model takes the kind of the *next* slot as an input (typed value slots, ``ModelConfig.
+slot_kinds``) and normalises each kind's values its own way. Training reads the kinds of whole
+sequences with :func:`sequence_slot_kinds` (vectorised over a padded batch); the sampler asks
+the grammar for the kind of the slot a prefix expects next (:func:`grammar_slot_kind`). A test
+checks that the two agree on every value of the demo store.
+
+Kinds are small integers: ``NONE`` (the token is not ``<num>``), ``COORD``, ``LENGTH``, ``ANGLE``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+NONE, COORD, LENGTH, ANGLE = 0, 1, 2, 3
+N_KINDS = 4
+KIND_NAMES = ("none", "coordinate", "length", "angle")
+VALUE_KINDS = (COORD, LENGTH, ANGLE)
+_MAX_LATTICE = 6
+
+
+@functools.cache
+def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Per token id: free parameters of a Wyckoff token, whether it is a space group token,
+    and per space-group token the kinds of its lattice values (padded with NONE)."""
+    from matra_hpc.tokens import load_vocab, wyckoff_table
+    from matra_hpc.tokens.wyckoff import lattice_parameter_names
+
+    vocab = load_vocab()
+    n_free = np.zeros(vocab.size, dtype=np.int64)
+    is_wyckoff = np.zeros(vocab.size, dtype=bool)
+    for group, positions in wyckoff_table().items():
+        for p in positions:
+            token = vocab.wyckoff(group, p.letter)
+            n_free[token] = p.n_free  # a shared-orbit token has the same free axes in every group
+            is_wyckoff[token] = True
+    lattice = np.zeros((vocab.size, _MAX_LATTICE), dtype=np.int8)
+    for g in range(1, 231):
+        names = lattice_parameter_names(g)
+        kinds = [LENGTH if n in ("a", "b", "c") else ANGLE for n in names]
+        lattice[vocab.spacegroup(g), : len(kinds)] = kinds
+    return n_free, is_wyckoff, lattice, vocab.num
+
+
+def sequence_slot_kinds(tokens: np.ndarray) -> np.ndarray:
+    """Kind of each position's value for whole sequences (B, T) or one sequence (T,).
+
+    ``tokens`` are sequence tokens (no ``<bos>``; padding after ``<end>`` is fine). Positions
+    whose token is not ``<num>`` get ``NONE``. Cut sequences give the kinds their prefix implies.
+    """
+    n_free, is_wyckoff, lattice, num_id = _tables()
+    tok = np.asarray(tokens, dtype=np.int64)
+    flat = tok.ndim == 1
+    tok = np.atleast_2d(tok)
+    B, T = tok.shape
+    idx = np.broadcast_to(np.arange(T), (B, T))
+    tok_c = np.clip(tok, 0, len(n_free) - 1)
+    is_num = tok == num_id
+    # position of the latest Wyckoff token at or before each position (-1: none yet)
+    w_pos = np.maximum.accumulate(np.where(is_wyckoff[tok_c], idx, -1), axis=1)
+    w_tok = np.take_along_axis(tok_c, np.maximum(w_pos, 0), axis=1)
+    offset = idx - w_pos
+    # W El <num>*n_free: the values at offsets 2 .. n_free + 1 after the Wyckoff token
+    coord = is_num & (w_pos >= 0) & (offset >= 2) & (offset <= n_free[w_tok] + 1)
+    lat = is_num & ~coord
+    lat_index = np.cumsum(lat, axis=1) - 1
+    sg_row = lattice[tok_c].any(axis=2)  # (B, T): positions holding a space group token
+    sg_tok = np.take_along_axis(tok_c, np.argmax(sg_row, axis=1)[:, None], axis=1)[:, 0]  # (B,)
+    lat_kinds = lattice[sg_tok]  # (B, 6)
+    kinds = np.where(coord, COORD, NONE).astype(np.int8)
+    li = np.clip(lat_index, 0, _MAX_LATTICE - 1)
+    kinds = np.where(lat & (lat_index < _MAX_LATTICE), np.take_along_axis(lat_kinds, li, axis=1), kinds)
+    kinds = kinds.astype(np.int8)
+    return kinds[0] if flat else kinds
+
+
+def grammar_slot_kind(grammar, state) -> int:
+    """Kind of the next slot of a prefix, from the grammar: ``NONE`` unless a value comes next."""
+    kind = grammar.value_kind(state)
+    return NONE if kind is None else KIND_NAMES.index(kind)
+
+
+def value_abs_errors(pred, target, kinds) -> dict[int, np.ndarray]:
+    """Absolute error of each value per kind, in the values' units: coordinates as the periodic
+    distance (0.98 vs 0.02 is 0.04), lengths in A, angles in degrees. Accepts tensors or arrays."""
+    p, t, k = (np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x) for x in (pred, target, kinds))
+    out = {}
+    for kind in VALUE_KINDS:
+        m = k == kind
+        d = np.abs(p[m].astype(np.float64) - t[m].astype(np.float64))
+        if kind == COORD:
+            d = np.minimum(d % 1.0, 1.0 - d % 1.0)
+        out[kind] = d
+    return out
+
+
+@functools.cache
+def _count_values() -> np.ndarray:
+    from matra_hpc.tokens import load_vocab
+
+    vocab = load_vocab()
+    values = np.zeros(vocab.size, dtype=np.int64)
+    lo, hi = vocab.count_range
+    values[lo:hi] = np.arange(1, hi - lo + 1)
+    return values
+
+
+def sequence_cell_atoms(tokens: np.ndarray) -> np.ndarray:
+    """Atoms in the conventional cell, the sum of the composition block's counts, per row of
+    (B, T) tokens (or one int for (T,)); a prefix gives the counts it has so far."""
+    values = _count_values()
+    tok = np.clip(np.asarray(tokens, dtype=np.int64), 0, len(values) - 1)
+    return values[tok].sum(axis=-1)
+
+
+# Closeness (fractional) within which an image of an earlier atom counts as lying on the current
+# site's line, plane or point: the width of the weight of a repelled value.
+AXIS_WIDTH = 0.02
+MAX_REPEL = 32
+
+
+@functools.lru_cache(maxsize=65536)
+def _orbit(group: int, index: int, free: tuple[float, ...]) -> np.ndarray:
+    from matra_hpc.tokens.wyckoff import position_ops
+
+    ops = position_ops(group)[index]
+    seed = np.zeros(3)
+    seed[list(ops.free_axes)] = free
+    return np.mod(ops.ops[:, :, :3] @ seed + ops.ops[:, :, 3], 1.0)
+
+
+def _site_walk(tokens, values):
+    """Walk a sequence: yields (position, group, position index, axis, values so far of the site,
+    earlier sites [(position index, values)]) at every coordinate position."""
+    from matra_hpc.tokens import load_vocab
+
+    vocab = load_vocab()
+    w_lo, w_hi = vocab.wyckoff_range
+    sg_lo, sg_hi = vocab.spacegroup_range
+    group = 0
+    sites: list[tuple[int, tuple[float, ...]]] = []
+    current: list[float] = []
+    index, n_free, expect, pending = -1, 0, 0, -1
+    for t, token in enumerate(tokens):
+        token = int(token)
+        if token == vocab.num and expect > 0:
+            yield t, group, index, len(current), current, sites
+            current.append(float(values[t]))
+            expect -= 1
+            if expect == 0:
+                sites.append((index, tuple(current)))
+        elif sg_lo <= token < sg_hi:
+            group = token - sg_lo + 1
+        elif w_lo <= token < w_hi and group:
+            position = vocab.wyckoff_of(group, token)
+            pending = position.index if position is not None else -1
+            n_free = position.n_free if position is not None else 0
+        elif pending >= 0:  # the site's element: its free values follow
+            index, current, expect = pending, [], n_free
+            if n_free == 0:
+                sites.append((index, ()))
+            pending = -1
+
+
+def _repel_candidates(group: int, index: int, axis: int, current: list[float],
+                      sites: list[tuple[int, tuple[float, ...]]]) -> tuple[list[float], list[float]]:
+    """Values of the current site's last free parameter that would put it on an image of an earlier
+    atom, with weights: how close that image lies to the site's locus given its other values."""
+    from matra_hpc.tokens.wyckoff import position_ops
+
+    ops = position_ops(group)[index]
+    rep, shift = ops.ops[0, :, :3], ops.ops[0, :, 3]
+    rows, signs = np.asarray(ops.read_rows), np.asarray(ops.read_signs)
+    reps_all, weights_all = [np.zeros(0)], [np.zeros(0)]
+    if sites:
+        points = np.concatenate([_orbit(group, i, v) for i, v in sites])  # (n, 3) every earlier atom
+        free = np.mod(signs * (points[:, rows] - shift[rows]), 1.0)  # the free values each atom implies
+        free[:, :axis] = current[:axis]  # the site's values so far, with the atom's own last value
+        seed = np.zeros((len(points), 3))
+        seed[:, list(ops.free_axes)] = free
+        d = (seed @ rep.T + shift) - points
+        d -= np.rint(d)
+        reps_all.append(free[:, axis])
+        weights_all.append(np.exp(-0.5 * (d**2).sum(axis=1) / AXIS_WIDTH**2))
+    # the site's own orbit: values where another of its atoms lands on the first (the orbit
+    # collapses onto a special position); D_k(x) = w + u x between image k and the representative
+    seed0 = np.zeros(3)
+    seed0[list(ops.free_axes)[:axis]] = current[:axis]
+    unit = np.zeros(3)
+    unit[ops.free_axes[axis]] = 1.0
+    others = ops.ops[1:]
+    w = (others[:, :, :3] - rep) @ seed0 + others[:, :, 3] - shift  # (m-1, 3)
+    u = (others[:, :, :3] - rep) @ unit  # (m-1, 3), integers
+    for k, i in zip(*np.nonzero(np.abs(u) > 0.5), strict=True):
+        step = abs(int(round(u[k, i])))
+        x = np.mod((np.arange(step) - w[k, i]) / u[k, i], 1.0)
+        dd = w[k][None, :] + np.outer(x, u[k])
+        dd -= np.rint(dd)
+        reps_all.append(x)
+        weights_all.append(np.exp(-0.5 * (dd**2).sum(axis=1) / AXIS_WIDTH**2))
+    reps, weights = np.concatenate(reps_all), np.concatenate(weights_all)
+    keep = weights > 1e-3
+    reps, weights = reps[keep], weights[keep]
+    if len(reps):  # one entry per distinct value (images often repeat one), its largest weight
+        order = np.argsort(-weights, kind="stable")
+        reps, first = np.unique(np.round(reps[order], 6), return_index=True)
+        weights = weights[order][first]
+    if len(reps) > MAX_REPEL:
+        top = np.argsort(-weights)[:MAX_REPEL]
+        reps, weights = reps[top], weights[top]
+    return reps.tolist(), weights.tolist()
+
+
+def repulsion_context(tokens, values) -> tuple[list[float], list[float]]:
+    """For the next value of a prefix, when it is the *last* free value of a site: the values of it
+    that would put the site's atom onto an earlier atom (an image of an earlier site under the
+    group) or onto another atom of its own orbit (a special position), with weights for how
+    exactly (the site's other values fixed). Empty otherwise. The
+    model's coordinate head learns how strongly to keep away from them
+    (``ModelConfig.coord_repulsion``)."""
+    out = _repulsion_positions(np.asarray(tokens), np.asarray(values, dtype=np.float64), len(tokens))
+    return out.get(len(tokens), ([], []))
+
+
+def _repulsion_positions(tokens: np.ndarray, values: np.ndarray, upto: int) -> dict[int, tuple[list, list]]:
+    from matra_hpc.tokens import load_vocab
+
+    toks = list(tokens[:upto]) + [load_vocab().num]  # a value at ``upto`` (the next slot) too
+    vals = list(values[:upto]) + [np.nan]
+    out: dict[int, tuple[list, list]] = {}
+    for t, group, index, axis, current, sites in _site_walk(toks, vals):
+        if axis != position_free_count(group, index) - 1:
+            continue
+        reps, weights = _repel_candidates(group, index, axis, current, sites)
+        if reps:
+            out[t] = (reps, weights)
+    return out
+
+
+@functools.cache
+def position_free_count(group: int, index: int) -> int:
+    from matra_hpc.tokens import wyckoff_table
+
+    return wyckoff_table()[group][index].n_free
+
+
+def sequence_repulsion(
+    tokens: np.ndarray, values: np.ndarray, max_reps: int = MAX_REPEL
+) -> tuple[np.ndarray, np.ndarray]:
+    """``repulsion_context`` at every position of whole sequences (B, T): values and weights
+    (B, T, R), weight 0 where there is nothing to repel (padding)."""
+    tok = np.atleast_2d(np.asarray(tokens))
+    val = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    B, T = tok.shape
+    per_row = [_repulsion_positions(tok[b], val[b], T) for b in range(B)]
+    R = min(max_reps, max((len(r[0]) for row in per_row for r in row.values()), default=0))
+    reps = np.zeros((B, T, max(R, 1)))
+    weights = np.zeros((B, T, max(R, 1)))
+    for b, row in enumerate(per_row):
+        for t, (r, w) in row.items():
+            if t < T:
+                k = min(len(r), R)
+                reps[b, t, :k], weights[b, t, :k] = r[:k], w[:k]
+    return reps, weights

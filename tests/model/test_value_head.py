@@ -1,0 +1,191 @@
+"""Typed value slots and the mixture head: kinds agree with the grammar, densities are densities,
+sampling follows the tempered mixture, point values and errors are in the values' units."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from matra_hpc.model import ModelConfig
+from matra_hpc.model.slots import (
+    ANGLE,
+    COORD,
+    LENGTH,
+    NONE,
+    grammar_slot_kind,
+    sequence_slot_kinds,
+    value_abs_errors,
+)
+from matra_hpc.model.transformer import ValueMixture
+from matra_hpc.tokens import encode
+from matra_hpc.tokens.grammar import Grammar
+
+
+@pytest.fixture(scope="module")
+def demo_sequences():
+    from matra_hpc.data.demo import iter_flla
+
+    out = []
+    for rec in iter_flla(limit=40):
+        try:
+            out.append(encode(rec.structure))
+        except Exception:  # disordered or otherwise not encodable: not what this test is about
+            continue
+    assert len(out) >= 20
+    return out
+
+
+def test_sequence_kinds_agree_with_the_grammar_at_every_position(demo_sequences):
+    grammar = Grammar()
+    seen = set()
+    batch = np.zeros((len(demo_sequences), max(len(s.tokens) for s in demo_sequences)), dtype=np.int64)
+    for i, seq in enumerate(demo_sequences):
+        batch[i, : len(seq.tokens)] = seq.tokens
+        kinds = sequence_slot_kinds(np.asarray(seq.tokens))
+        state = grammar.new_states(1)[0]
+        for t, (token, value) in enumerate(zip(seq.tokens, seq.values, strict=True)):
+            assert grammar_slot_kind(grammar, state) == kinds[t], (i, t)
+            assert (kinds[t] == NONE) == (token != grammar.vocab.num)
+            seen.add(int(kinds[t]))
+            grammar.advance(state, token, value)
+        # a padded batch gives each row's kinds
+        np.testing.assert_array_equal(sequence_slot_kinds(batch)[i, : len(seq.tokens)], kinds)
+    assert seen == {NONE, COORD, LENGTH, ANGLE}
+
+
+def _mixture(k: int = 3) -> ValueMixture:
+    return ValueMixture(ModelConfig(vocab_size=10, n_layer=1, n_head=1, d_model=8, n_gauss=4, n_mix=k))
+
+
+def _params(mix: ValueMixture, kind: int, logits, locs, log_scales) -> torch.Tensor:
+    p = torch.zeros(3, 3, mix.k)
+    p[kind - 1, 0], p[kind - 1, 1], p[kind - 1, 2] = (torch.tensor(x, dtype=torch.float32)
+                                                      for x in (logits, locs, log_scales))
+    return p.reshape(-1)
+
+
+def test_mixture_densities_integrate_to_one_and_coordinates_are_periodic():
+    mix = _mixture()
+    # coordinates: three von Mises components over x in [0, 1)
+    p = _params(mix, COORD, [0.0, 1.0, -1.0], [0.1, 0.55, 0.9], [math.log(30.0), math.log(5.0), 0.0])
+    x = torch.linspace(0, 1, 20001)[:-1]
+    nll = mix.nll(p.expand(len(x), -1), x, torch.full(x.shape, COORD))
+    assert float(torch.exp(-nll).mean()) == pytest.approx(1.0, abs=1e-3)
+    # periodic: a component at 0 is as likely at 0.999 as at 0.001, and loc + 1 is the same loc
+    p0 = _params(mix, COORD, [0.0, -30.0, -30.0], [0.0, 0.5, 0.5], [math.log(50.0), 0.0, 0.0])
+    near = mix.nll(p0[None].expand(3, -1), torch.tensor([0.999, 0.001, 0.5]), torch.full((3,), COORD))
+    torch.testing.assert_close(near[0], near[1], atol=1e-4, rtol=0)
+    assert float(near[2]) > float(near[0]) + 10
+    shifted = _params(mix, COORD, [0.0, -30.0, -30.0], [1.0, 1.5, -0.5], [math.log(50.0), 0.0, 0.0])
+    torch.testing.assert_close(mix.nll(shifted[None], torch.tensor([0.02]), torch.tensor([COORD])),
+                               mix.nll(p0[None], torch.tensor([0.02]), torch.tensor([COORD])), atol=1e-4, rtol=0)
+    # lengths: Gaussians over z = (ln a - loc) / scale, a density over z
+    p = _params(mix, LENGTH, [0.0, 0.5, 0.0], [-1.0, 0.0, 1.2], [math.log(0.3), math.log(0.2), 0.0])
+    z = torch.linspace(-8, 8, 40001)
+    a = torch.exp(z * mix.length_scale + mix.length_loc)
+    dens = torch.exp(-mix.nll(p.expand(len(z), -1), a, torch.full(z.shape, LENGTH)))
+    assert float(torch.trapezoid(dens, z)) == pytest.approx(1.0, abs=1e-3)
+    # NONE slots cost nothing
+    assert float(mix.nll(p[None], torch.tensor([5.0]), torch.tensor([NONE]))[0]) == 0.0
+
+
+def test_sampling_follows_the_tempered_mixture():
+    mix = _mixture(2)
+    rng = np.random.default_rng(0)
+    # angles: 75% near 90 deg (sd 2), 25% near 110 deg (sd 4)
+    p = _params(mix, ANGLE, [math.log(3.0), 0.0], [0.0, 1.0], [math.log(0.1), math.log(0.2)]).numpy()
+    draws = np.array([mix.sample(p, ANGLE, 1.0, rng) for _ in range(4000)])
+    high = draws > 100
+    assert high.mean() == pytest.approx(0.25, abs=0.03)
+    assert draws[~high].mean() == pytest.approx(90.0, abs=0.2)
+    assert draws[~high].std() == pytest.approx(2.0, rel=0.08)
+    assert draws[high].std() == pytest.approx(4.0, rel=0.1)
+    # a low temperature sharpens the weights (0.75^4 : 0.25^4) and the spread (sd * sqrt(T))
+    cold = np.array([mix.sample(p, ANGLE, 0.25, rng) for _ in range(2000)])
+    assert (cold > 100).mean() < 0.03
+    assert cold[cold < 100].std() == pytest.approx(1.0, rel=0.1)
+    # coordinates wrap: a component at 0.98 gives values on both sides of 0
+    p = _params(mix, COORD, [0.0, -30.0], [0.98, 0.5], [math.log(50.0), 0.0]).numpy()
+    coords = np.array([mix.sample(p, COORD, 1.0, rng) for _ in range(2000)])
+    assert ((coords >= 0) & (coords < 1)).all()
+    assert (coords < 0.05).mean() > 0.1 and (coords > 0.93).mean() > 0.5
+    # lengths are positive and centred on the component's length
+    p = _params(mix, LENGTH, [0.0, -30.0], [0.5, 0.0], [math.log(0.01), 0.0]).numpy()
+    lengths = np.array([mix.sample(p, LENGTH, 1.0, rng) for _ in range(500)])
+    assert np.median(lengths) == pytest.approx(math.exp(0.5 * mix.length_scale + mix.length_loc), rel=0.01)
+
+
+def test_point_value_is_the_highest_peak_in_the_values_units():
+    mix = _mixture(2)
+    p = torch.stack([
+        _params(mix, COORD, [0.0, 2.0], [0.3, 1.25], [0.0, 0.0]),
+        _params(mix, LENGTH, [1.0, 0.0], [0.4, -1.0], [0.0, 0.0]),
+        _params(mix, ANGLE, [0.0, 1.0], [0.0, 0.5], [0.0, 0.0]),
+        # a lighter but much narrower component has the higher peak
+        _params(mix, ANGLE, [0.0, 1.0], [-1.0, 0.5], [math.log(0.01), 0.0]),
+    ])
+    point = mix.point(p, torch.tensor([COORD, LENGTH, ANGLE, ANGLE]))
+    expected = [0.25, math.exp(0.4 * mix.length_scale + mix.length_loc), mix.angle_loc + 0.5 * mix.angle_scale,
+                mix.angle_loc - mix.angle_scale]
+    assert point.tolist() == pytest.approx(expected, rel=1e-5)
+    errors = value_abs_errors(np.array([0.98, 5.0, 95.0]), np.array([0.02, 4.0, 90.0]),
+                              np.array([COORD, LENGTH, ANGLE]))
+    assert errors[COORD].tolist() == pytest.approx([0.04])  # periodic distance
+    assert errors[LENGTH].tolist() == [1.0] and errors[ANGLE].tolist() == [5.0]
+
+
+def _two_free_position(group: int, n_free: int) -> str:
+    from matra_hpc.tokens import wyckoff_table
+
+    return next(p.letter for p in wyckoff_table()[group] if p.n_free == n_free)
+
+
+def test_repulsion_context_lists_the_values_that_land_on_earlier_atoms():
+    from matra_hpc.model.slots import repulsion_context, sequence_repulsion
+    from matra_hpc.tokens import load_vocab, wyckoff_table
+
+    v, nan = load_vocab(), math.nan
+    positions = {p.letter: p for p in wyckoff_table()[221]}  # Pm-3m: 1a (0,0,0), 6e (x,0,0)
+    assert positions["a"].n_free == 0 and positions["e"].n_free == 1
+    head = [v.arity(1), v.element(26), v.count(13), v.spacegroup(221)]
+    e_site = [v.wyckoff(221, "e"), v.element(26)]
+    # the site's own orbit collapses at x = 0 and 1/2 ((x,0,0) meets (-x,0,0)): always there
+    assert repulsion_context(head + e_site, [nan] * 6) == ([0.0, 0.5], [1.0, 1.0])
+    # an earlier 6e site at x = 0.2 has atoms at (0.2, 0, 0) and (-0.2, 0, 0) on the line (x, 0, 0)
+    tokens = head + e_site + [v.num] + e_site
+    values = [nan] * 6 + [0.2, nan, nan]
+    reps, weights = repulsion_context(tokens, values)
+    assert reps == pytest.approx([0.0, 0.2, 0.5, 0.8]) and weights == pytest.approx([1.0] * 4)
+    # an atom on 1a sits at x = 0 of that line: another token repels too (one entry per value)
+    tokens = head + [v.wyckoff(221, "a"), v.element(26)] + e_site
+    reps, weights = repulsion_context(tokens, [nan] * len(tokens))
+    assert reps == pytest.approx([0.0, 0.5]) and weights == pytest.approx([1.0, 1.0])
+    # the batch form gives the same lists at the value's position, nothing elsewhere
+    full = tokens + [v.num, v.end]
+    r, w = sequence_repulsion(np.array([full]), np.array([[nan] * len(tokens) + [0.31, nan]]))
+    assert r[0, len(tokens), 0] == pytest.approx(0.0) and w[0, len(tokens), 0] == pytest.approx(1.0)
+    assert (np.delete(w[0], len(tokens), axis=0) == 0).all()
+    assert repulsion_context(head, [nan] * 4) == ([], [])  # not a free value next
+
+
+def test_repelled_coordinates_are_a_density_and_keep_away():
+    cfg = ModelConfig(vocab_size=10, n_layer=1, n_head=1, d_model=8, n_gauss=4, n_mix=2, value_head="mixture",
+                      coord_repulsion=True)
+    mix = ValueMixture(cfg)
+    p = torch.zeros(mix.n_params)
+    p[:6] = torch.tensor([0.0, -30.0, 0.25, 0.5, math.log(20.0), 0.0])  # one von Mises at 0.25
+    p[-2], p[-1] = 8.0, math.log(500.0)  # strong, narrow repulsion
+    reps, weights = torch.tensor([[0.25]]), torch.tensor([[1.0]])
+    x = (torch.arange(4000) + 0.5) / 4000
+    nll = mix.repelled_nll(p.expand(len(x), -1), x, reps.expand(len(x), -1), weights.expand(len(x), -1))
+    assert float(torch.exp(-nll).mean()) == pytest.approx(1.0, abs=2e-3)
+    assert float(torch.exp(-nll[1000])) < 0.01 * float(torch.exp(-nll).max())  # x = 0.25: pushed away
+    rng = np.random.default_rng(1)
+    draws = np.array([mix.sample(p.numpy(), COORD, 1.0, rng, repel=([0.25], [1.0])) for _ in range(500)])
+    assert np.abs(draws - 0.25).min() > 0.01 and np.abs(draws - 0.25).max() < 0.2
+    # no repulsion: the plain von Mises around 0.25
+    plain = np.array([mix.sample(p.numpy(), COORD, 1.0, rng) for _ in range(500)])
+    assert np.abs(plain - 0.25).mean() < np.abs(draws - 0.25).mean()
