@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from matra_hpc.errors import UsageError
 from matra_hpc.evaluate.config import METHOD, BaselineConfig
 
 log = logging.getLogger(__name__)
@@ -112,7 +111,7 @@ def chemical_systems(store: str | Path, min_elements: int, max_elements: int,
     One entry per row that decodes and passes the bond check (what generation hands to
     screening), so a system sampled often is drawn often; kept when it has min..max elements, all
     with ICSD oxidation states, and some choice of states admits a neutral formula (an
-    intermetallic system has none). A store without one is a UsageError.
+    intermetallic system has none). Empty when no row qualifies (then elements are drawn at random).
     """
     from pymatgen.core import Composition
 
@@ -128,8 +127,10 @@ def chemical_systems(store: str | Path, min_elements: int, max_elements: int,
                     and _neutral_possible(system, max_count)):
                 systems.append(system)
     if not systems:
-        raise UsageError(f"--systems-from {store}: no candidate (decoded, bonds ok) with {min_elements}.."
-                         f"{max_elements} elements that admit a charge-neutral formula")
+        # a poorly trained run may have none: the baseline then draws its elements at random,
+        # which the shard manifests record (systems: 0)
+        log.warning("--systems-from %s: no candidate (decoded, bonds ok) with %d..%d elements that admits a "
+                    "charge-neutral formula; drawing elements at random", store, min_elements, max_elements)
     return systems
 
 
@@ -201,6 +202,7 @@ def baseline_shard(config: BaselineConfig, run_id: str, shard: int, train_index=
 
     if systems is None and config.systems_from:
         systems = chemical_systems(config.systems_from, config.min_elements, config.max_elements, config.max_count)
+    systems = systems or None
     rng = np.random.default_rng([config.seed, shard, 0x9A7A])
     stats: dict[str, int] = {}
     groups: list[int] = []
@@ -221,4 +223,4 @@ def baseline_shard(config: BaselineConfig, run_id: str, shard: int, train_index=
         index = len(builder.rows)
         builder.add(f"{run_id}:{METHOD}:s{shard}:{index}", seq.tokens, seq.values, check, dup_train)
         groups.append(draw.spacegroup)
-    return builder.build(), {"draws": stats, "drawn_spacegroups": groups}
+    return builder.build(), {"draws": stats, "drawn_spacegroups": groups, "systems": len(systems or ())}

@@ -247,7 +247,7 @@ def _orbits(cell: _StandardCell) -> list[tuple[int, int, np.ndarray]]:
     positions = cell.positions
     n = len(positions)
     related = None
-    if len(general) * n * n <= 60_000:  # every pair at once; per orbit below for big cells
+    if len(general) * n * n <= 5_000:  # tiny cells: every pair at once costs less than a loop
         images = np.einsum("mij,nj->mni", general[:, :, :3], positions) + general[:, None, :, 3]
         diff = images[:, :, None, :] - positions[None, None, :, :]
         diff -= np.rint(diff)
@@ -296,7 +296,8 @@ def _refine(cell: _StandardCell, matrix, frac, numbers, orbits, symprec: float, 
     if exact:
         return metric, cell.positions
     point_group = _point_group(group)
-    metric = np.einsum("rji,jk,rkl->il", point_group, metric, point_group) / len(point_group)
+    # Three-operand einsum runs unoptimised loops; matmul is the fast path.
+    metric = (np.swapaxes(point_group, 1, 2) @ metric @ point_group).mean(axis=0)
     inside = frac @ cell.rotation.T + cell.shift
     images_of_input = np.einsum("mij,nj->mni", rotations, inside) + translations[:, None, :]
     positions = cell.positions.copy()
@@ -305,7 +306,7 @@ def _refine(cell: _StandardCell, matrix, frac, numbers, orbits, symprec: float, 
         anchor = cell.positions[members[0]]
         delta = images_of_input[:, numbers == z] - anchor
         delta -= np.rint(delta)
-        near = np.einsum("mni,ij,mnj->mn", delta, metric, delta) < limit
+        near = ((delta @ metric) * delta).sum(axis=-1) < limit
         if not near.any():
             raise EncodeError("symmetry_failed", "no input atom lies near an orbit of the standard cell")
         centre = anchor + delta[near].mean(axis=0)
@@ -561,7 +562,7 @@ def _monoclinic_frames(group: int, metric: np.ndarray, positions: np.ndarray, or
     """
     changes = np.array(monoclinic_cell_changes(group))  # columns: new vectors in old coordinates
     rows = np.transpose(changes, (0, 2, 1))
-    metrics = np.einsum("kij,jl,kml->kim", rows, metric, rows)
+    metrics = rows @ metric @ np.swapaxes(rows, 1, 2)
     a2, c2 = metrics[:, 0, 0], metrics[:, 2, 2]
     cos_beta = metrics[:, 0, 2] / np.sqrt(a2 * c2)
     keep = _near_min(a2 + c2, a2[0] + c2[0])
@@ -593,12 +594,12 @@ def _triclinic_frames(group: int, metric: np.ndarray, positions: np.ndarray, orb
     cells can no longer give two sequences.
     """
     vectors, triples = _short_vectors()
-    lengths = np.einsum("vi,ij,vj->v", vectors, metric, vectors)
+    lengths = ((vectors @ metric) * vectors).sum(axis=1)
     sums = lengths[triples].sum(axis=1)
     scale = sums.min()
     candidates = triples[_near_min(sums, scale)]
     rows = vectors[candidates]  # (k, 3, 3): rows are the new vectors
-    metrics = np.einsum("kij,jl,kml->kim", rows, metric, rows)
+    metrics = rows @ metric @ np.swapaxes(rows, 1, 2)
     a2, b2, c2 = metrics[:, 0, 0], metrics[:, 1, 1], metrics[:, 2, 2]
     dots = np.stack([metrics[:, 1, 2], metrics[:, 0, 2], metrics[:, 0, 1]], axis=1)
     tol = _REDUCED_TOL * scale

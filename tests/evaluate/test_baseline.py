@@ -117,3 +117,12 @@ def test_systems_from_a_run_keep_the_baseline_in_its_chemistries(tmp_path: Path)
     # Al-Cu has no charge-neutral combination of oxidation states: only Na-Cl can be drawn
     assert {frozenset(Composition(f).get_el_amt_dict()) for f in table.formula} == {frozenset({"Na", "Cl"})}
     assert gstore.open_root(out).attrs["baseline"]["systems_from"] == str(gen.resolve())
+
+
+def test_a_run_without_usable_systems_falls_back_to_random_elements(tmp_path: Path) -> None:
+    from stores import cscl_alcu, write_generated
+
+    gen = write_generated(tmp_path / "gen.zarr", {0.7: [None, cscl_alcu()]})  # only an intermetallic
+    out = tmp_path / "base.zarr"
+    assert main(["baseline", "pyxtal", "--out", str(out), "--n", "1", "--systems-from", str(gen)]) == 0
+    assert gstore.read_manifest(out, 0.0, 0)["systems"] == 0 and len(gstore.read_view(out, 0.0)) == 1
