@@ -97,6 +97,8 @@ def build_report_all(config: ReportAllConfig) -> dict[str, Any]:
         ("generated", config.generated), ("screened", config.screened), ("baseline", config.baseline),
         ("recovery", config.recovery), ("conditioning", config.conditioning), ("checkpoint", config.checkpoint))}}
     report["generate"] = generate_report(config.generated)
+    # `report generate` keeps its raw plot arrays out of its JSON: so does the page's
+    (report["generate"].get("plausibility") or {}).pop("_plot", None)
     report["smact"] = {"model": report["generate"]["smact"]["generated"], "train": report["generate"]["smact"]["train"]}
     if config.screened:
         report["screen"] = screen_report(config.screened)
