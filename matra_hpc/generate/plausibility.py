@@ -40,7 +40,10 @@ def structure_stats(structures) -> dict[str, Any]:
             if n == 0:
                 continue
             vpa.append(float(s.volume) / n)
-            centres, neighbours, _, dist = s.get_neighbor_list(r=PAIR_CUTOFF)
+            # an unphysically dense cell (untrained models make 1 A cells) would list millions of
+            # neighbours within 6 A: shrink the radius to ~200 expected neighbours per atom
+            radius = min(PAIR_CUTOFF, (200 * vpa[-1] * 3 / (4 * np.pi)) ** (1 / 3))
+            centres, neighbours, _, dist = s.get_neighbor_list(r=radius)
             if len(dist) == 0:
                 continue
             shortest.append(float(dist.min()))
