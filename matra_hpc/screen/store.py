@@ -78,7 +78,11 @@ COLUMNS: dict[str, tuple[Any, str]] = {
     "max_force": (np.float64, "row"),
     "volume_change": (np.float64, "row"),
     "potential": (str, "row"),
+    "e_hull_direct": (np.float64, "row"),
+    "e_hull_direct_method": (str, "row"),
 }
+OPTIONAL_COLUMNS = {"e_hull_direct": float("nan"), "e_hull_direct_method": ""}
+"""Columns added after the first stores were written: a store without them reads as these values."""
 
 
 @dataclass
@@ -106,6 +110,9 @@ class ScreenedRow:
     max_force: float
     volume_change: float
     potential: str
+    e_hull_direct: float = float("nan")
+    """A second e-hull estimate, predicted directly from the relaxed structure (alignn); NaN if none."""
+    e_hull_direct_method: str = ""
 
     @property
     def is_candidate(self) -> bool:
@@ -129,7 +136,8 @@ class RowBuilder:
             e_hull: float = float("nan"), e_hull_method: str = "", connected: bool = False,
             n_components: int = 0, novel: bool = False, novel_match: str = "", unique: bool = False,
             dup_of: str = "", n_steps: int = 0, max_force: float = float("nan"),
-            volume_change: float = float("nan"), potential: str = "") -> None:
+            volume_change: float = float("nan"), potential: str = "", e_hull_direct: float = float("nan"),
+            e_hull_direct_method: str = "") -> None:
         check_status(status, reason)
         if structure is not None:
             lattice = np.asarray(structure.lattice.matrix, dtype=np.float64)
@@ -144,7 +152,8 @@ class RowBuilder:
             energy_per_atom=energy_per_atom, e_hull=e_hull, e_hull_method=e_hull_method,
             connected=connected, n_components=n_components, novel=novel, novel_match=novel_match,
             unique=unique, dup_of=dup_of, n_steps=n_steps, max_force=max_force,
-            volume_change=volume_change, potential=potential,
+            volume_change=volume_change, potential=potential, e_hull_direct=e_hull_direct,
+            e_hull_direct_method=e_hull_direct_method,
         ))
 
     def build(self) -> dict[str, np.ndarray]:
@@ -186,6 +195,11 @@ def _write_table(group: zarr.Group, data: dict[str, np.ndarray]) -> None:
 def _read_table(group: zarr.Group) -> dict[str, np.ndarray]:
     data = {}
     for name, (dtype, _kind) in COLUMNS.items():
+        if name not in group and name in OPTIONAL_COLUMNS:
+            rows = group["id"].shape[0]
+            default = OPTIONAL_COLUMNS[name]
+            data[name] = np.full(rows, default, dtype=object if dtype is str else dtype)
+            continue
         if name not in group:
             raise StoreError(f"{group.store} group {group.path!r} lacks column {name!r}")
         arr = group[name]
@@ -439,6 +453,8 @@ def iter_rows(store: str | Path, temperatures: list[float] | None = None,
                 unique=bool(data["unique"][r]), dup_of=str(data["dup_of"][r]),
                 n_steps=int(data["n_steps"][r]), max_force=float(data["max_force"][r]),
                 volume_change=float(data["volume_change"][r]), potential=str(data["potential"][r]),
+                e_hull_direct=float(data["e_hull_direct"][r]),
+                e_hull_direct_method=str(data["e_hull_direct_method"][r]),
             )
 
 
