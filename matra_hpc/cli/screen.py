@@ -83,17 +83,11 @@ def cmd_screen(args: argparse.Namespace) -> int:
 
 
 def cmd_report_screen(args: argparse.Namespace) -> int:
+    from matra_hpc.cli.output import print_report
     from matra_hpc.screen.report import build_report, default_prefix, format_table, write_report
 
     report = build_report(args.store, baseline=args.baseline)
-    files = write_report(report, args.out or default_prefix(args.store))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_table(report))
-        if not report["complete"]:
-            print("note: the run is incomplete (some shards are not finished)")
-    print(f"wrote {files.json}, {files.csv}, {files.png}")
+    print_report(report, write_report(report, args.out or default_prefix(args.store)), args, format_table)
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import GEN_ARGS, cli
+from generate_helpers import GEN_ARGS, cli
 
 from matra_hpc.generate import store as gstore
 from matra_hpc.generate.table import COLUMNS
