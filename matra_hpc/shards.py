@@ -24,6 +24,13 @@ from matra_hpc.util import write_json_atomic
 Columns = Mapping[str, tuple[Any, str]]
 
 MANIFEST = "manifest.json"
+# One crystal per row: 3x3 lattice, ragged sites (fractional coordinates, atomic numbers).
+STRUCTURE_COLUMNS: dict[str, tuple[Any, str]] = {
+    "lattice": (np.float64, "row"),
+    "frac_coords": (np.float64, "flat"),
+    "numbers": (np.int16, "flat"),
+    "site_offsets": (np.int64, "offsets"),
+}
 # Flat arrays are chunked so that no chunk of a large shard grows past a few MB.
 FLAT_CHUNK = 1 << 20
 ROW_CHUNK = 1 << 18

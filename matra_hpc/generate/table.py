@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from matra_hpc.shards import concat_columns, read_columns, write_columns
+from matra_hpc.shards import STRUCTURE_COLUMNS, concat_columns, read_columns, write_columns
 
 # column -> (dtype, kind); "row": one per row, "flat": ragged payload, "offsets": rows + 1
 COLUMNS: dict[str, tuple[object, str]] = {
@@ -30,10 +30,7 @@ COLUMNS: dict[str, tuple[object, str]] = {
     "formula": (str, "row"),
     "cif": (str, "row"),
     "error": (str, "row"),
-    "lattice": (np.float64, "row"),
-    "frac_coords": (np.float64, "flat"),
-    "numbers": (np.int16, "flat"),
-    "site_offsets": (np.int64, "offsets"),
+    **STRUCTURE_COLUMNS,
     "n_sites_conventional": (np.int32, "row"),
     "n_sites_primitive": (np.int32, "row"),
 }

@@ -31,6 +31,7 @@ from matra_hpc.errors import StoreError
 from matra_hpc.generate.temperatures import temperature_group
 from matra_hpc.shards import (
     MANIFEST,
+    STRUCTURE_COLUMNS,
     commit_shard,
     concat_columns,
     finished_shard_numbers,
@@ -69,10 +70,7 @@ COLUMNS: dict[str, tuple[Any, str]] = {
     "formula": (str, "row"),
     "prototype_hash": (str, "row"),
     "relaxed": (np.bool_, "row"),
-    "lattice": (np.float64, "row"),
-    "frac_coords": (np.float64, "flat"),
-    "numbers": (np.int16, "flat"),
-    "site_offsets": (np.int64, "offsets"),
+    **STRUCTURE_COLUMNS,
     "energy_per_atom": (np.float64, "row"),
     "e_hull": (np.float64, "row"),
     "e_hull_method": (str, "row"),
