@@ -15,6 +15,27 @@ that is itself a reference is scored against itself like any other.
 
 The novelty-index figures (10^6 and 10^7 keys) are ``benchmarks/index.py``.
 
+Measured (2026-12-02, 2-core AMD EPYC VM shared with three other sessions, load 3-6, CPU, 7net-0,
+demo token store of the demo run, 64 cells of 6.9 atoms on average, ``sevennet:0.05``, cap 100):
+
+- one torch thread (``OMP_NUM_THREADS=1``): batched 0.217 relaxations/s (149 CPU-s, 101 model
+  calls for 1,878 system-steps) vs ASE 0.163/s (197 CPU-s, 1,822 steps): **1.33x** wall, 1.32x
+  per CPU-second; all 64 converged both ways, energies agree to 2.4e-4 eV/atom on average
+  (largest single difference 0.015; not investigated). The issue's 2x on CPU is not
+  reached. Why: 7net-0's forward and backward (e3nn tensor products) are >= 90% of the batched
+  run (cProfile) and cost ~7.4 ms per atom in a batch of 100-450 atoms vs ~10 ms per atom one
+  cell at a time; batching removes the per-call Python and dispatch overhead, not FLOPs. A
+  fix that mattered: large batches page-faulted their whole working set on every call (glibc
+  maps blocks > 32 MB afresh; 0.8 million faults and up to as much system time as compute per
+  call at 442 atoms), now kept in the heap (``relax.retain_freed_memory``). Torch-sim's own
+  per-system FIRE/cell-filter work is ~3%; neighbour lists and graph collation < 1%.
+- two torch threads: see benchmarks/README.md (on this loaded machine OpenMP threads wait on
+  each other and both paths slow down).
+- e-hull (``--skip-throughput``, one thread): 200 structures of the 70 most populated chemical
+  systems, 216 references relaxed (318 s), 185 scored (15 got ``no_reference``): Spearman
+  **0.625** against the store's DFT e-hull, MAE 0.047 eV/atom, every DFT-stable one below
+  0.05 eV/atom on the ML hull (stable recall 1.0); 880 s in all.
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/screen.py [--tokens demo-out/tokens.zarr]
 """
 
@@ -79,13 +100,15 @@ def throughput(pool, args, get_potential) -> dict:
     get_potential(protocol[0].potential).batched()  # load outside the clocks
     get_potential(protocol[0].potential).calculator()
     stats = BatchStats()
-    t0 = time.perf_counter()
+    # CPU seconds beside wall seconds: on a shared machine the CPU-time ratio is the one that
+    # load does not bias (with one thread; with more, wall time is what parallelism buys)
+    t0, c0 = time.perf_counter(), time.process_time()
     batched = relax_structures([s.copy() for s in structures], protocol, get_potential,
                                max_atoms_in_batch=args.batch_atoms, stats=stats)
-    t_batched = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t_batched, c_batched = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     serial = relax_structures([s.copy() for s in structures], protocol, get_potential, batched=False)
-    t_serial = time.perf_counter() - t0
+    t_serial, c_serial = time.perf_counter() - t0, time.process_time() - c0
     both = [(b.energy_per_atom, a.energy_per_atom) for b, a in zip(batched, serial, strict=True)
             if np.isfinite(b.energy_per_atom) and np.isfinite(a.energy_per_atom)]
     diff = np.abs(np.subtract(*zip(*both, strict=True))) if both else np.zeros(0)
@@ -94,13 +117,16 @@ def throughput(pool, args, get_potential) -> dict:
         "protocol": args.relax, "max_steps": args.max_steps, "batch_atoms": args.batch_atoms,
         "torch_threads": torch.get_num_threads(),
         "batched": {"seconds": round(t_batched, 2), "relaxations_per_s": round(len(structures) / t_batched, 3),
+                    "cpu_seconds": round(c_batched, 2),
                     "model_calls": stats.model_calls, "fire_steps": stats.fire_steps,
                     "system_steps": stats.system_steps, "max_systems": stats.max_systems,
                     "converged": sum(r.converged for r in batched)},
         "ase_baseline": {"seconds": round(t_serial, 2), "relaxations_per_s": round(len(structures) / t_serial, 3),
+                         "cpu_seconds": round(c_serial, 2),
                          "system_steps": int(sum(r.n_steps for r in serial)),
                          "converged": sum(r.converged for r in serial)},
         "speedup": round(t_serial / t_batched, 2),
+        "speedup_cpu_seconds": round(c_serial / c_batched, 2),
         "energy_abs_diff_eV_per_atom": {"mean": float(diff.mean()) if len(diff) else None,
                                         "max": float(diff.max()) if len(diff) else None},
     }
@@ -141,18 +167,22 @@ def accuracy(pool, args, get_potential) -> dict:
         t0 = time.perf_counter()
         results = relax([s for _i, s, _e in chosen])
         t_relax = time.perf_counter() - t0
-        ml, dft = [], []
+        ml, dft, not_scored = [], [], Counter()
         for (_i, _s, e_dft), res in zip(chosen, results, strict=True):
             if res.structure is None or not np.isfinite(res.energy_per_atom) or res.reason in ("relax_nan",
                                                                                             "relax_exploded"):
+                not_scored[res.reason or "no_structure"] += 1
                 continue
             e_ml, reason = hull.e_hull(res.structure, res.energy_per_atom)
             if not reason and np.isfinite(e_dft):
                 ml.append(e_ml)
                 dft.append(e_dft)
+            else:
+                not_scored[reason or "no_dft_ehull"] += 1
     rho = spearmanr(ml, dft).statistic if len(ml) > 2 else float("nan")
     ml_a, dft_a = np.asarray(ml), np.asarray(dft)
-    return {"n_structures": len(chosen), "n_scored": len(ml), "chemical_systems": len(systems),
+    return {"n_structures": len(chosen), "n_scored": len(ml), "not_scored": dict(not_scored),
+            "chemical_systems": len(systems),
             "references_relaxed": n_refs, "seconds_references": round(t_refs, 1), "seconds_relax": round(t_relax, 1),
             "spearman": round(float(rho), 3),
             "mae_eV_per_atom": round(float(np.mean(np.abs(ml_a - dft_a))), 4) if len(ml) else None,
