@@ -256,6 +256,21 @@ class Grammar:
         name = state.lattice_names[len(state.lattice_values)]
         return "length" if name in ("a", "b", "c") else "angle"
 
+    def site_context(self, state: GrammarState) -> tuple[int, int, tuple[float, ...], np.ndarray] | None:
+        """When a free coordinate comes next: (group, position index in letter order, the site's
+        free values so far, the atoms of the finished sites (n, 3) fractional); else None.
+
+        What the model's coordinate repulsion reads (``model/slots.py``), from the state the
+        grammar keeps anyway instead of walking the prefix again at every value.
+        """
+        if state.phase != _COORD:
+            return None
+        if not state.points:
+            points = np.zeros((0, 3))
+        else:
+            points = state.points[0] if len(state.points) == 1 else np.concatenate(state.points)
+        return state.group, state.pending, tuple(state.site_values), points
+
     def advance(self, state: GrammarState, token: int, value: float = math.nan) -> None:
         """Append ``token`` (and its value, for ``<num>``) to the prefix; GrammarError if illegal."""
         token = int(token)
