@@ -109,3 +109,22 @@ def test_bad_settings_fail_before_anything_runs(inputs):
         ScreenConfig(generated=str(gen), out=str(base / "x.zarr"), relax="m3gnet:0.1").validate()
     with pytest.raises(StoreError, match="different screening"):
         run_screen(_config(base, gen, base / "screened.zarr", limit=1), local_context())
+
+
+def test_limit_counts_only_relaxable_rows(inputs):
+    """Rows over --max-atoms do not use up the --limit: they are planned, to be marked too_many_atoms."""
+    from matra_hpc.generate import store as gstore
+    from matra_hpc.screen.stage import plan_rows, screenable
+
+    _base, gen = inputs
+    temps = [0.7, 1.0]
+    views = {t: gstore.read_view(gen, t) for t in temps}
+    plain = plan_rows(gen, temps, limit=2)
+    assert [np.flatnonzero(plain[t]).tolist() for t in temps] == [[0, 1], []]
+    small = {t: screenable(v) & (v.n_sites_primitive <= 2) for t, v in views.items()}
+    assert not small[0.7].any() and small[1.0].sum() >= 2  # the 8-site cells of T0.70 are too big
+    capped = plan_rows(gen, temps, limit=2, max_atoms=2)
+    assert np.array_equal(capped[0.7], screenable(views[0.7]))  # none counts: all planned
+    last = np.flatnonzero(small[1.0])[1]
+    assert np.flatnonzero(capped[1.0]).tolist() == np.flatnonzero(screenable(views[1.0])[: last + 1]).tolist()
+    assert plan_rows(gen, temps, limit=0, max_atoms=2)[1.0].sum() == 0
