@@ -54,10 +54,19 @@ def write_columns(group: zarr.Group, data: Mapping[str, Any], columns: Columns) 
             arr[...] = values
 
 
-def read_columns(group: zarr.Group, columns: Columns) -> dict[str, np.ndarray]:
-    """Read every column of ``columns``; a missing one is a StoreError naming the group."""
+def read_columns(group: zarr.Group, columns: Columns, optional: Mapping[str, Any] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Read every column of ``columns``; a missing one is a StoreError naming the group.
+
+    ``optional`` maps row columns added to a schema later to the value that rows of an older
+    store, which lack them, read as.
+    """
     data = {}
     for name, (dtype, _kind) in columns.items():
+        if optional and name in optional and name not in group:
+            rows = group["id"].shape[0]
+            data[name] = np.full(rows, optional[name], dtype=object if dtype is str else dtype)
+            continue
         if name not in group:
             raise StoreError(f"{group.store} group {group.path!r} lacks column {name!r}")
         arr = group[name]

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hull-reference", default=None,
                         help="token store or CIF/extxyz folder: hull references, relaxed like the candidates "
                              "(default: elemental ASE references only)")
+    parser.add_argument("--ehull-direct", default=None, choices=["alignn"],
+                        help="also record a direct e-hull prediction of the relaxed structure (e_hull_direct) "
+                             "by this model; weights via --weights alignn=FOLDER (config.json, best_model.pt)")
     parser.add_argument("--reference-max-ehull", type=float, default=d.reference_max_ehull,
                         help="use references whose DFT e-hull is at most this, eV/atom (default %(default)s)")
     parser.add_argument("--reference-cache", default=None,
@@ -66,7 +69,7 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
         weights = ",".join(parts)
     config = ScreenConfig(
         generated=absolute(args.generated), out=absolute(args.out), relax=args.relax, max_steps=args.max_steps,
-        weights=weights, hull_reference=absolute(args.hull_reference),
+        weights=weights, hull_reference=absolute(args.hull_reference), ehull_direct=args.ehull_direct,
         reference_max_ehull=args.reference_max_ehull, reference_cache=absolute(args.reference_cache),
         novelty_index=absolute(args.novelty_index),
         temperatures=args.temperatures, limit=args.limit, shards=args.shards, batched=args.batched,

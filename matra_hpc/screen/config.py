@@ -8,6 +8,9 @@ from pathlib import Path
 
 from matra_hpc.errors import UsageError
 
+DIRECT_EHULL = ("alignn",)
+"""Potentials whose loader gives a direct e-hull prediction (``Potential.predict``)."""
+
 
 @dataclass
 class ScreenConfig:
@@ -25,6 +28,9 @@ class ScreenConfig:
     """``NAME=PATH,...``: weights per potential (default: the embedded ones, sevennet and chgnet)."""
     hull_reference: str | None = None
     """Token store or CIF/extxyz folder whose structures, relaxed alike, make the hull."""
+    ehull_direct: str | None = None
+    """A model that predicts the e-hull from the relaxed structure (``alignn``, as the paper's
+    section IV.4), recorded as a second estimate (``e_hull_direct``); weights via ``--weights``."""
     reference_max_ehull: float = 0.001
     """Only references whose own DFT e-hull is at most this (eV/atom) enter the ML hull."""
     reference_cache: str | None = None
@@ -65,6 +71,10 @@ class ScreenConfig:
         weights = parse_weights(self.weights)
         for name in sorted({s.potential for s in steps}):
             check_weights(name, weights.get(name))
+        if self.ehull_direct is not None:
+            if self.ehull_direct not in DIRECT_EHULL:
+                raise UsageError(f"--ehull-direct {self.ehull_direct!r}: known: {', '.join(DIRECT_EHULL)}")
+            check_weights(self.ehull_direct, weights.get(self.ehull_direct))
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
         if self.max_steps < 0:
@@ -95,7 +105,8 @@ class ScreenConfig:
         from matra_hpc.screen.potentials import check_weights, parse_weights
 
         given = parse_weights(self.weights)
-        return {name: check_weights(name, given.get(name)) for name in sorted({s.potential for s in self.protocol()})}
+        names = {s.potential for s in self.protocol()} | ({self.ehull_direct} if self.ehull_direct else set())
+        return {name: check_weights(name, given.get(name)) for name in sorted(names)}
 
     def selected_temperatures(self) -> list[float] | None:
         if self.temperatures is None:

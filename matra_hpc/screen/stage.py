@@ -118,6 +118,7 @@ def _fingerprint(config: ScreenConfig, gen_attrs: dict, weights: dict[str, str],
         "novelty_index": str(Path(config.novelty_index).resolve()) if config.novelty_index else None,
         "temperatures": temperatures, "limit": config.limit, "shards": config.shards,
         "max_atoms": config.max_atoms, "primitive": config.primitive,
+        **({"ehull_direct": config.ehull_direct} if config.ehull_direct else {}),
     }
 
 
@@ -153,6 +154,10 @@ def _prepare_store(config: ScreenConfig, ctx: RunContext) -> dict[str, Any]:
                                       if config.hull_reference else None),
                    "ase_references": "ase.build.bulk for elements without an elemental reference"},
         "novelty_index": {"path": str(Path(config.novelty_index).resolve())} if config.novelty_index else None,
+        "e_hull_direct": ({"model": config.ehull_direct, "weights": weights[config.ehull_direct],
+                           "sha256": weights_sha256(weights[config.ehull_direct]),
+                           "input": f"the structure relaxed by {label}", "correction": "none (the model's own)"}
+                          if config.ehull_direct else None),
         "connectivity": {"bond_scale": BOND_SCALE, "radii": "covalent radii, Cordero et al. 2008 (ase.data)"},
     }
     root_attrs = sstore.init_store(Path(config.out), attrs, _fingerprint(config, gen_attrs, weights, ref_fp, temps),
@@ -185,7 +190,9 @@ class Screener:
         refs = load_references(config.hull_reference, config.reference_max_ehull) if config.hull_reference else []
         ref_fp = reference_fingerprint(config.hull_reference) if config.hull_reference else None
         cache_root = Path(config.reference_cache) if config.reference_cache else Path(config.out) / "references"
-        cache = ReferenceCache(cache_root / protocol_key(self.label, self.weights, ref_fp), writer)
+        # the cache key names the relaxation's potentials only: a direct e-hull model leaves it alone
+        relax_weights = {s.potential: self.weights[s.potential] for s in self.steps}
+        cache = ReferenceCache(cache_root / protocol_key(self.label, relax_weights, ref_fp), writer)
         hull_kind = "PhaseDiagram per chemical system"
         self.method = f"{self.label}|MP2020|{hull_kind}" + ("" if config.hull_reference else "|elements only")
         self.hull = HullCalculator(refs, cache, self._relax, self._single_point, self.method)
@@ -194,6 +201,11 @@ class Screener:
             from matra_hpc.screen.novelty import NoveltyIndex
 
             self.index = NoveltyIndex.open(config.novelty_index)
+        self.direct = None
+        self.direct_method = ""
+        if config.ehull_direct:
+            self.direct = self.potential(config.ehull_direct)
+            self.direct_method = f"{config.ehull_direct}:{self.direct.sha256[:12]}|direct|geometry {self.label}"
 
     def potential(self, name: str):
         from matra_hpc.screen.potentials import load_potential
@@ -290,6 +302,10 @@ class Screener:
                 e_hull, hull_reason = guarded("e_hull", lambda s=s, e=res.energy_per_atom, i=row["id"]:
                                               self.hull.e_hull(s, e, i), (float("nan"), "no_reference"))
                 row.update(e_hull=e_hull, e_hull_method=self.hull.method_for(s) if np.isfinite(e_hull) else "")
+                if self.direct is not None:
+                    direct = guarded("e_hull_direct", lambda s=s: float(self.direct.predict(s)), float("nan"))
+                    row.update(e_hull_direct=direct, e_hull_direct_method=self.direct_method if np.isfinite(direct)
+                               else "")
             else:
                 hull_reason = "no_reference"
             if res.reason:

@@ -84,7 +84,11 @@ COLUMNS: dict[str, tuple[Any, str]] = {
     "max_force": (np.float64, "row"),
     "volume_change": (np.float64, "row"),
     "potential": (str, "row"),
+    "e_hull_direct": (np.float64, "row"),
+    "e_hull_direct_method": (str, "row"),
 }
+OPTIONAL_COLUMNS = {"e_hull_direct": float("nan"), "e_hull_direct_method": ""}
+"""Columns added after the first stores were written: a store without them reads as these values."""
 
 
 @dataclass
@@ -112,6 +116,9 @@ class ScreenedRow:
     max_force: float
     volume_change: float
     potential: str
+    e_hull_direct: float = float("nan")
+    """A second e-hull estimate, predicted directly from the relaxed structure (alignn); NaN if none."""
+    e_hull_direct_method: str = ""
 
     @property
     def is_candidate(self) -> bool:
@@ -135,7 +142,8 @@ class RowBuilder:
             e_hull: float = float("nan"), e_hull_method: str = "", connected: bool = False,
             n_components: int = 0, novel: bool = False, novel_match: str = "", unique: bool = False,
             dup_of: str = "", n_steps: int = 0, max_force: float = float("nan"),
-            volume_change: float = float("nan"), potential: str = "") -> None:
+            volume_change: float = float("nan"), potential: str = "", e_hull_direct: float = float("nan"),
+            e_hull_direct_method: str = "") -> None:
         check_status(status, reason)
         if structure is not None:
             lattice = np.asarray(structure.lattice.matrix, dtype=np.float64)
@@ -150,7 +158,8 @@ class RowBuilder:
             energy_per_atom=energy_per_atom, e_hull=e_hull, e_hull_method=e_hull_method,
             connected=connected, n_components=n_components, novel=novel, novel_match=novel_match,
             unique=unique, dup_of=dup_of, n_steps=n_steps, max_force=max_force,
-            volume_change=volume_change, potential=potential,
+            volume_change=volume_change, potential=potential, e_hull_direct=e_hull_direct,
+            e_hull_direct_method=e_hull_direct_method,
         ))
 
     def build(self) -> dict[str, np.ndarray]:
@@ -241,7 +250,7 @@ def read_shard(store: str | Path, temperature: float, shard: int) -> dict[str, n
     path = shard_path(Path(store), temperature, shard)
     if not (path / MANIFEST).is_file():
         raise StoreError(f"shard {path} is not finished (no {MANIFEST})")
-    return read_columns(zarr.open_group(str(path), mode="r"), COLUMNS)
+    return read_columns(zarr.open_group(str(path), mode="r"), COLUMNS, OPTIONAL_COLUMNS)
 
 
 def read_manifest(store: str | Path, temperature: float, shard: int) -> dict[str, Any]:
@@ -337,7 +346,7 @@ def read_view(store: str | Path, temperature: float) -> dict[str, np.ndarray]:
     if "view" not in tgroup.attrs:
         raise StoreError(f"{store}/{temperature_group(temperature)} has no consolidated view "
                          "(the screening is unfinished; rerun it to resume)")
-    return read_columns(tgroup, COLUMNS)
+    return read_columns(tgroup, COLUMNS, OPTIONAL_COLUMNS)
 
 
 # ---------------------------------------------------------------- public readers
@@ -366,6 +375,8 @@ def iter_rows(store: str | Path, temperatures: list[float] | None = None,
                 unique=bool(data["unique"][r]), dup_of=str(data["dup_of"][r]),
                 n_steps=int(data["n_steps"][r]), max_force=float(data["max_force"][r]),
                 volume_change=float(data["volume_change"][r]), potential=str(data["potential"][r]),
+                e_hull_direct=float(data["e_hull_direct"][r]),
+                e_hull_direct_method=str(data["e_hull_direct_method"][r]),
             )
 
 
