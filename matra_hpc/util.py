@@ -21,6 +21,29 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 """The checkout the package runs from (``jobs/``, ``templates/`` and the demo data live here)."""
 
 
+TEMPLATE_DIR = REPO_ROOT / "templates"
+
+
+def render_template(name: str, **values: Any) -> str:
+    """Render ``templates/<name>`` (Jinja2, undefined names are errors, ``|quote`` shell-quotes).
+
+    Pure: the same values give the same text, so job scripts are golden-file tested.
+    Raises FileNotFoundError naming the folder when there is no such template.
+    """
+    import shlex
+
+    import jinja2
+
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+                                     undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    environment.filters["quote"] = lambda value: shlex.quote(str(value))
+    try:
+        template = environment.get_template(name)
+    except jinja2.TemplateNotFound:
+        raise FileNotFoundError(f"no template {name} under {TEMPLATE_DIR}") from None
+    return template.render(**values)
+
+
 def absolute_path(path: str | os.PathLike[str]) -> str:
     """``~`` expanded, made absolute: configs hold these, as a job may start in another directory."""
     return os.path.abspath(os.path.expanduser(os.fspath(path)))

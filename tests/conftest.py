@@ -50,3 +50,31 @@ def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest 
         counts = _outcomes[marker]
         text = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "none ran"
         terminalreporter.write_line(f"marker {marker}: {text}")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny architecture, random weights, biased towards small cells of a few atoms.
+
+    Untrained weights favour huge counts and 1 A cells, whose checks take seconds per row; the
+    biases (a handful of logits and the value head) keep rows small and the tests fast while
+    the model, the checkpoint format and the sampler stay the real ones.
+    """
+    import torch
+
+    from matra_hpc.model import MatraTransformer, load_model_config
+    from matra_hpc.model.checkpoint import save_model_dir
+    from matra_hpc.tokens import load_vocab
+
+    vocab = load_vocab()
+    torch.manual_seed(0)
+    config = load_model_config("tiny", vocab.size)
+    model = MatraTransformer(config)
+    with torch.no_grad():
+        model.lm_head.bias[vocab.count(1) : vocab.count(5)] += 6.0
+        model.lm_head.bias[vocab.arity(2)] += 4.0
+        model.cont_head.weight.mul_(5.0)
+        model.cont_head.bias.fill_(4.3)
+    path = tmp_path_factory.mktemp("ckpt") / "model"
+    save_model_dir(path, model, {"model_config": config.to_dict(), "vocab_hash": vocab.hash, "step": 0, "epoch": 0})
+    return path

@@ -16,7 +16,7 @@ DOC = ROOT / "docs" / "architecture.md"
 
 # The layer of each top-level name under matra_hpc, lowest first; the doc must say the same.
 LAYERS = {
-    "base": ["util", "errors", "context"],
+    "base": ["util", "errors", "shards", "context"],
     "library": ["tokens", "model", "sample", "launch"],
     "stage": ["data", "train", "generate", "screen", "dft", "evaluate"],
     "cli": ["cli", "__main__"],

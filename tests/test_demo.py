@@ -22,6 +22,7 @@ def test_demo_commands_follow_the_pipeline(tmp_path: Path) -> None:
     screen = commands[5]
     assert screen[screen.index("--temps") + 1] == "0.70,0.75,0.80,0.85,0.90,0.95,1.00"
     assert screen[screen.index("--limit") + 1] == "64"
+    assert screen[screen.index("--reference-cache") + 1] == commands[8][commands[8].index("--reference-cache") + 1]
     # nothing to screen when no temperature is <= 1.0
     unscreened = [c[:2] for c in demo_commands(DemoConfig(out=str(tmp_path), temps="1.2,1.5"))]
     assert unscreened[3:] == [["report", "generate"], ["baseline", "pyxtal"], ["eval", "recovery"], ["report", "all"]]
@@ -58,6 +59,10 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert page["recovery"]["n_held_out"] == 9 and "stable_ratio" in page
     assert (out / "report" / "report.html").stat().st_size > 0
     assert (out / "generated.report.plausibility.png").stat().st_size > 0
+    # the run and its baseline share one reference cache: no reference is relaxed twice
+    relaxed = [json.loads(line)["id"] for f in (out / "references").glob("*/*.jsonl") for line in f.open()]
+    assert relaxed and len(relaxed) == len(set(relaxed))
+    assert not (out / "screened.zarr" / "references").exists()
     assert report["plausibility"]["generated"]["volume_per_atom"]["n"] > 0
 
     # A rerun resumes: the token store is reused and the finished shards are kept as they are.

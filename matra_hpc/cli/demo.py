@@ -53,6 +53,10 @@ class DemoConfig:
     """Relax at most this many candidates (the first screenable ones, in T then row order)."""
     screen_relax: str = "sevennet:0.05:60"
     """Protocol of the demo: the embedded 7net-0, one step, capped so it fits minutes on 2 cores."""
+    screen_max_atoms: int = 12
+    """Relax candidates of at most this many sites (primitive cell); the limit counts only these."""
+    screen_threads: int = 2
+    """CPU threads of the potential: one process using both cores (the screen shares references)."""
     hold_out_system: str | None = "Cd-I"
     """Kept out of the demo's training and searched for by ``eval recovery``: Cd-I has the most
     structures of the demo set's small systems (15 CdI2 polytypes; 9 pass the training filters)."""
@@ -115,9 +119,17 @@ def screen_commands(config: DemoConfig, tokens: str, gen: str) -> list[list[str]
         ["index", "build", tokens, "--out", index],
         ["screen", gen, "--out", screened, "--temps", ",".join(f"{t:.2f}" for t in temps),
          "--limit", str(config.screen_limit), "--relax", config.screen_relax,
-         "--hull-reference", tokens, "--novelty-index", index],
+         *screen_options(config, tokens)],
         ["report", "screen", screened],
     ]
+
+
+def screen_options(config: DemoConfig, tokens: str) -> list[str]:
+    """What the run's and the baseline's screenings share: hull, index, reference cache, threads."""
+    out = Path(config.out)
+    return ["--hull-reference", tokens, "--novelty-index", str(out / "ref.index"),
+            "--reference-cache", str(out / "references"), "--max-atoms", str(config.screen_max_atoms),
+            "--threads", str(config.screen_threads)]
 
 
 def evaluate_commands(config: DemoConfig, tokens: str, train_out: str, gen: str,
@@ -128,7 +140,6 @@ def evaluate_commands(config: DemoConfig, tokens: str, train_out: str, gen: str,
     generated and the page compares validity and SMACT.
     """
     out = Path(config.out)
-    index = out / "ref.index"
     base, base_screened = out / "baseline.zarr", out / "baseline-screened.zarr"
     recovery = out / "recovery"
     commands = [
@@ -137,8 +148,7 @@ def evaluate_commands(config: DemoConfig, tokens: str, train_out: str, gen: str,
     ]
     if screened:
         commands.append(["screen", str(base), "--out", str(base_screened), "--relax", config.screen_relax,
-                         "--limit", str(config.baseline_screen_limit), "--hull-reference", tokens,
-                         "--novelty-index", str(index)])
+                         "--limit", str(config.baseline_screen_limit), *screen_options(config, tokens)])
     if config.hold_out_system:
         commands.append(["eval", "recovery", "--system", config.hold_out_system, "--held-out", tokens,
                          "--checkpoint", train_out, "--n", str(config.recovery_n),

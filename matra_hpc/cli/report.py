@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def cmd_report_generate(args: argparse.Namespace) -> int:
+    from matra_hpc.cli.output import print_report
     from matra_hpc.generate.report import build_report, default_prefix, format_table, write_report
 
     report = build_report(args.store)
     files = write_report(report, args.out or default_prefix(args.store))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_table(report))
-        if not report["complete"]:
-            print("note: the run is incomplete (some shards are not finished)")
-    extra = f", {files.plausibility_png}" if files.plausibility_png else ""
-    print(f"wrote {files.json}, {files.csv}, {files.png}{extra}")
+    print_report(report, files, args, format_table,
+                 f", {files.plausibility_png}" if files.plausibility_png else "")
     return 0
 
 

@@ -29,8 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hull-reference", default=None,
                         help="token store or CIF/extxyz folder: hull references, relaxed like the candidates "
                              "(default: elemental ASE references only)")
+    parser.add_argument("--ehull-direct", default=None, choices=["alignn"],
+                        help="also record a direct e-hull prediction of the relaxed structure (e_hull_direct) "
+                             "by this model; weights via --weights alignn=FOLDER (config.json, best_model.pt)")
     parser.add_argument("--reference-max-ehull", type=float, default=d.reference_max_ehull,
                         help="use references whose DFT e-hull is at most this, eV/atom (default %(default)s)")
+    parser.add_argument("--reference-cache", default=None,
+                        help="folder of relaxed reference energies shared between screenings (default: OUT/references)")
     parser.add_argument("--novelty-index", default=None, help="index from `matra-hpc index build` (known crystals)")
     parser.add_argument("--temps", dest="temperatures", default=None,
                         help="screen only these temperatures of GEN (start:stop:step or a list)")
@@ -47,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conventional", dest="primitive", action="store_false",
                         help="relax the conventional cell as generated (default: its primitive cell)")
     parser.add_argument("--device", default=None, help="torch device (default: the launcher's)")
+    parser.add_argument("--threads", type=int, default=d.threads,
+                        help="CPU threads of the potential (default: torch's, i.e. OMP_NUM_THREADS)")
 
 
 def build_config(args: argparse.Namespace) -> ScreenConfig:
@@ -62,10 +69,12 @@ def build_config(args: argparse.Namespace) -> ScreenConfig:
         weights = ",".join(parts)
     config = ScreenConfig(
         generated=absolute(args.generated), out=absolute(args.out), relax=args.relax, max_steps=args.max_steps,
-        weights=weights, hull_reference=absolute(args.hull_reference),
-        reference_max_ehull=args.reference_max_ehull, novelty_index=absolute(args.novelty_index),
+        weights=weights, hull_reference=absolute(args.hull_reference), ehull_direct=args.ehull_direct,
+        reference_max_ehull=args.reference_max_ehull, reference_cache=absolute(args.reference_cache),
+        novelty_index=absolute(args.novelty_index),
         temperatures=args.temperatures, limit=args.limit, shards=args.shards, batched=args.batched,
         batch_atoms=args.batch_atoms, max_atoms=args.max_atoms, primitive=args.primitive, device=args.device,
+        threads=args.threads,
     )
     return config
 
@@ -83,17 +92,11 @@ def cmd_screen(args: argparse.Namespace) -> int:
 
 
 def cmd_report_screen(args: argparse.Namespace) -> int:
+    from matra_hpc.cli.output import print_report
     from matra_hpc.screen.report import build_report, default_prefix, format_table, write_report
 
     report = build_report(args.store, baseline=args.baseline)
-    files = write_report(report, args.out or default_prefix(args.store))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_table(report))
-        if not report["complete"]:
-            print("note: the run is incomplete (some shards are not finished)")
-    print(f"wrote {files.json}, {files.csv}, {files.png}")
+    print_report(report, write_report(report, args.out or default_prefix(args.store)), args, format_table)
     return 0
 
 

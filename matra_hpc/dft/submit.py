@@ -12,22 +12,18 @@ Pure planning and rendering; the launch layer does the submitting (``matra_hpc.l
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from matra_hpc.dft.config import VaspRunConfig
 from matra_hpc.dft.layout import write_json_atomic
 from matra_hpc.dft.runner import TASKS_FILE
 from matra_hpc.errors import UsageError
-from matra_hpc.util import REPO_ROOT
+from matra_hpc.util import REPO_ROOT, render_template
 
 TEMPLATE = "sbatch/vasp_array.sh.j2"
-TEMPLATE_DIR = REPO_ROOT / "templates"
 
 
 def run_config_from_profile(vasp: Mapping[str, Any], **overrides: Any) -> VaspRunConfig:
@@ -94,13 +90,7 @@ def render_array_script(
     slurm: bool = True,
 ) -> str:
     """The array job script (no side effects: golden-file tested)."""
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
-    environment.filters["quote"] = lambda value: shlex.quote(str(value))
-    return environment.get_template(TEMPLATE).render(
-        launch=launch, tasks_file=tasks_file, offset=offset, count=count, log_dir=log_dir, job_name=job_name,
-        python=python, slurm=slurm, time=launch["time"], code_dir=str(REPO_ROOT),
+    return render_template(
+        TEMPLATE, launch=launch, tasks_file=tasks_file, offset=offset, count=count, log_dir=log_dir,
+        job_name=job_name, python=python, slurm=slurm, time=launch["time"], code_dir=str(REPO_ROOT),
     )

@@ -19,7 +19,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from matra_hpc import __version__
 from matra_hpc.context import RunContext
 from matra_hpc.errors import StoreError, UsageError
 from matra_hpc.evaluate import stats
@@ -33,7 +32,6 @@ from matra_hpc.evaluate.config import (
     RecoveryConfig,
     ReportAllConfig,
 )
-from matra_hpc.util import git_revision
 
 log = logging.getLogger(__name__)
 
@@ -57,30 +55,18 @@ def _prepare_baseline(config: BaselineConfig, ctx: RunContext) -> dict[str, Any]
         from matra_hpc.generate.duplicates import store_fingerprint
 
         train_fp = store_fingerprint(config.train_store)
-    run_id = config.run_id or (Path(ctx.run_dir).name if ctx.run_dir else None) or (
-        "pyxtal-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    run_id = gstore.run_id_for(config.run_id, ctx.run_dir, "pyxtal")
     import pyxtal
     import smact
 
-    attrs = {
-        "schema": gstore.SCHEMA,
-        "created_by": {"package": __version__, "git": git_revision()},
-        "config": asdict(config),
-        "vocab": vocab.to_json(),
-        "vocab_hash": vocab.hash,
-        "run_id": run_id,
-        "run_dir": ctx.run_dir,
-        "checkpoint": None,
-        "baseline": {"method": METHOD, "pyxtal": pyxtal.__version__, "smact": smact.__version__,
-                     "charge_balanced": True, "oxidation_states": "smact ICSD24",
-                     "spacegroups": "uniform 2..230", "elements": [config.min_elements, config.max_elements],
-                     "systems_from": str(Path(config.systems_from).resolve()) if config.systems_from else None},
-        "train_store": ({"path": str(Path(config.train_store).resolve()), "fingerprint": train_fp}
-                        if config.train_store else None),
-        "temperatures": [BASELINE_TEMPERATURE],
-        "shards": config.shards,
-        "per_temp": config.n,
-    }
+    baseline = {"method": METHOD, "pyxtal": pyxtal.__version__, "smact": smact.__version__,
+                "charge_balanced": True, "oxidation_states": "smact ICSD24",
+                "spacegroups": "uniform 2..230", "elements": [config.min_elements, config.max_elements],
+                "systems_from": str(Path(config.systems_from).resolve()) if config.systems_from else None}
+    attrs = gstore.new_store_attrs(
+        config=asdict(config), vocab=vocab, run_id=run_id, run_dir=ctx.run_dir, checkpoint=None,
+        baseline=baseline, train_store=config.train_store, train_fingerprint=train_fp,
+        temperatures=[BASELINE_TEMPERATURE], shards=config.shards, per_temp=config.n)
     root = gstore.init_store(Path(config.out), attrs, config.fingerprint(train_fp))
     if root.get("baseline", {}).get("method") != METHOD:
         raise StoreError(f"{config.out} is a generated store of a model run, not a {METHOD} baseline")

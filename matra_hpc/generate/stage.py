@@ -20,14 +20,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from matra_hpc import __version__
 from matra_hpc.context import RunContext
 from matra_hpc.errors import CheckpointError, StoreError, UsageError
 from matra_hpc.generate import store as gstore
 from matra_hpc.generate.checks import StructureCheck
 from matra_hpc.generate.config import GenerateConfig, task_seed
 from matra_hpc.generate.temperatures import temperature_group
-from matra_hpc.util import git_revision, hold_point
+from matra_hpc.util import hold_point
 
 log = logging.getLogger(__name__)
 
@@ -77,26 +76,13 @@ def _prepare_store(config: GenerateConfig, ctx: RunContext) -> dict[str, Any]:
                              f"this matra-hpc has {vocab.hash}")
     train_fp = store_fingerprint(config.train_store) if config.train_store else None
     ckpt_hash = checkpoint.sha256
-    run_id = config.run_id or (Path(ctx.run_dir).name if ctx.run_dir else None) or (
-        "gen-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    )
-    attrs = {
-        "schema": gstore.SCHEMA,
-        "created_by": {"package": __version__, "git": git_revision()},
-        "config": asdict(config),
-        "vocab": vocab.to_json(),
-        "vocab_hash": vocab.hash,
-        "run_id": run_id,
-        "run_dir": ctx.run_dir,
-        "checkpoint": {"path": str(Path(config.checkpoint).resolve()), "resolved": str(checkpoint.path),
-                       "sha256": ckpt_hash,
-                       "step": meta.get("step"), "epoch": meta.get("epoch")},
-        "train_store": ({"path": str(Path(config.train_store).resolve()), "fingerprint": train_fp}
-                        if config.train_store else None),
-        "temperatures": list(config.temperatures),
-        "shards": config.shards,
-        "per_temp": config.per_temp,
-    }
+    run_id = gstore.run_id_for(config.run_id, ctx.run_dir, "gen")
+    attrs = gstore.new_store_attrs(
+        config=asdict(config), vocab=vocab, run_id=run_id, run_dir=ctx.run_dir,
+        checkpoint={"path": str(Path(config.checkpoint).resolve()), "resolved": str(checkpoint.path),
+                    "sha256": ckpt_hash, "step": meta.get("step"), "epoch": meta.get("epoch")},
+        train_store=config.train_store, train_fingerprint=train_fp,
+        temperatures=config.temperatures, shards=config.shards, per_temp=config.per_temp)
     root_attrs = gstore.init_store(Path(config.out), attrs, _fingerprint(config, ckpt_hash, train_fp))
     return {"run_id": root_attrs["run_id"], "attempt": uuid.uuid4().hex,
             "checkpoint": str(checkpoint.path), "checkpoint_sha256": ckpt_hash}

@@ -19,21 +19,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zarr
 
+from matra_hpc import __version__
 from matra_hpc.errors import StoreError
 from matra_hpc.generate.table import GeneratedTable
 from matra_hpc.generate.temperatures import group_temperature, temperature_group
+from matra_hpc.shards import (
+    MANIFEST,
+    commit_shard,
+    finished_shard_numbers,
+    open_store_root,
+    remove_unfinished,
+    require_same_fingerprint,
+)
 from matra_hpc.tokens.format import TOKEN_FORMAT, require_token_format
-from matra_hpc.util import write_json_atomic
+from matra_hpc.util import git_revision
 
 SCHEMA = "matra-hpc/generated/1"
-MANIFEST = "manifest.json"
 CLAIMS_DIR = ".claims"
 
 
@@ -51,19 +59,39 @@ def shard_done(store: Path, temperature: float, shard: int) -> bool:
 
 def open_root(store: Path, mode: str = "r") -> zarr.Group:
     """The store's root group, refusing anything that is not a generated store."""
-    path = Path(store)
-    if not (path / "zarr.json").is_file():
-        raise StoreError(f"{path} is not a Zarr store (no zarr.json)")
-    try:
-        root = zarr.open_group(str(path), mode=mode)
-    except Exception as exc:
-        raise StoreError(f"cannot open {path} as a Zarr group: {exc}") from exc
-    schema = root.attrs.get("schema")
-    if schema != SCHEMA:
-        raise StoreError(f"{path} has schema {schema!r}, expected {SCHEMA!r}")
-    require_token_format(root.attrs.get("token_format"), f"generated store {path}",
+    root = open_store_root(store, SCHEMA, mode)
+    require_token_format(root.attrs.get("token_format"), f"generated store {store}",
                          "generate again into a new --out, from a checkpoint of this token format")
     return root
+
+
+def run_id_for(explicit: str | None, run_dir: str | None, prefix: str) -> str:
+    """The run id: the one given, else the run directory's name, else ``<prefix>-<UTC time>``."""
+    return explicit or (Path(run_dir).name if run_dir else None) or (
+        f"{prefix}-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+
+
+def new_store_attrs(*, config: dict[str, Any], vocab, run_id: str, run_dir: str | None,
+                    checkpoint: dict[str, Any] | None, train_store: str | None,
+                    train_fingerprint: dict[str, Any] | None, temperatures: list[float], shards: int,
+                    per_temp: int, **extra: Any) -> dict[str, Any]:
+    """The root attrs of a new generated store (contract G), for a model run or a baseline."""
+    return {
+        "schema": SCHEMA,
+        "created_by": {"package": __version__, "git": git_revision()},
+        "config": config,
+        "vocab": vocab.to_json(),
+        "vocab_hash": vocab.hash,
+        "run_id": run_id,
+        "run_dir": run_dir,
+        "checkpoint": checkpoint,
+        **extra,
+        "train_store": ({"path": str(Path(train_store).resolve()), "fingerprint": train_fingerprint}
+                        if train_store else None),
+        "temperatures": list(temperatures),
+        "shards": shards,
+        "per_temp": per_temp,
+    }
 
 
 def init_store(store: Path, attrs: dict[str, Any], fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -75,13 +103,7 @@ def init_store(store: Path, attrs: dict[str, Any], fingerprint: dict[str, Any]) 
     path = Path(store)
     if path.exists() and any(path.iterdir()):
         root = open_root(path, mode="r+")
-        old = root.attrs.get("fingerprint", {})
-        for key in sorted(set(old) | set(fingerprint)):
-            if old.get(key) != fingerprint.get(key):
-                raise StoreError(
-                    f"{path} was written by a different generation ({key}: {old.get(key)!r} there, "
-                    f"{fingerprint.get(key)!r} now); resume needs the same settings, or pick another --out"
-                )
+        require_same_fingerprint(path, root.attrs.get("fingerprint", {}), fingerprint, "generation")
     else:
         path.mkdir(parents=True, exist_ok=True)
         root = zarr.open_group(str(path), mode="w")
@@ -92,34 +114,16 @@ def init_store(store: Path, attrs: dict[str, Any], fingerprint: dict[str, Any]) 
         if "temperature" not in tgroup.attrs:
             tgroup.attrs["temperature"] = t
         tgroup.require_group("shards")
-        shards_dir = path / temperature_group(t) / "shards"
-        for child in shards_dir.iterdir():
-            if child.name.startswith(".partial-") or (child.is_dir() and not (child / MANIFEST).is_file()):
-                shutil.rmtree(child, ignore_errors=True)
+        remove_unfinished(path / temperature_group(t) / "shards")
     shutil.rmtree(path / CLAIMS_DIR, ignore_errors=True)
     return dict(root.attrs)
 
 
 def write_shard(store: Path, temperature: float, shard: int, table: GeneratedTable, manifest: dict) -> bool:
     """Write one finished shard atomically; False if a finished copy was already there."""
-    final = shard_path(store, temperature, shard)
-    partial = final.with_name(f".partial-{final.name}-{uuid.uuid4().hex}")
-    group = zarr.open_group(str(partial), mode="w")
-    group.attrs.update({"temperature": temperature, "shard": shard, "rows": len(table)})
-    table.write(group)
-    write_json_atomic(partial / MANIFEST, {**manifest, "rows": len(table)})
-    if (final / MANIFEST).is_file():
-        shutil.rmtree(partial, ignore_errors=True)
-        return False
-    if final.exists():  # a folder from a killed writer, without a manifest
-        shutil.rmtree(final, ignore_errors=True)
-    try:
-        os.rename(partial, final)
-    except OSError:
-        # Another writer committed the same shard first; its copy is bit-identical.
-        shutil.rmtree(partial, ignore_errors=True)
-        return False
-    return True
+    attrs = {"temperature": temperature, "shard": shard, "rows": len(table)}
+    return commit_shard(shard_path(store, temperature, shard), attrs, table.write,
+                        {**manifest, "rows": len(table)})
 
 
 def read_shard(store: Path, temperature: float, shard: int) -> GeneratedTable:
@@ -134,14 +138,7 @@ def read_manifest(store: Path, temperature: float, shard: int) -> dict:
 
 
 def finished_shards(store: Path, temperature: float) -> list[int]:
-    shards_dir = Path(store) / temperature_group(temperature) / "shards"
-    if not shards_dir.is_dir():
-        return []
-    done = []
-    for child in shards_dir.iterdir():
-        if child.name.startswith("s") and child.name[1:].isdigit() and (child / MANIFEST).is_file():
-            done.append(int(child.name[1:]))
-    return sorted(done)
+    return finished_shard_numbers(Path(store) / temperature_group(temperature) / "shards")
 
 
 class TaskClaims:

@@ -7,9 +7,11 @@ generated store (docs/contracts.md section G) in ``matra_hpc/generate/store.py``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
+
+from matra_hpc.shards import STRUCTURE_COLUMNS, concat_columns, read_columns, write_columns
 
 # column -> (dtype, kind); "row": one per row, "flat": ragged payload, "offsets": rows + 1
 COLUMNS: dict[str, tuple[object, str]] = {
@@ -28,18 +30,11 @@ COLUMNS: dict[str, tuple[object, str]] = {
     "formula": (str, "row"),
     "cif": (str, "row"),
     "error": (str, "row"),
-    "lattice": (np.float64, "row"),
-    "frac_coords": (np.float64, "flat"),
-    "numbers": (np.int16, "flat"),
-    "site_offsets": (np.int64, "offsets"),
+    **STRUCTURE_COLUMNS,
     "n_sites_conventional": (np.int32, "row"),
     "n_sites_primitive": (np.int32, "row"),
 }
 VIEW_ONLY_COLUMNS = {"dup_run": (np.bool_, "row")}
-
-# Flat arrays are chunked so that no chunk of a large shard grows past a few MB.
-FLAT_CHUNK = 1 << 20
-
 
 @dataclass
 class GeneratedTable:
@@ -84,55 +79,19 @@ class GeneratedTable:
 
     def write(self, group) -> None:
         """Write every column as an array of the (new, empty) Zarr group."""
-        columns = dict(COLUMNS)
-        if self.dup_run is not None:
-            columns.update(VIEW_ONLY_COLUMNS)
-        for name, (dtype, kind) in columns.items():
-            data = getattr(self, name)
-            if dtype is str:
-                data = np.asarray(data, dtype=object)
-                chunks = (max(1, min(len(data), 65536)),)
-                arr = group.create_array(name, shape=data.shape, dtype=str, chunks=chunks, overwrite=True)
-            else:
-                data = np.ascontiguousarray(data, dtype=dtype)
-                lead = FLAT_CHUNK if kind == "flat" else 1 << 18
-                chunks = (max(1, min(data.shape[0], lead)),) + data.shape[1:]
-                arr = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks, overwrite=True)
-            if data.size:
-                arr[...] = data
+        columns = {**COLUMNS, **(VIEW_ONLY_COLUMNS if self.dup_run is not None else {})}
+        write_columns(group, {name: getattr(self, name) for name in columns}, columns)
 
     @classmethod
     def read(cls, group) -> GeneratedTable:
-        names = list(COLUMNS) + (["dup_run"] if "dup_run" in group else [])
-        data = {}
-        for name in names:
-            dtype = {**COLUMNS, **VIEW_ONLY_COLUMNS}[name][0]
-            arr = group[name]
-            values = arr[...] if arr.size else np.zeros(arr.shape, dtype=object if dtype is str else dtype)
-            data[name] = np.asarray(values, dtype=object) if dtype is str else np.asarray(values)
-        return cls(**data)
+        columns = {**COLUMNS, **(VIEW_ONLY_COLUMNS if "dup_run" in group else {})}
+        return cls(**read_columns(group, columns))
 
     @classmethod
     def concat(cls, tables: list[GeneratedTable]) -> GeneratedTable:
         if not tables:
             return empty_table()
-        out = {}
-        for f in fields(cls):
-            name = f.name
-            if name == "dup_run":
-                continue
-            kind = COLUMNS[name][1]
-            parts = [getattr(t, name) for t in tables]
-            if kind == "offsets":
-                shifted = [parts[0]]
-                base = parts[0][-1]
-                for p in parts[1:]:
-                    shifted.append(p[1:] + base)
-                    base = base + p[-1]
-                out[name] = np.concatenate(shifted).astype(np.int64)
-            else:
-                out[name] = np.concatenate(parts)
-        return cls(**out)
+        return cls(**concat_columns([{n: getattr(t, n) for n in COLUMNS} for t in tables], COLUMNS))
 
 
 def empty_table() -> GeneratedTable:

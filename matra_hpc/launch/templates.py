@@ -13,16 +13,12 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-import jinja2
-
 from matra_hpc.errors import MatraError, UsageError
 from matra_hpc.launch.call import mpi_launcher_command
 from matra_hpc.launch.config import LaunchConfig
 from matra_hpc.launch.rundir import create_run_dir, default_run_dir, new_manifest, utc_now, write_manifest
 from matra_hpc.launch.submit import dependency_jobs, wait_local_dependency
-from matra_hpc.util import REPO_ROOT
-
-TEMPLATE_DIR = REPO_ROOT / "templates"
+from matra_hpc.util import render_template
 
 
 def slurm_time(minutes: int) -> str:
@@ -48,28 +44,23 @@ def render_sbatch(
     dependency: str | None = None,
 ) -> str:
     """The job script of ``templates/<template>`` for these settings (no side effects)."""
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
-    environment.filters["quote"] = lambda value: shlex.quote(str(value))
     try:
-        tmpl = environment.get_template(template)
-    except jinja2.TemplateNotFound:
-        raise UsageError(f"no template {template} under {TEMPLATE_DIR}") from None
-    return tmpl.render(
-        launch=launch,
-        command=shlex.join(command),
-        workdir=workdir,
-        log=log,
-        job_name=job_name,
-        launcher=launcher,
-        slurm=slurm,
-        dependency=dependency,
-        time=slurm_time(launch.time_minutes),
-        ranks=launch.nodes * launch.procs_per_node,
-    )
+        return render_template(
+            template,
+            launch=launch,
+            command=shlex.join(command),
+            workdir=workdir,
+            log=log,
+            job_name=job_name,
+            launcher=launcher,
+            slurm=slurm,
+            dependency=dependency,
+            time=slurm_time(launch.time_minutes),
+            ranks=launch.nodes * launch.procs_per_node,
+        )
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+
 
 
 def submit_program(

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from matra_hpc.errors import UsageError
 
+DIRECT_EHULL = ("alignn",)
+"""Potentials whose loader gives a direct e-hull prediction (``Potential.predict``)."""
+
 
 @dataclass
 class ScreenConfig:
@@ -25,14 +28,21 @@ class ScreenConfig:
     """``NAME=PATH,...``: weights per potential (default: the embedded ones, sevennet and chgnet)."""
     hull_reference: str | None = None
     """Token store or CIF/extxyz folder whose structures, relaxed alike, make the hull."""
+    ehull_direct: str | None = None
+    """A model that predicts the e-hull from the relaxed structure (``alignn``, as the paper's
+    section IV.4), recorded as a second estimate (``e_hull_direct``); weights via ``--weights``."""
     reference_max_ehull: float = 0.001
     """Only references whose own DFT e-hull is at most this (eV/atom) enter the ML hull."""
+    reference_cache: str | None = None
+    """Folder of relaxed reference energies, to share between screenings of several stores
+    (a run and its baseline); None: ``<out>/references``."""
     novelty_index: str | None = None
     """Index from ``matra-hpc index build``; None: nothing is known, every relaxed row is novel."""
     temperatures: str | None = None
     """Subset of the generated temperatures (``0.7:1.0:0.05`` or a list); None: all of them."""
     limit: int | None = None
-    """Relax only the first N screenable rows in (T, row) order; the rest: not_screened_limit."""
+    """Relax only the first N screenable rows of at most ``max_atoms`` sites in (T, row) order;
+    the rest: not_screened_limit."""
     shards: int = 1
     """Shards per temperature (tasks of the queue, or of a job array)."""
     batched: bool = True
@@ -45,6 +55,9 @@ class ScreenConfig:
     """Relax the primitive cell of each candidate (fewer atoms, same energy per atom)."""
     device: str | None = None
     """None: the device the launch layer assigns to this process."""
+    threads: int | None = None
+    """CPU threads of the potential (torch intra-op); None: torch's default (``OMP_NUM_THREADS``).
+    One process per node with all its cores beats ranks that each relax their own references."""
     run_id: str | None = None
 
     def validate(self) -> None:
@@ -58,6 +71,12 @@ class ScreenConfig:
         weights = parse_weights(self.weights)
         for name in sorted({s.potential for s in steps}):
             check_weights(name, weights.get(name))
+        if self.ehull_direct is not None:
+            if self.ehull_direct not in DIRECT_EHULL:
+                raise UsageError(f"--ehull-direct {self.ehull_direct!r}: known: {', '.join(DIRECT_EHULL)}")
+            check_weights(self.ehull_direct, weights.get(self.ehull_direct))
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
         if self.max_steps < 0:
             raise UsageError(f"--max-steps must be >= 0, got {self.max_steps}")
         if self.shards < 1:
@@ -86,7 +105,8 @@ class ScreenConfig:
         from matra_hpc.screen.potentials import check_weights, parse_weights
 
         given = parse_weights(self.weights)
-        return {name: check_weights(name, given.get(name)) for name in sorted({s.potential for s in self.protocol()})}
+        names = {s.potential for s in self.protocol()} | ({self.ehull_direct} if self.ehull_direct else set())
+        return {name: check_weights(name, given.get(name)) for name in sorted(names)}
 
     def selected_temperatures(self) -> list[float] | None:
         if self.temperatures is None:

@@ -7,7 +7,9 @@
   (near-)stable, which keeps the number of reference relaxations proportional to the hull, not
   to the reference set.
 - Each reference in a candidate's chemical system is relaxed with the candidates' protocol and
-  potentials once; its energy is cached in ``<store>/references/<protocol key>/<writer>.jsonl``
+  potentials once; its energy is cached in ``<cache>/<protocol key>/<writer>.jsonl`` (``<cache>``:
+  ``--reference-cache``, default ``<store>/references``; the key covers protocol, weights and
+  reference set, so screenings of several stores share relaxed references safely)
   (append-only, one file per writer, so ranks and array tasks never share a file).
 - An element with no elemental reference in the set gets, in this order: ASE's reference
   crystal (``ase.build.bulk``, relaxed the same way, id ``ase:<El>``); for the diatomic gases
@@ -215,10 +217,11 @@ class ReferenceCache:
             os.close(fd)
 
 
-def protocol_key(protocol_label: str, weights: dict[str, str]) -> str:
+def protocol_key(protocol_label: str, weights: dict[str, str], reference: str | None = None) -> str:
+    """Cache key: energies are shared only between the same protocol, weights and reference set."""
     import hashlib
 
-    text = json.dumps({"protocol": protocol_label, "weights": weights}, sort_keys=True)
+    text = json.dumps({"protocol": protocol_label, "weights": weights, "reference": reference}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -71,8 +71,13 @@ def screenable(table) -> np.ndarray:
     return np.asarray(table.decodes, bool) & np.asarray(table.bonds_ok, bool) & ~np.asarray(table.dup_train, bool)
 
 
-def plan_rows(generated: str | Path, temperatures: list[float], limit: int | None) -> dict[float, np.ndarray]:
-    """Per temperature, which rows are relaxed: screenable, and among the first ``limit`` of the run."""
+def plan_rows(generated: str | Path, temperatures: list[float], limit: int | None,
+              max_atoms: int | None = None, primitive: bool = True) -> dict[float, np.ndarray]:
+    """Per temperature, which rows are relaxed: screenable, up to the ``limit``-th relaxable one.
+
+    With ``max_atoms``, a row whose cell (primitive, as generation counted it) is larger does not
+    count against the limit: it is planned, and gets ``too_many_atoms`` without any work.
+    """
     from matra_hpc.generate import store as gstore
 
     plan, left = {}, limit
@@ -80,11 +85,14 @@ def plan_rows(generated: str | Path, temperatures: list[float], limit: int | Non
         table = gstore.read_view(Path(generated), t)
         ok = screenable(table)
         if left is not None:
-            picked = np.zeros_like(ok)
-            idx = np.flatnonzero(ok)[:left]
-            picked[idx] = True
-            left -= len(idx)
-            ok = picked
+            sites = np.asarray(table.n_sites_primitive if primitive else table.n_sites_conventional)
+            small = ok if max_atoms is None else ok & (sites <= max_atoms)
+            small_rows = np.flatnonzero(small)
+            if left == 0:
+                ok = np.zeros_like(ok)
+            elif len(small_rows) > left:
+                ok = ok & (np.arange(len(ok)) <= small_rows[left - 1])
+            left -= int(small[ok].sum())
         plan[t] = ok
     return plan
 
@@ -110,6 +118,7 @@ def _fingerprint(config: ScreenConfig, gen_attrs: dict, weights: dict[str, str],
         "novelty_index": str(Path(config.novelty_index).resolve()) if config.novelty_index else None,
         "temperatures": temperatures, "limit": config.limit, "shards": config.shards,
         "max_atoms": config.max_atoms, "primitive": config.primitive,
+        **({"ehull_direct": config.ehull_direct} if config.ehull_direct else {}),
     }
 
 
@@ -145,6 +154,10 @@ def _prepare_store(config: ScreenConfig, ctx: RunContext) -> dict[str, Any]:
                                       if config.hull_reference else None),
                    "ase_references": "ase.build.bulk for elements without an elemental reference"},
         "novelty_index": {"path": str(Path(config.novelty_index).resolve())} if config.novelty_index else None,
+        "e_hull_direct": ({"model": config.ehull_direct, "weights": weights[config.ehull_direct],
+                           "sha256": weights_sha256(weights[config.ehull_direct]),
+                           "input": f"the structure relaxed by {label}", "correction": "none (the model's own)"}
+                          if config.ehull_direct else None),
         "connectivity": {"bond_scale": BOND_SCALE, "radii": "covalent radii, Cordero et al. 2008 (ase.data)"},
     }
     root_attrs = sstore.init_store(Path(config.out), attrs, _fingerprint(config, gen_attrs, weights, ref_fp, temps),
@@ -159,7 +172,13 @@ class Screener:
     """Potentials, hull and novelty index of one process; screens one task at a time."""
 
     def __init__(self, config: ScreenConfig, device: str, writer: str) -> None:
-        from matra_hpc.screen.hull import HullCalculator, ReferenceCache, load_references, protocol_key
+        from matra_hpc.screen.hull import (
+            HullCalculator,
+            ReferenceCache,
+            load_references,
+            protocol_key,
+            reference_fingerprint,
+        )
         from matra_hpc.screen.relax import BatchStats, protocol_label
 
         self.config = config
@@ -169,7 +188,11 @@ class Screener:
         self.weights = config.weight_paths()
         self.stats = BatchStats()
         refs = load_references(config.hull_reference, config.reference_max_ehull) if config.hull_reference else []
-        cache = ReferenceCache(Path(config.out) / "references" / protocol_key(self.label, self.weights), writer)
+        ref_fp = reference_fingerprint(config.hull_reference) if config.hull_reference else None
+        cache_root = Path(config.reference_cache) if config.reference_cache else Path(config.out) / "references"
+        # the cache key names the relaxation's potentials only: a direct e-hull model leaves it alone
+        relax_weights = {s.potential: self.weights[s.potential] for s in self.steps}
+        cache = ReferenceCache(cache_root / protocol_key(self.label, relax_weights, ref_fp), writer)
         hull_kind = "PhaseDiagram per chemical system"
         self.method = f"{self.label}|MP2020|{hull_kind}" + ("" if config.hull_reference else "|elements only")
         self.hull = HullCalculator(refs, cache, self._relax, self._single_point, self.method)
@@ -178,6 +201,11 @@ class Screener:
             from matra_hpc.screen.novelty import NoveltyIndex
 
             self.index = NoveltyIndex.open(config.novelty_index)
+        self.direct = None
+        self.direct_method = ""
+        if config.ehull_direct:
+            self.direct = self.potential(config.ehull_direct)
+            self.direct_method = f"{config.ehull_direct}:{self.direct.sha256[:12]}|direct|geometry {self.label}"
 
     def potential(self, name: str):
         from matra_hpc.screen.potentials import load_potential
@@ -274,6 +302,10 @@ class Screener:
                 e_hull, hull_reason = guarded("e_hull", lambda s=s, e=res.energy_per_atom, i=row["id"]:
                                               self.hull.e_hull(s, e, i), (float("nan"), "no_reference"))
                 row.update(e_hull=e_hull, e_hull_method=self.hull.method_for(s) if np.isfinite(e_hull) else "")
+                if self.direct is not None:
+                    direct = guarded("e_hull_direct", lambda s=s: float(self.direct.predict(s)), float("nan"))
+                    row.update(e_hull_direct=direct, e_hull_direct_method=self.direct_method if np.isfinite(direct)
+                               else "")
             else:
                 hull_reason = "no_reference"
             if res.reason:
@@ -364,8 +396,12 @@ def run_screen(config: ScreenConfig, ctx: RunContext) -> dict[str, Any]:
         prep = ctx.on_rank0(_prepare_store, config, ctx)
     temps, attempt = prep["temperatures"], prep["attempt"]
     device = config.device or ctx.device
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
     writer = f"r{ctx.rank}-{uuid.uuid4().hex[:8]}"
-    plan = plan_rows(config.generated, temps, config.limit)
+    plan = plan_rows(config.generated, temps, config.limit, config.max_atoms, config.primitive)
     tasks = [(t, s) for t in temps for s in range(config.shards)]
     mine = tasks[ctx.rank::ctx.world_size] if array else tasks
     screener = Screener(config, device, writer)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +29,18 @@ import zarr
 
 from matra_hpc.errors import StoreError
 from matra_hpc.generate.temperatures import temperature_group
-from matra_hpc.util import write_json_atomic
+from matra_hpc.shards import (
+    MANIFEST,
+    STRUCTURE_COLUMNS,
+    commit_shard,
+    concat_columns,
+    finished_shard_numbers,
+    open_store_root,
+    read_columns,
+    remove_unfinished,
+    require_same_fingerprint,
+    write_columns,
+)
 
 __all__ = [
     "SCHEMA", "STATUSES", "REASONS", "ScreenedRow", "RowBuilder", "iter_rows", "read_status",
@@ -39,7 +49,6 @@ __all__ = [
 ]
 
 SCHEMA = "matra-hpc/screened/1"
-MANIFEST = "manifest.json"
 STATUS_DIR = "status"
 SCREEN_STATUS_FILE = "screen.jsonl"
 
@@ -61,10 +70,7 @@ COLUMNS: dict[str, tuple[Any, str]] = {
     "formula": (str, "row"),
     "prototype_hash": (str, "row"),
     "relaxed": (np.bool_, "row"),
-    "lattice": (np.float64, "row"),
-    "frac_coords": (np.float64, "flat"),
-    "numbers": (np.int16, "flat"),
-    "site_offsets": (np.int64, "offsets"),
+    **STRUCTURE_COLUMNS,
     "energy_per_atom": (np.float64, "row"),
     "e_hull": (np.float64, "row"),
     "e_hull_method": (str, "row"),
@@ -78,7 +84,11 @@ COLUMNS: dict[str, tuple[Any, str]] = {
     "max_force": (np.float64, "row"),
     "volume_change": (np.float64, "row"),
     "potential": (str, "row"),
+    "e_hull_direct": (np.float64, "row"),
+    "e_hull_direct_method": (str, "row"),
 }
+OPTIONAL_COLUMNS = {"e_hull_direct": float("nan"), "e_hull_direct_method": ""}
+"""Columns added after the first stores were written: a store without them reads as these values."""
 
 
 @dataclass
@@ -106,6 +116,9 @@ class ScreenedRow:
     max_force: float
     volume_change: float
     potential: str
+    e_hull_direct: float = float("nan")
+    """A second e-hull estimate, predicted directly from the relaxed structure (alignn); NaN if none."""
+    e_hull_direct_method: str = ""
 
     @property
     def is_candidate(self) -> bool:
@@ -129,7 +142,8 @@ class RowBuilder:
             e_hull: float = float("nan"), e_hull_method: str = "", connected: bool = False,
             n_components: int = 0, novel: bool = False, novel_match: str = "", unique: bool = False,
             dup_of: str = "", n_steps: int = 0, max_force: float = float("nan"),
-            volume_change: float = float("nan"), potential: str = "") -> None:
+            volume_change: float = float("nan"), potential: str = "", e_hull_direct: float = float("nan"),
+            e_hull_direct_method: str = "") -> None:
         check_status(status, reason)
         if structure is not None:
             lattice = np.asarray(structure.lattice.matrix, dtype=np.float64)
@@ -144,7 +158,8 @@ class RowBuilder:
             energy_per_atom=energy_per_atom, e_hull=e_hull, e_hull_method=e_hull_method,
             connected=connected, n_components=n_components, novel=novel, novel_match=novel_match,
             unique=unique, dup_of=dup_of, n_steps=n_steps, max_force=max_force,
-            volume_change=volume_change, potential=potential,
+            volume_change=volume_change, potential=potential, e_hull_direct=e_hull_direct,
+            e_hull_direct_method=e_hull_direct_method,
         ))
 
     def build(self) -> dict[str, np.ndarray]:
@@ -167,51 +182,8 @@ class RowBuilder:
         return data
 
 
-def _write_table(group: zarr.Group, data: dict[str, np.ndarray]) -> None:
-    for name, (dtype, kind) in COLUMNS.items():
-        values = data[name]
-        if dtype is str:
-            values = np.asarray(values, dtype=object)
-            arr = group.create_array(name, shape=values.shape, dtype=str,
-                                     chunks=(max(1, min(len(values), 65536)),), overwrite=True)
-        else:
-            values = np.ascontiguousarray(values, dtype=dtype)
-            lead = (1 << 20) if kind == "flat" else (1 << 18)
-            chunks = (max(1, min(values.shape[0], lead)),) + values.shape[1:]
-            arr = group.create_array(name, shape=values.shape, dtype=dtype, chunks=chunks, overwrite=True)
-        if values.size:
-            arr[...] = values
-
-
-def _read_table(group: zarr.Group) -> dict[str, np.ndarray]:
-    data = {}
-    for name, (dtype, _kind) in COLUMNS.items():
-        if name not in group:
-            raise StoreError(f"{group.store} group {group.path!r} lacks column {name!r}")
-        arr = group[name]
-        if arr.size:
-            values = arr[...]
-        else:
-            values = np.zeros(arr.shape, dtype=object if dtype is str else dtype)
-        data[name] = np.asarray(values, dtype=object) if dtype is str else np.asarray(values)
-    return data
-
-
 def _concat(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    if not tables:
-        return RowBuilder().build()
-    out: dict[str, np.ndarray] = {}
-    for name, (_dtype, kind) in COLUMNS.items():
-        parts = [t[name] for t in tables]
-        if kind == "offsets":
-            shifted, base = [parts[0]], parts[0][-1]
-            for p in parts[1:]:
-                shifted.append(p[1:] + base)
-                base = base + p[-1]
-            out[name] = np.concatenate(shifted).astype(np.int64)
-        else:
-            out[name] = np.concatenate(parts)
-    return out
+    return concat_columns(tables, COLUMNS) if tables else RowBuilder().build()
 
 
 def _structure(data: dict[str, np.ndarray], r: int):
@@ -229,17 +201,7 @@ def _structure(data: dict[str, np.ndarray], r: int):
 
 def open_root(store: str | Path, mode: str = "r") -> zarr.Group:
     """The store's root group, refusing anything that is not a screened store."""
-    path = Path(store)
-    if not (path / "zarr.json").is_file():
-        raise StoreError(f"{path} is not a Zarr store (no zarr.json)")
-    try:
-        root = zarr.open_group(str(path), mode=mode)
-    except Exception as exc:
-        raise StoreError(f"cannot open {path} as a Zarr group: {exc}") from exc
-    schema = root.attrs.get("schema")
-    if schema != SCHEMA:
-        raise StoreError(f"{path} has schema {schema!r}, expected {SCHEMA!r}")
-    return root
+    return open_store_root(store, SCHEMA, mode)
 
 
 def shard_path(store: Path, temperature: float, shard: int) -> Path:
@@ -260,12 +222,7 @@ def init_store(store: str | Path, attrs: dict[str, Any], fingerprint: dict[str, 
     path = Path(store)
     if path.exists() and any(path.iterdir()):
         root = open_root(path, mode="r+")
-        old = root.attrs.get("fingerprint", {})
-        for key in sorted(set(old) | set(fingerprint)):
-            if old.get(key) != fingerprint.get(key):
-                raise StoreError(
-                    f"{path} was written by a different screening ({key}: {old.get(key)!r} there, "
-                    f"{fingerprint.get(key)!r} now); resume needs the same settings, or pick another --out")
+        require_same_fingerprint(path, root.attrs.get("fingerprint", {}), fingerprint, "screening")
     else:
         path.mkdir(parents=True, exist_ok=True)
         root = zarr.open_group(str(path), mode="w")
@@ -276,41 +233,24 @@ def init_store(store: str | Path, attrs: dict[str, Any], fingerprint: dict[str, 
         if "temperature" not in tgroup.attrs:
             tgroup.attrs["temperature"] = t
         tgroup.require_group("shards")
-        for child in (path / temperature_group(t) / "shards").iterdir():
-            if child.name.startswith(".partial-") or (child.is_dir() and not (child / MANIFEST).is_file()):
-                shutil.rmtree(child, ignore_errors=True)
+        remove_unfinished(path / temperature_group(t) / "shards")
     return dict(root.attrs)
 
 
 def write_shard(store: str | Path, temperature: float, shard: int, data: dict[str, np.ndarray],
                 manifest: dict[str, Any]) -> bool:
     """Write one finished shard atomically; False if a finished copy was already there."""
-    final = shard_path(Path(store), temperature, shard)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(f".partial-{final.name}-{uuid.uuid4().hex}")
-    group = zarr.open_group(str(partial), mode="w")
     rows = len(data["id"])
-    group.attrs.update({"temperature": temperature, "shard": shard, "rows": rows})
-    _write_table(group, data)
-    write_json_atomic(partial / MANIFEST, {**manifest, "rows": rows})
-    if (final / MANIFEST).is_file():
-        shutil.rmtree(partial, ignore_errors=True)
-        return False
-    if final.exists():  # a folder from a killed writer, without a manifest
-        shutil.rmtree(final, ignore_errors=True)
-    try:
-        os.rename(partial, final)
-    except OSError:
-        shutil.rmtree(partial, ignore_errors=True)  # another writer committed this shard first
-        return False
-    return True
+    return commit_shard(shard_path(Path(store), temperature, shard),
+                        {"temperature": temperature, "shard": shard, "rows": rows},
+                        lambda group: write_columns(group, data, COLUMNS), {**manifest, "rows": rows})
 
 
 def read_shard(store: str | Path, temperature: float, shard: int) -> dict[str, np.ndarray]:
     path = shard_path(Path(store), temperature, shard)
     if not (path / MANIFEST).is_file():
         raise StoreError(f"shard {path} is not finished (no {MANIFEST})")
-    return _read_table(zarr.open_group(str(path), mode="r"))
+    return read_columns(zarr.open_group(str(path), mode="r"), COLUMNS, OPTIONAL_COLUMNS)
 
 
 def read_manifest(store: str | Path, temperature: float, shard: int) -> dict[str, Any]:
@@ -318,11 +258,7 @@ def read_manifest(store: str | Path, temperature: float, shard: int) -> dict[str
 
 
 def finished_shards(store: str | Path, temperature: float) -> list[int]:
-    shards_dir = Path(store) / temperature_group(temperature) / "shards"
-    if not shards_dir.is_dir():
-        return []
-    return sorted(int(c.name[1:]) for c in shards_dir.iterdir()
-                  if c.name.startswith("s") and c.name[1:].isdigit() and (c / MANIFEST).is_file())
+    return finished_shard_numbers(Path(store) / temperature_group(temperature) / "shards")
 
 
 def store_temperatures(store: str | Path) -> list[float]:
@@ -372,7 +308,7 @@ def consolidate(store: str | Path, uniqueness=None) -> dict[str, Any]:
             unique[r] = first is None
             dup_of[r] = first or ""
         data["unique"], data["dup_of"] = unique, dup_of
-        _write_table(tgroup, data)
+        write_columns(tgroup, data, COLUMNS)
         tgroup.attrs["view"] = {"shards": shards, "rows": n, "shards_total": n_shards}
         summary["rows"][name] = n
         summary["shards_done"][name] = len(shards)
@@ -410,7 +346,7 @@ def read_view(store: str | Path, temperature: float) -> dict[str, np.ndarray]:
     if "view" not in tgroup.attrs:
         raise StoreError(f"{store}/{temperature_group(temperature)} has no consolidated view "
                          "(the screening is unfinished; rerun it to resume)")
-    return _read_table(tgroup)
+    return read_columns(tgroup, COLUMNS, OPTIONAL_COLUMNS)
 
 
 # ---------------------------------------------------------------- public readers
@@ -439,6 +375,8 @@ def iter_rows(store: str | Path, temperatures: list[float] | None = None,
                 unique=bool(data["unique"][r]), dup_of=str(data["dup_of"][r]),
                 n_steps=int(data["n_steps"][r]), max_force=float(data["max_force"][r]),
                 volume_change=float(data["volume_change"][r]), potential=str(data["potential"][r]),
+                e_hull_direct=float(data["e_hull_direct"][r]),
+                e_hull_direct_method=str(data["e_hull_direct_method"][r]),
             )
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from pymatgen.core import Lattice, Structure
 
 from matra_hpc.generate.checks import StructureCheck
@@ -36,3 +41,17 @@ FINGERPRINT = {"temperatures": [0.7, 1.0], "shards": 2, "per_temp": 4, "checkpoi
 
 
 FINGERPRINT = {"temperatures": [0.7, 1.0], "shards": 2, "per_temp": 4, "checkpoint_sha256": "x"}
+
+
+# The reference generation every other test compares with: 2 temperatures x 2 shards x 3 rows.
+GEN_ARGS = ["--temps", "0.7,1.3", "--per-temp", "6", "--shards", "2", "--batch-size", "2", "--seed", "5",
+            "--run-id", "ref"]
+
+
+def cli(*args: str, cwd: Path, timeout: float = 300, mpi_ranks: int = 0) -> subprocess.CompletedProcess:
+    """``matra-hpc ARGS`` in a fresh process (under ``mpirun -n N`` when mpi_ranks > 0)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "matra_hpc", *args]
+    if mpi_ranks:
+        command = [str(Path(sys.executable).parent / "mpirun"), "-n", str(mpi_ranks), *command]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)

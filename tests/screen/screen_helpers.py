@@ -58,3 +58,20 @@ def write_generated(path: Path, rows: dict[float, list[dict]], shards: int = 1, 
             gstore.write_shard(path, t, s, builder.build(), {"rank": 0})
     gstore.consolidate(path)
     return path
+
+
+def tiny_alignn(folder: Path) -> Path:
+    """A small randomly initialised pure-torch ALIGNN saved the way the loader reads it (no download)."""
+    import json
+
+    import torch
+    from alignn.models.alignn_atomwise_pure import ALIGNNAtomWisePure, ALIGNNAtomWisePureConfig
+
+    config = {"name": "alignn_atomwise_pure", "alignn_layers": 1, "gcn_layers": 1, "hidden_features": 8,
+              "embedding_features": 8, "edge_input_features": 8, "triplet_input_features": 8,
+              "atom_input_features": 92}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    torch.save(ALIGNNAtomWisePure(ALIGNNAtomWisePureConfig(**config)).state_dict(), folder / "best_model.pt")
+    return folder

@@ -85,16 +85,10 @@ def test_orb_small_model_with_architecture_sidecar(tmp_path):
 
 
 def test_alignn_pure_torch_model(tmp_path):
-    from alignn.models.alignn_atomwise_pure import ALIGNNAtomWisePure, ALIGNNAtomWisePureConfig
     from pymatgen.core import Lattice, Structure
+    from screen_helpers import tiny_alignn
 
-    config = {"name": "alignn_atomwise_pure", "alignn_layers": 1, "gcn_layers": 1, "hidden_features": 8,
-              "embedding_features": 8, "edge_input_features": 8, "triplet_input_features": 8,
-              "atom_input_features": 92}
-    folder = tmp_path / "alignn"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(config))
-    torch.save(ALIGNNAtomWisePure(ALIGNNAtomWisePureConfig(**config)).state_dict(), folder / "best_model.pt")
+    folder = tiny_alignn(tmp_path / "alignn")
     pot = load_potential("alignn", str(folder))
     nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     assert np.isfinite(pot.predict(nacl))

@@ -105,3 +105,35 @@ def test_protocol_chains_two_potentials(tmp_path, sevennet):
     assert used == ["sevennet", "chgnet"]
     assert stats.fire_steps >= 1 and res.n_steps == stats.system_steps + 2  # chgnet: 2 ASE steps
     assert res.reason == "relax_unconverged" and np.isfinite(res.energy_per_atom)
+
+
+
+
+def test_freed_large_blocks_stay_in_the_heap():
+    """After ``retain_freed_memory`` a large block freed and requested again is not paged in anew
+    (by default glibc maps such a block freshly each time: one page fault per 4 KiB page)."""
+    import ctypes
+    import resource
+    import sys
+
+    from matra_hpc.screen.relax import retain_freed_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's mallopt")
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    size = 256 << 20  # above glibc's largest mmap threshold (32 MiB), like a big batch's edge tensors
+
+    def faults_of_a_block() -> int:
+        # no Python allocation between malloc and free: nothing else can split the freed block
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = libc.malloc(size)
+        libc.memset(block, 1, size)
+        libc.free(block)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    assert retain_freed_memory()
+    faults_of_a_block()  # the heap grows once
+    assert faults_of_a_block() < 1000  # ~65,000 without

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
-from screen_helpers import nacl, rattled, silicon, write_generated
+from screen_helpers import nacl, rattled, silicon, tiny_alignn, write_generated
 
 from matra_hpc.context import local_context
 from matra_hpc.errors import StoreError, UsageError
@@ -109,3 +109,53 @@ def test_bad_settings_fail_before_anything_runs(inputs):
         ScreenConfig(generated=str(gen), out=str(base / "x.zarr"), relax="m3gnet:0.1").validate()
     with pytest.raises(StoreError, match="different screening"):
         run_screen(_config(base, gen, base / "screened.zarr", limit=1), local_context())
+
+
+def test_limit_counts_only_relaxable_rows(inputs):
+    """Rows over --max-atoms do not use up the --limit: they are planned, to be marked too_many_atoms."""
+    from matra_hpc.generate import store as gstore
+    from matra_hpc.screen.stage import plan_rows, screenable
+
+    _base, gen = inputs
+    temps = [0.7, 1.0]
+    views = {t: gstore.read_view(gen, t) for t in temps}
+    plain = plan_rows(gen, temps, limit=2)
+    assert [np.flatnonzero(plain[t]).tolist() for t in temps] == [[0, 1], []]
+    small = {t: screenable(v) & (v.n_sites_primitive <= 2) for t, v in views.items()}
+    assert not small[0.7].any() and small[1.0].sum() >= 2  # the 8-site cells of T0.70 are too big
+    capped = plan_rows(gen, temps, limit=2, max_atoms=2)
+    assert np.array_equal(capped[0.7], screenable(views[0.7]))  # none counts: all planned
+    last = np.flatnonzero(small[1.0])[1]
+    assert np.flatnonzero(capped[1.0]).tolist() == np.flatnonzero(screenable(views[1.0])[: last + 1]).tolist()
+    assert plan_rows(gen, temps, limit=0, max_atoms=2)[1.0].sum() == 0
+
+
+def test_direct_ehull_is_a_second_method(tmp_path, sevennet):
+    """``--ehull-direct alignn`` records the model's prediction on the relaxed structure beside the
+    hull estimate; a store written before the column existed reads it as NaN."""
+    from matra_hpc.screen.potentials import load_potential
+
+    model = tiny_alignn(tmp_path / "alignn")
+    gen = write_generated(tmp_path / "gen.zarr", {0.7: [{"structure": rattled(nacl(5.8), 4, 0.03)},
+                                                        {"structure": None, "decodes": False}]})
+    out = tmp_path / "screened.zarr"
+    config = ScreenConfig(generated=str(gen), out=str(out), relax="sevennet:0.1:30", ehull_direct="alignn",
+                          weights=f"alignn={model}")
+    with pytest.raises(UsageError, match="alignn has no embedded weights"):
+        ScreenConfig(generated=str(gen), out=str(out), ehull_direct="alignn").validate()
+    run_screen(config, local_context())
+    relaxed, undecoded = sorted(sstore.iter_rows(out), key=lambda r: r.id)
+    assert relaxed.status == "screened" and np.isfinite(relaxed.e_hull)
+    expected = load_potential("alignn", str(model)).predict(relaxed.structure)
+    assert relaxed.e_hull_direct == pytest.approx(expected, abs=1e-5)
+    assert relaxed.e_hull_direct != pytest.approx(relaxed.e_hull)  # its own number, not the hull's
+    assert relaxed.e_hull_direct_method.startswith("alignn:") and "|direct|" in relaxed.e_hull_direct_method
+    assert np.isnan(undecoded.e_hull_direct) and undecoded.e_hull_direct_method == ""
+    assert sstore.open_root(out).attrs["e_hull_direct"]["model"] == "alignn"
+
+    import shutil
+
+    for name in ("e_hull_direct", "e_hull_direct_method"):
+        shutil.rmtree(out / "T0.70" / name)
+    old = sorted(sstore.iter_rows(out), key=lambda r: r.id)[0]
+    assert np.isnan(old.e_hull_direct) and old.e_hull_direct_method == "" and old.e_hull == relaxed.e_hull
