@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -134,6 +135,12 @@ def _arrays(structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- symmetry
 SYMMETRY_BACKENDS = ("moyopy", "spglib")
 DEFAULT_SYMMETRY = "moyopy"
+
+# moyopy logs through Python's logging, logger "moyo": a warning for every input cell that is
+# not primitive ("Omitted N primitive-cell symmetry operations ...") about its per-site orbits,
+# which encode does not read (it finds orbits in the standard cell itself), and about ten debug
+# records per call. Set before moyopy's first call, as its bridge caches logger levels.
+logging.getLogger("moyo").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
