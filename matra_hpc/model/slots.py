@@ -178,39 +178,49 @@ def _earlier_atoms(group: int, sites: list[tuple[int, tuple[float, ...]]]) -> np
     return np.concatenate([_orbit(group, i, v) for i, v in sites])
 
 
-def _repel_candidates(group: int, index: int, axis: int, current, points: np.ndarray) -> tuple[list[float], list[float]]:
-    """Values of the current site's last free parameter that would put it on an image of an earlier
-    atom (``points`` (n, 3)), with weights: how close that image lies to the site's locus given its
-    other values; and the values where its own orbit collapses."""
+@functools.lru_cache(maxsize=8192)
+def _repel_plan(group: int, index: int):
+    """Per position, computed once: the rows (and signs) its free values are read back from, the
+    representative's shift on them, its free columns (nf, 3) and shift."""
     from matra_hpc.tokens.wyckoff import position_ops
 
     ops = position_ops(group)[index]
+    rep, shift = ops.ops[0, :, :3], ops.ops[0, :, 3]
+    rows = np.asarray(ops.read_rows)
+    return rows, np.asarray(ops.read_signs), shift[rows], np.ascontiguousarray(rep[:, list(ops.free_axes)].T), shift
+
+
+def _repel_candidates(group: int, index: int, axis: int, current, points: np.ndarray) -> tuple[list[float], list[float]]:
+    """Values of the current site's last free parameter that would put it on an image of an earlier
+    atom (``points`` (n, 3)), with weights: how close that image lies to the site's locus given its
+    other values; and the values where its own orbit collapses. One entry per distinct value
+    (rounded to 1e-6), with its largest weight, in increasing order; at most ``MAX_REPEL`` (the
+    heaviest)."""
     reps_own, weights_own = _own_orbit_candidates(group, index, axis, tuple(current[:axis]))
-    if not len(points):
-        reps, weights = reps_own, weights_own
-    else:
-        rep, shift = ops.ops[0, :, :3], ops.ops[0, :, 3]
-        rows, signs = np.asarray(ops.read_rows), np.asarray(ops.read_signs)
-        free = np.mod(signs * (points[:, rows] - shift[rows]), 1.0)  # the free values each atom implies
-        free[:, :axis] = current[:axis]  # the site's values so far, with the atom's own last value
-        seed = np.zeros((len(points), 3))
-        seed[:, list(ops.free_axes)] = free
-        d = (seed @ rep.T + shift) - points
+    if len(points):
+        rows, signs, shift_rows, rep_free, shift = _repel_plan(group, index)
+        free = np.mod(signs * (points[:, rows] - shift_rows), 1.0)  # the free values each atom implies
+        if axis:
+            free[:, :axis] = current[:axis]  # the site's values so far, with the atom's own last value
+        d = free @ rep_free + shift - points  # the site's atom at those values minus the earlier atom
         d -= np.rint(d)
         reps = np.concatenate([free[:, axis], reps_own])
-        weights = np.concatenate([np.exp(-0.5 * (d**2).sum(axis=1) / AXIS_WIDTH**2), weights_own])
+        weights = np.concatenate([np.exp((d * d).sum(axis=1) * (-0.5 / AXIS_WIDTH**2)), weights_own])
+    else:
+        reps, weights = reps_own, weights_own
     keep = weights > 1e-3
-    reps, weights = reps[keep], weights[keep]
-    if len(reps) > 1:  # one entry per distinct value (images often repeat one), its largest weight
-        order = np.argsort(-weights, kind="stable")
-        reps, first = np.unique(np.round(reps[order], 6), return_index=True)
-        weights = weights[order][first]
-    elif len(reps):
-        reps = np.round(reps, 6)
-    if len(reps) > MAX_REPEL:
-        top = np.argsort(-weights)[:MAX_REPEL]
-        reps, weights = reps[top], weights[top]
-    return reps.tolist(), weights.tolist()
+    if not keep.any():
+        return [], []
+    best: dict[float, float] = {}
+    for r, w in zip(np.round(reps[keep], 6).tolist(), weights[keep].tolist(), strict=True):
+        if w > best.get(r, -1.0):
+            best[r] = w
+    values = sorted(best)
+    out_w = [best[r] for r in values]
+    if len(values) > MAX_REPEL:
+        top = np.argsort(-np.asarray(out_w))[:MAX_REPEL]
+        values, out_w = [values[i] for i in top], [out_w[i] for i in top]
+    return values, out_w
 
 
 def _own_orbit_candidates(group: int, index: int, axis: int, before: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -213,6 +213,14 @@ def site_block_group(group: int, sites: Sequence[tuple[int, int]]) -> int:
     return 0 if dataset is None else int(dataset.number)
 
 
+def _earlier_points(state: GrammarState) -> np.ndarray:
+    """All atoms of the finished sites (n, 3); the list is merged into one array in place, so
+    the checks of every later value do not concatenate it again."""
+    if len(state.points) > 1:
+        state.points[:] = [np.concatenate(state.points)]
+    return state.points[0]
+
+
 @functools.cache
 def _position_pins_group(group: int, position: int) -> bool:
     """Whether one generic orbit of this position alone has exactly ``group`` (e.g. any general
@@ -320,10 +328,7 @@ class Grammar:
         """
         if state.phase != _COORD:
             return None
-        if not state.points:
-            points = np.zeros((0, 3))
-        else:
-            points = state.points[0] if len(state.points) == 1 else np.concatenate(state.points)
+        points = _earlier_points(state) if state.points else np.zeros((0, 3))
         return state.group, state.pending, tuple(state.site_values), points
 
     def advance(self, state: GrammarState, token: int, value: float = math.nan) -> None:
@@ -472,7 +477,7 @@ class Grammar:
         if np.any(np.abs(d).max(axis=-1) < COINCIDE_TOL):
             return False
         if state.points:
-            earlier = state.points[-1] if len(state.points) == 1 else np.concatenate(state.points)
+            earlier = _earlier_points(state)
             d = earlier - points[0]
             d -= np.rint(d)
             if np.any(np.abs(d).max(axis=-1) < COINCIDE_TOL):
