@@ -180,14 +180,18 @@ def _earlier_atoms(group: int, sites: list[tuple[int, tuple[float, ...]]]) -> np
 
 @functools.lru_cache(maxsize=8192)
 def _repel_plan(group: int, index: int):
-    """Per position, computed once: the rows (and signs) its free values are read back from, the
-    representative's shift on them, its free columns (nf, 3) and shift."""
+    """Per position, computed once, padded to three free values: the rows (and signs) its free
+    values are read back from, the representative's shift on them, its free columns (3, 3; zero
+    rows past its free values) and shift."""
     from matra_hpc.tokens.wyckoff import position_ops
 
     ops = position_ops(group)[index]
     rep, shift = ops.ops[0, :, :3], ops.ops[0, :, 3]
-    rows = np.asarray(ops.read_rows)
-    return rows, np.asarray(ops.read_signs), shift[rows], np.ascontiguousarray(rep[:, list(ops.free_axes)].T), shift
+    nf = len(ops.free_axes)
+    rows, signs, rep_free = np.zeros(3, dtype=np.int64), np.zeros(3), np.zeros((3, 3))
+    rows[:nf], signs[:nf] = ops.read_rows, ops.read_signs
+    rep_free[:nf] = rep[:, list(ops.free_axes)].T
+    return rows, signs, shift[rows] * (np.arange(3) < nf), rep_free, shift
 
 
 def _repel_candidates(group: int, index: int, axis: int, current, points: np.ndarray) -> tuple[list[float], list[float]]:
@@ -196,31 +200,60 @@ def _repel_candidates(group: int, index: int, axis: int, current, points: np.nda
     other values; and the values where its own orbit collapses. One entry per distinct value
     (rounded to 1e-6), with its largest weight, in increasing order; at most ``MAX_REPEL`` (the
     heaviest)."""
-    reps_own, weights_own = _own_orbit_candidates(group, index, axis, tuple(current[:axis]))
-    if len(points):
-        rows, signs, shift_rows, rep_free, shift = _repel_plan(group, index)
-        free = np.mod(signs * (points[:, rows] - shift_rows), 1.0)  # the free values each atom implies
-        if axis:
-            free[:, :axis] = current[:axis]  # the site's values so far, with the atom's own last value
-        d = free @ rep_free + shift - points  # the site's atom at those values minus the earlier atom
+    return _repel_candidates_many([(group, index, axis, current, points)])[0]
+
+
+def _repel_candidates_many(sites: list[tuple]) -> list[tuple[list[float], list[float]]]:
+    """``_repel_candidates`` of several sites (group, index, axis, values so far, earlier atoms)
+    at once: the earlier atoms of all of them in one set of array operations (the sampler's rows
+    of one step). Element-wise operations only, so a site's lists do not depend on the others."""
+    counts = [len(site[4]) for site in sites]
+    if sum(counts):
+        owner = np.repeat(np.arange(len(sites)), counts)
+        points = np.concatenate([site[4] for site in sites if len(site[4])])
+        plans = [_repel_plan(site[0], site[1]) for site in sites]
+        rows = np.stack([p[0] for p in plans])[owner]  # (N, 3)
+        signs = np.stack([p[1] for p in plans])[owner]
+        shift_rows = np.stack([p[2] for p in plans])[owner]
+        rep_free = np.stack([p[3] for p in plans])[owner]  # (N, 3, 3)
+        shift = np.stack([p[4] for p in plans])[owner]
+        axes = np.array([site[2] for site in sites])[owner]
+        current = np.zeros((len(sites), 3))
+        for k, site in enumerate(sites):
+            current[k, : site[2]] = site[3][: site[2]]
+        # the free values each atom implies, with the site's own values so far before its axis
+        free = np.mod(signs * (np.take_along_axis(points, rows, axis=1) - shift_rows), 1.0)
+        free = np.where(np.arange(3)[None, :] < axes[:, None], current[owner], free)
+        d = free[:, 0:1] * rep_free[:, 0] + free[:, 1:2] * rep_free[:, 1] + free[:, 2:3] * rep_free[:, 2]
+        d = d + shift - points  # the site's atom at those values minus the earlier atom
         d -= np.rint(d)
-        reps = np.concatenate([free[:, axis], reps_own])
-        weights = np.concatenate([np.exp((d * d).sum(axis=1) * (-0.5 / AXIS_WIDTH**2)), weights_own])
+        reps = free[np.arange(len(free)), axes]
+        weights = np.exp((d * d).sum(axis=1) * (-0.5 / AXIS_WIDTH**2))
     else:
-        reps, weights = reps_own, weights_own
-    keep = weights > 1e-3
-    if not keep.any():
-        return [], []
-    best: dict[float, float] = {}
-    for r, w in zip(np.round(reps[keep], 6).tolist(), weights[keep].tolist(), strict=True):
-        if w > best.get(r, -1.0):
-            best[r] = w
-    values = sorted(best)
-    out_w = [best[r] for r in values]
-    if len(values) > MAX_REPEL:
-        top = np.argsort(-np.asarray(out_w))[:MAX_REPEL]
-        values, out_w = [values[i] for i in top], [out_w[i] for i in top]
-    return values, out_w
+        owner = np.zeros(0, dtype=np.int64)
+        reps = weights = np.zeros(0)
+    own = [_own_orbit_candidates(site[0], site[1], site[2], tuple(site[3][: site[2]])) for site in sites]
+    own_owner = np.repeat(np.arange(len(sites)), [len(r) for r, _ in own])
+    all_owner = np.concatenate([owner, own_owner])
+    all_reps = np.concatenate([reps, *(r for r, _ in own)])
+    all_weights = np.concatenate([weights, *(w for _, w in own)])
+    keep = all_weights > 1e-3
+    all_owner, all_reps, all_weights = all_owner[keep], np.round(all_reps[keep], 6), all_weights[keep]
+    # one entry per (site, value), the largest weight: sort by site, value, weight descending
+    order = np.lexsort((-all_weights, all_reps, all_owner))
+    all_owner, all_reps, all_weights = all_owner[order], all_reps[order], all_weights[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (all_owner[1:] != all_owner[:-1]) | (all_reps[1:] != all_reps[:-1])
+    all_owner, all_reps, all_weights = all_owner[first], all_reps[first], all_weights[first]
+    bounds = np.searchsorted(all_owner, np.arange(len(sites) + 1))
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        values, out_w = all_reps[a:b], all_weights[a:b]
+        if len(values) > MAX_REPEL:
+            top = np.argsort(-out_w)[:MAX_REPEL]
+            values, out_w = values[top], out_w[top]
+        out.append((values.tolist(), out_w.tolist()))
+    return out
 
 
 def _own_orbit_candidates(group: int, index: int, axis: int, before: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -283,6 +316,20 @@ def site_repulsion(group: int, index: int, current, points: np.ndarray) -> tuple
     if axis != position_free_count(group, index) - 1:
         return [], []
     return _repel_candidates(group, index, axis, current, points)
+
+
+def site_repulsion_many(contexts: list[tuple]) -> list[tuple[list[float], list[float]]]:
+    """``site_repulsion`` of several sites at once (``Grammar.site_context`` of each): what the
+    sampler asks for all rows of one step; the same lists as one by one."""
+    out: list[tuple[list[float], list[float]]] = [([], [])] * len(contexts)
+    todo = [k for k, (group, index, current, _) in enumerate(contexts)
+            if len(current) == position_free_count(group, index) - 1]
+    if todo:
+        found = _repel_candidates_many([(contexts[k][0], contexts[k][1], len(contexts[k][2]), contexts[k][2],
+                                         contexts[k][3]) for k in todo])
+        for k, lists in zip(todo, found, strict=True):
+            out[k] = lists
+    return out
 
 
 def repulsion_context(tokens, values) -> tuple[list[float], list[float]]:

@@ -50,7 +50,7 @@ from matra_hpc.model.slots import (
     NONE,
     grammar_slot_kind,
     sequence_cell_atoms,
-    site_repulsion,
+    site_repulsion_many,
 )
 
 
@@ -213,6 +213,15 @@ class _Run:
         allowed = torch.from_numpy(np.ascontiguousarray(grammar.masks([self.states[i] for i in seqs])))
         u = torch.tensor([self.rngs[i].random() for i in seqs], dtype=torch.float64)
         chosen = _draw_tokens(last_logits.float(), allowed.to(last_logits.device), temperature, u)
+        repels: dict[int, tuple[list[float], list[float]]] = {}
+        if self.mixture is not None and self.mixture.repulsion:
+            # the last free value of a site: its repulsion context, all such rows at once, from
+            # the grammar's own record of the sites
+            last = [k for k, i in enumerate(seqs) if int(chosen[k]) == self.model.config.num_id
+                    and self.kinds[i] == COORD and self.states[i].coords_left == 1]
+            if last:
+                found = site_repulsion_many([grammar.site_context(self.states[seqs[k]]) for k in last])
+                repels = dict(zip(last, found, strict=True))
         out = []
         for k, i in enumerate(seqs):
             state, rng = self.states[i], self.rngs[i]
@@ -224,10 +233,7 @@ class _Run:
                 if self.mixture is not None:
                     kind = self.kinds[i]
                     atoms = sequence_cell_atoms(self.tokens[i]) if kind == LENGTH else 1
-                    repel = None
-                    if kind == COORD and self.mixture.repulsion:
-                        # from the grammar's own record of the sites: no walk over the prefix
-                        repel = site_repulsion(*grammar.site_context(state))
+                    repel = repels.get(k)
                     value, ok = _draw_mixture_value(self.mixture, last_cont[k], kind, temperature, rng, grammar,
                                                     state, lo, hi, periodic, atoms, repel)
                 else:
