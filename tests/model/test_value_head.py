@@ -220,3 +220,25 @@ def test_repelled_draws_by_rejection_and_on_the_grid_agree():
         ha, hb = np.histogram(a, edges)[0] / len(a), np.histogram(b, edges)[0] / len(b)
         assert np.abs(ha - hb).max() < 0.03
         assert abs((np.abs(a - 0.3) < 0.01).mean() - (np.abs(b - 0.3) < 0.01).mean()) < 0.02
+
+
+def test_repulsion_of_many_sites_at_once_equals_one_by_one(demo_sequences):
+    """The sampler asks for the repulsion of all rows of a step at once, reading the sites from
+    the grammar; training reads them from the tokens, one position at a time: same lists."""
+    from matra_hpc.model.slots import repulsion_context, site_repulsion_many
+
+    grammar = Grammar()
+    contexts, expected = [], []
+    for seq in demo_sequences:
+        state = grammar.new_states(1)[0]
+        for t, (token, value) in enumerate(zip(seq.tokens, seq.values, strict=True)):
+            context = grammar.site_context(state)
+            if context is not None:
+                contexts.append(context)
+                expected.append(repulsion_context(seq.tokens[:t], seq.values[:t]))
+            grammar.advance(state, token, value)
+    assert sum(bool(r) for r, _ in expected) >= 5  # some sites do have something to keep away from
+    got = site_repulsion_many(contexts)
+    assert [r for r, _ in got] == [r for r, _ in expected]
+    for (_, w_got), (_, w_expected) in zip(got, expected, strict=True):
+        assert w_got == pytest.approx(w_expected, rel=1e-12)
