@@ -121,10 +121,14 @@ def _arrays(structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     volume = abs(float(np.linalg.det(matrix)))
     if not volume > 1e-6:
         raise EncodeError("not_periodic", f"lattice volume {volume:.3g} A^3 spans no 3D cell")
-    if not structure.is_ordered:
+    # One pass over the sites' compositions: pymatgen's is_ordered and species properties
+    # each walk the sites again (same test: one species of occupancy 1 per site).
+    compositions = [site.species for site in structure.sites]
+    if not all(len(c) == 1 and c.num_atoms == 1 for c in compositions):
         raise EncodeError("disordered", "partial occupancies or mixed species on a site")
     numbers = np.empty(len(structure), dtype=int)
-    for i, species in enumerate(structure.species):
+    for i, composition in enumerate(compositions):
+        species = next(iter(composition))
         z = getattr(species, "Z", None)
         if isinstance(species, DummySpecies) or z is None or not 1 <= z <= N_ELEMENTS:
             raise EncodeError("unknown_element", f"species {species!s} is not a chemical element")
@@ -782,15 +786,17 @@ def _canonical(group: int, frames) -> Description:
             )
     best_discrete = min(a[0] for a in alternatives)
     readers = _readers(group)
-    lattices: dict[int, tuple[float, ...]] = {}
+    lattices: dict[tuple[int, bytes], tuple[float, ...]] = {}
 
     def lattice(k: int) -> tuple[float, ...]:
-        # Only needed when two candidates tie on every free value: computed on demand.
-        if k not in lattices:
-            _, metric, _, op, _, _ = alternatives[k]
-            inverse = _normalizer_inverses(group)[_op_key(op)]
-            lattices[k] = lattice_values(inverse.T @ metric @ inverse, group)
-        return lattices[k]
+        # Only needed when two candidates tie on every free value: computed on demand, once
+        # per frame and rotation (operations that differ by a translation share it).
+        _, metric, _, op, _, frame = alternatives[k]
+        key = (frame, _op_key(op))
+        if key not in lattices:
+            inverse = _normalizer_inverses(group)[key[1]]
+            lattices[key] = lattice_values(inverse.T @ metric @ inverse, group)
+        return lattices[key]
 
     best = None  # (flat free values, alternative index, sites)
     for frame, (_, positions, orbits) in enumerate(frames):
