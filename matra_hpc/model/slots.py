@@ -171,57 +171,108 @@ def _site_walk(tokens, values):
             pending = -1
 
 
-def _repel_candidates(group: int, index: int, axis: int, current: list[float],
-                      sites: list[tuple[int, tuple[float, ...]]]) -> tuple[list[float], list[float]]:
+def _earlier_atoms(group: int, sites: list[tuple[int, tuple[float, ...]]]) -> np.ndarray:
+    """Every atom (n, 3) of the finished sites: each site's orbit under the group."""
+    if not sites:
+        return np.zeros((0, 3))
+    return np.concatenate([_orbit(group, i, v) for i, v in sites])
+
+
+def _repel_candidates(group: int, index: int, axis: int, current, points: np.ndarray) -> tuple[list[float], list[float]]:
     """Values of the current site's last free parameter that would put it on an image of an earlier
-    atom, with weights: how close that image lies to the site's locus given its other values."""
+    atom (``points`` (n, 3)), with weights: how close that image lies to the site's locus given its
+    other values; and the values where its own orbit collapses."""
     from matra_hpc.tokens.wyckoff import position_ops
 
     ops = position_ops(group)[index]
-    rep, shift = ops.ops[0, :, :3], ops.ops[0, :, 3]
-    rows, signs = np.asarray(ops.read_rows), np.asarray(ops.read_signs)
-    reps_all, weights_all = [np.zeros(0)], [np.zeros(0)]
-    if sites:
-        points = np.concatenate([_orbit(group, i, v) for i, v in sites])  # (n, 3) every earlier atom
+    reps_own, weights_own = _own_orbit_candidates(group, index, axis, tuple(current[:axis]))
+    if not len(points):
+        reps, weights = reps_own, weights_own
+    else:
+        rep, shift = ops.ops[0, :, :3], ops.ops[0, :, 3]
+        rows, signs = np.asarray(ops.read_rows), np.asarray(ops.read_signs)
         free = np.mod(signs * (points[:, rows] - shift[rows]), 1.0)  # the free values each atom implies
         free[:, :axis] = current[:axis]  # the site's values so far, with the atom's own last value
         seed = np.zeros((len(points), 3))
         seed[:, list(ops.free_axes)] = free
         d = (seed @ rep.T + shift) - points
         d -= np.rint(d)
-        reps_all.append(free[:, axis])
-        weights_all.append(np.exp(-0.5 * (d**2).sum(axis=1) / AXIS_WIDTH**2))
-    # the site's own orbit: values where another of its atoms lands on the first (the orbit
-    # collapses onto a special position); D_k(x) = w + u x between image k and the representative
-    seed0 = np.zeros(3)
-    seed0[list(ops.free_axes)[:axis]] = current[:axis]
-    unit = np.zeros(3)
-    unit[ops.free_axes[axis]] = 1.0
-    others = ops.ops[1:]
-    w = (others[:, :, :3] - rep) @ seed0 + others[:, :, 3] - shift  # (m-1, 3)
-    u = (others[:, :, :3] - rep) @ unit  # (m-1, 3), integers
-    k_idx, i_idx = np.nonzero(np.abs(u) > 0.5)
-    if len(k_idx):  # all (image, component) pairs at once: x = (n - w) / u for n < |u|
-        uu, ww = u[k_idx, i_idx], w[k_idx, i_idx]
-        steps = np.abs(np.rint(uu)).astype(int)
-        n = np.arange(steps.max())[None, :]
-        x = np.mod((n - ww[:, None]) / uu[:, None], 1.0)  # (P, S)
-        dd = w[k_idx][:, None, :] + x[..., None] * u[k_idx][:, None, :]  # (P, S, 3)
-        dd -= np.rint(dd)
-        valid = n < steps[:, None]
-        reps_all.append(x[valid])
-        weights_all.append(np.exp(-0.5 * (dd**2).sum(axis=-1) / AXIS_WIDTH**2)[valid])
-    reps, weights = np.concatenate(reps_all), np.concatenate(weights_all)
+        reps = np.concatenate([free[:, axis], reps_own])
+        weights = np.concatenate([np.exp(-0.5 * (d**2).sum(axis=1) / AXIS_WIDTH**2), weights_own])
     keep = weights > 1e-3
     reps, weights = reps[keep], weights[keep]
-    if len(reps):  # one entry per distinct value (images often repeat one), its largest weight
+    if len(reps) > 1:  # one entry per distinct value (images often repeat one), its largest weight
         order = np.argsort(-weights, kind="stable")
         reps, first = np.unique(np.round(reps[order], 6), return_index=True)
         weights = weights[order][first]
+    elif len(reps):
+        reps = np.round(reps, 6)
     if len(reps) > MAX_REPEL:
         top = np.argsort(-weights)[:MAX_REPEL]
         reps, weights = reps[top], weights[top]
     return reps.tolist(), weights.tolist()
+
+
+def _own_orbit_candidates(group: int, index: int, axis: int, before: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Values of the site's free parameter ``axis`` (the earlier ones ``before`` fixed) where another
+    atom of its own orbit lands on the first (the orbit collapses onto a special position), with
+    weights. D_k(x) = w_k + u_k x is the distance between image k and the representative; it
+    vanishes (mod 1) at x = (n - w) / u for each component with u != 0 and n < |u|. The first free
+    value depends on the position alone and is cached whole."""
+    if axis == 0:
+        return _own_orbit_first(group, index)
+    return _own_orbit_values(_own_orbit_plan(group, index, axis), before)
+
+
+@functools.lru_cache(maxsize=4096)
+def _own_orbit_first(group: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    return _own_orbit_values(_own_orbit_plan(group, index, 0), ())
+
+
+@functools.lru_cache(maxsize=8192)
+def _own_orbit_plan(group: int, index: int, axis: int):
+    """What of the own-orbit solution depends on the position and axis only (computed once):
+    per (image, component) pair with u != 0, how w follows from the earlier free values, u, and
+    the integers n < |u| to solve for."""
+    from matra_hpc.tokens.wyckoff import position_ops
+
+    ops = position_ops(group)[index]
+    rep, shift = ops.ops[0, :, :3], ops.ops[0, :, 3]
+    others = ops.ops[1:]
+    diff = others[:, :, :3] - rep  # (m-1, 3, 3)
+    offset = others[:, :, 3] - shift  # (m-1, 3)
+    u = diff[:, :, ops.free_axes[axis]]  # (m-1, 3), integers
+    k_idx, i_idx = np.nonzero(np.abs(u) > 0.5)
+    if not len(k_idx):
+        return None
+    uu = u[k_idx, i_idx]
+    steps = np.abs(np.rint(uu)).astype(int)
+    n = np.arange(steps.max())[None, :]
+    before_cols = diff[k_idx][:, :, list(ops.free_axes[:axis])]  # (P, 3, axis): w of each pair's image
+    return before_cols, offset[k_idx], u[k_idx], i_idx, uu, n, n < steps[:, None]
+
+
+def _own_orbit_values(plan, before: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    if plan is None:
+        return np.zeros(0), np.zeros(0)
+    before_cols, offset, u, i_idx, uu, n, valid = plan
+    w = offset + before_cols @ np.asarray(before, dtype=np.float64) if before else offset  # (P, 3)
+    ww = w[np.arange(len(w)), i_idx]
+    x = np.mod((n - ww[:, None]) / uu[:, None], 1.0)  # (P, S)
+    dd = w[:, None, :] + x[..., None] * u[:, None, :]  # (P, S, 3)
+    dd -= np.rint(dd)
+    return x[valid], np.exp(-0.5 * (dd**2).sum(axis=-1) / AXIS_WIDTH**2)[valid]
+
+
+def site_repulsion(group: int, index: int, current, points: np.ndarray) -> tuple[list[float], list[float]]:
+    """The repulsion context of the next free value of a site (group, position index, its values
+    so far ``current``, the earlier atoms ``points`` (n, 3)): empty unless it is the site's last
+    free value. The sampler reads these from the grammar's state (``Grammar.site_context``),
+    training from the tokens (``repulsion_context``); both end here."""
+    axis = len(current)
+    if axis != position_free_count(group, index) - 1:
+        return [], []
+    return _repel_candidates(group, index, axis, current, points)
 
 
 def repulsion_context(tokens, values) -> tuple[list[float], list[float]]:
@@ -246,7 +297,7 @@ def _repulsion_positions(
     for t, group, index, axis, current, sites in _site_walk(toks, vals):
         if axis != position_free_count(group, index) - 1 or (only_last and t != upto):
             continue
-        reps, weights = _repel_candidates(group, index, axis, current, sites)
+        reps, weights = _repel_candidates(group, index, axis, current, _earlier_atoms(group, sites))
         if reps:
             out[t] = (reps, weights)
     return out
