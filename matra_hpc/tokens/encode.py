@@ -304,6 +304,33 @@ def _mean_rows(rows: np.ndarray) -> np.ndarray:
     return rows.sum(axis=0) / len(rows)
 
 
+_BATCH_VALUES = 1_000_000  # floats per array pass in _orbit_centres (memory bound on big inputs)
+
+
+def _orbit_centres(positions, images_of_input, numbers, metric, orbits, limit: float) -> np.ndarray:
+    """Each orbit's centre: its first point plus the mean offset of every image of an input
+    atom of its element within ``limit`` (squared distance, A^2) of that point.
+
+    Orbits are taken in batches, every anchor against every image in one pass; the values
+    are those a per-orbit pass computes, row for row."""
+    firsts = [members[0] for _, _, members in orbits]
+    zs = np.array([z for _, z, _ in orbits])
+    per_orbit = images_of_input.size
+    step = max(1, _BATCH_VALUES // per_orbit)
+    centres = []
+    for lo in range(0, len(orbits), step):
+        anchors = positions[firsts[lo : lo + step]]
+        delta = images_of_input[None] - anchors[:, None, None, :]  # (orbits, m, n, 3)
+        delta -= np.rint(delta)
+        # One 2-D product: numpy runs a stacked one as a loop of tiny ones.
+        near = ((delta.reshape(-1, 3) @ metric).reshape(delta.shape) * delta).sum(axis=-1) < limit
+        near &= (numbers[None, :] == zs[lo : lo + step, None])[:, None, :]
+        if not near.any(axis=(1, 2)).all():
+            raise EncodeError("symmetry_failed", "no input atom lies near an orbit of the standard cell")
+        centres += [anchor + _mean_rows(d[k]) for anchor, d, k in zip(anchors, delta, near, strict=True)]
+    return np.stack(centres)
+
+
 def _refine(cell: _StandardCell, matrix, frac, numbers, orbits, symprec: float, exact: bool):
     """Exactly symmetric metric and positions of the standard cell, from the input itself.
 
@@ -327,20 +354,7 @@ def _refine(cell: _StandardCell, matrix, frac, numbers, orbits, symprec: float, 
     inside = frac @ cell.rotation.T + cell.shift
     images_of_input = _apply_rotations(rotations, inside) + translations[:, None, :]
     limit = (4.0 * symprec) ** 2
-    firsts = [members[0] for _, _, members in orbits]
-    zs = np.array([z for _, z, _ in orbits])
-    # Every orbit's anchor against every image of every input atom in one pass; the values
-    # are those a per-orbit pass over the atoms of its element computes, row for row.
-    delta = images_of_input[None] - cell.positions[firsts][:, None, None, :]  # (orbits, m, n, 3)
-    delta -= np.rint(delta)
-    # One 2-D product: numpy runs a stacked one as a loop of tiny ones.
-    near = ((delta.reshape(-1, 3) @ metric).reshape(delta.shape) * delta).sum(axis=-1) < limit
-    near &= (numbers[None, :] == zs[:, None])[:, None, :]
-    if not near.any(axis=(1, 2)).all():
-        raise EncodeError("symmetry_failed", "no input atom lies near an orbit of the standard cell")
-    centres = np.stack(
-        [cell.positions[first] + _mean_rows(delta[k][near[k]]) for k, first in enumerate(firsts)]
-    )
+    centres = _orbit_centres(cell.positions, images_of_input, numbers, metric, orbits, limit)
     # Each atom of the standard cell moves to the nearest image of its orbit's centre.
     atoms = np.concatenate([members for _, _, members in orbits])
     orbit_of = np.repeat(np.arange(len(orbits)), [len(members) for _, _, members in orbits])
