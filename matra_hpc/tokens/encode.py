@@ -295,7 +295,7 @@ def _point_group(group: int) -> np.ndarray:
 def _apply_rotations(rotations: np.ndarray, points: np.ndarray) -> np.ndarray:
     """``rotations[m] @ points[n]`` for every pair, (m, n, 3), as one 2-D product (einsum and
     stacked matmul loop over tiny products). Rotation entries are -1, 0 or 1, so every term
-    is exact and the sums are the ones a per-operation product gives."""
+    is exact; on the demo set the results are bit for bit the per-operation products."""
     return (rotations.reshape(-1, 3) @ points.T).reshape(len(rotations), 3, len(points)).transpose(0, 2, 1)
 
 
