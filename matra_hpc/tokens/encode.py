@@ -121,10 +121,14 @@ def _arrays(structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     volume = abs(float(np.linalg.det(matrix)))
     if not volume > 1e-6:
         raise EncodeError("not_periodic", f"lattice volume {volume:.3g} A^3 spans no 3D cell")
-    if not structure.is_ordered:
+    # One pass over the sites' compositions: pymatgen's is_ordered and species properties
+    # each walk the sites again (same test: one species of occupancy 1 per site).
+    compositions = [site.species for site in structure.sites]
+    if not all(len(c) == 1 and c.num_atoms == 1 for c in compositions):
         raise EncodeError("disordered", "partial occupancies or mixed species on a site")
     numbers = np.empty(len(structure), dtype=int)
-    for i, species in enumerate(structure.species):
+    for i, composition in enumerate(compositions):
+        species = next(iter(composition))
         z = getattr(species, "Z", None)
         if isinstance(species, DummySpecies) or z is None or not 1 <= z <= N_ELEMENTS:
             raise EncodeError("unknown_element", f"species {species!s} is not a chemical element")
@@ -291,13 +295,40 @@ def _point_group(group: int) -> np.ndarray:
 def _apply_rotations(rotations: np.ndarray, points: np.ndarray) -> np.ndarray:
     """``rotations[m] @ points[n]`` for every pair, (m, n, 3), as one 2-D product (einsum and
     stacked matmul loop over tiny products). Rotation entries are -1, 0 or 1, so every term
-    is exact and the sums are the ones a per-operation product gives."""
+    is exact; on the demo set the results are bit for bit the per-operation products."""
     return (rotations.reshape(-1, 3) @ points.T).reshape(len(rotations), 3, len(points)).transpose(0, 2, 1)
 
 
 def _mean_rows(rows: np.ndarray) -> np.ndarray:
     """``rows.mean(axis=0)`` (numpy's mean is this sum and division) without its overhead."""
     return rows.sum(axis=0) / len(rows)
+
+
+_BATCH_VALUES = 1_000_000  # floats per array pass in _orbit_centres (memory bound on big inputs)
+
+
+def _orbit_centres(positions, images_of_input, numbers, metric, orbits, limit: float) -> np.ndarray:
+    """Each orbit's centre: its first point plus the mean offset of every image of an input
+    atom of its element within ``limit`` (squared distance, A^2) of that point.
+
+    Orbits are taken in batches, every anchor against every image in one pass; the values
+    are those a per-orbit pass computes, row for row."""
+    firsts = [members[0] for _, _, members in orbits]
+    zs = np.array([z for _, z, _ in orbits])
+    per_orbit = images_of_input.size
+    step = max(1, _BATCH_VALUES // per_orbit)
+    centres = []
+    for lo in range(0, len(orbits), step):
+        anchors = positions[firsts[lo : lo + step]]
+        delta = images_of_input[None] - anchors[:, None, None, :]  # (orbits, m, n, 3)
+        delta -= np.rint(delta)
+        # One 2-D product: numpy runs a stacked one as a loop of tiny ones.
+        near = ((delta.reshape(-1, 3) @ metric).reshape(delta.shape) * delta).sum(axis=-1) < limit
+        near &= (numbers[None, :] == zs[lo : lo + step, None])[:, None, :]
+        if not near.any(axis=(1, 2)).all():
+            raise EncodeError("symmetry_failed", "no input atom lies near an orbit of the standard cell")
+        centres += [anchor + _mean_rows(d[k]) for anchor, d, k in zip(anchors, delta, near, strict=True)]
+    return np.stack(centres)
 
 
 def _refine(cell: _StandardCell, matrix, frac, numbers, orbits, symprec: float, exact: bool):
@@ -323,20 +354,7 @@ def _refine(cell: _StandardCell, matrix, frac, numbers, orbits, symprec: float, 
     inside = frac @ cell.rotation.T + cell.shift
     images_of_input = _apply_rotations(rotations, inside) + translations[:, None, :]
     limit = (4.0 * symprec) ** 2
-    firsts = [members[0] for _, _, members in orbits]
-    zs = np.array([z for _, z, _ in orbits])
-    # Every orbit's anchor against every image of every input atom in one pass; the values
-    # are those a per-orbit pass over the atoms of its element computes, row for row.
-    delta = images_of_input[None] - cell.positions[firsts][:, None, None, :]  # (orbits, m, n, 3)
-    delta -= np.rint(delta)
-    # One 2-D product: numpy runs a stacked one as a loop of tiny ones.
-    near = ((delta.reshape(-1, 3) @ metric).reshape(delta.shape) * delta).sum(axis=-1) < limit
-    near &= (numbers[None, :] == zs[:, None])[:, None, :]
-    if not near.any(axis=(1, 2)).all():
-        raise EncodeError("symmetry_failed", "no input atom lies near an orbit of the standard cell")
-    centres = np.stack(
-        [cell.positions[first] + _mean_rows(delta[k][near[k]]) for k, first in enumerate(firsts)]
-    )
+    centres = _orbit_centres(cell.positions, images_of_input, numbers, metric, orbits, limit)
     # Each atom of the standard cell moves to the nearest image of its orbit's centre.
     atoms = np.concatenate([members for _, _, members in orbits])
     orbit_of = np.repeat(np.arange(len(orbits)), [len(members) for _, _, members in orbits])
@@ -782,15 +800,17 @@ def _canonical(group: int, frames) -> Description:
             )
     best_discrete = min(a[0] for a in alternatives)
     readers = _readers(group)
-    lattices: dict[int, tuple[float, ...]] = {}
+    lattices: dict[tuple[int, bytes], tuple[float, ...]] = {}
 
     def lattice(k: int) -> tuple[float, ...]:
-        # Only needed when two candidates tie on every free value: computed on demand.
-        if k not in lattices:
-            _, metric, _, op, _, _ = alternatives[k]
-            inverse = _normalizer_inverses(group)[_op_key(op)]
-            lattices[k] = lattice_values(inverse.T @ metric @ inverse, group)
-        return lattices[k]
+        # Only needed when two candidates tie on every free value: computed on demand, once
+        # per frame and rotation (operations that differ by a translation share it).
+        _, metric, _, op, _, frame = alternatives[k]
+        key = (frame, _op_key(op))
+        if key not in lattices:
+            inverse = _normalizer_inverses(group)[key[1]]
+            lattices[key] = lattice_values(inverse.T @ metric @ inverse, group)
+        return lattices[key]
 
     best = None  # (flat free values, alternative index, sites)
     for frame, (_, positions, orbits) in enumerate(frames):
