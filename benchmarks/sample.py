@@ -23,9 +23,12 @@ where every step re-runs the model over the whole prefix:
   length) points, with at most ``--probe-rows`` rows, scaled linearly in rows and interpolated
   over the steps; the run's own non-model time is added back.
 
-One JSON line per (config, batch), with the machine, torch threads and git revision.
+One JSON line per (config, batch), with the machine, torch threads and git revision. The
+``--baseline-config`` (default ``tiny-paper``: the tiny size with the paper's value head) runs
+first; every other config's line also carries its figures and the ratios (structures/s and
+tokens/s, refill): the cost of the typed slots, mixture head and repulsion, same run.
 Usage: python benchmarks/sample.py [--configs tiny,paper] [--batch-sizes 32,128,256] [--batches 3]
-       [--device cuda] [--nocache-baseline]
+       [--device cuda] [--nocache-baseline] [--baseline-config tiny-paper]
 """
 
 from __future__ import annotations
@@ -97,10 +100,18 @@ def main() -> None:
     parser.add_argument("--max-baseline-s", type=float, default=60.0)
     parser.add_argument("--probe-rows", type=int, default=16)
     parser.add_argument("--probes", type=int, default=6)
+    parser.add_argument("--baseline-config", default="tiny-paper",
+                        help="same-run baseline of the other configs (the paper's value head); '' for none")
     args = parser.parse_args()
     vocab = load_vocab()
     grammar = Grammar()
-    for name in args.configs.split(","):
+    names = args.configs.split(",")
+    if args.baseline_config and args.baseline_config not in names:
+        names.insert(0, args.baseline_config)
+    elif args.baseline_config:  # first, so the others can be compared with it
+        names.insert(0, names.pop(names.index(args.baseline_config)))
+    baseline_rows: dict[int, dict] = {}
+    for name in names:
         torch.manual_seed(0)
         model = MatraTransformer(load_model_config(name, vocab.size)).to(args.device).eval()
         run_sampler(model, grammar, 8, args.device, True, seed=99)  # warm-up (and grammar caches)
@@ -124,7 +135,20 @@ def main() -> None:
                 "cohort_occupancy": round(cohort_stats.mean_occupancy, 3), "cohort_steps": cohort_stats.forward_calls,
                 "refill_speedup": round(cached_s / refill_s, 2),
                 "same_tokens": [a.tokens for a in seqs] == [b.tokens for b in cohort_seqs],
+                # random weights sample sequences of different lengths per config: tokens/s too
+                "refill_tokens_per_s": round(sum(len(q.tokens) for q in seqs) / refill_s, 1),
             }
+            if name == args.baseline_config:
+                baseline_rows[batch] = row
+            elif batch in baseline_rows:
+                base = baseline_rows[batch]
+                row.update({
+                    "baseline_config": args.baseline_config,
+                    "baseline_refill_structures_per_s": base["refill_structures_per_s"],
+                    "baseline_refill_tokens_per_s": base["refill_tokens_per_s"],
+                    "structures_vs_baseline": round(row["refill_structures_per_s"] / base["refill_structures_per_s"], 3),
+                    "tokens_vs_baseline": round(row["refill_tokens_per_s"] / base["refill_tokens_per_s"], 3),
+                })
             if args.nocache_baseline:
                 forward_cached = sum(s for _, _, s in cohort_stats.steps)
                 other_s = cached_s - forward_cached

@@ -21,7 +21,7 @@ def test_demo_commands_follow_the_pipeline(tmp_path: Path) -> None:
     assert commands[-2][commands[-2].index("--system") + 1] == "Cd-I"
     screen = commands[5]
     assert screen[screen.index("--temps") + 1] == "0.70,0.75,0.80,0.85,0.90,0.95,1.00"
-    assert screen[screen.index("--limit") + 1] == "64"
+    assert screen[screen.index("--limit") + 1] == str(DemoConfig().screen_limit)
     assert screen[screen.index("--reference-cache") + 1] == commands[8][commands[8].index("--reference-cache") + 1]
     # nothing to screen when no temperature is <= 1.0
     unscreened = [c[:2] for c in demo_commands(DemoConfig(out=str(tmp_path), temps="1.2,1.5"))]

@@ -49,11 +49,14 @@ class DemoConfig:
     batch_size: int = 32
     screen_max_temperature: float = 1.0
     """Screen the generated temperatures up to this one (the paper's useful range)."""
-    screen_limit: int = 64
-    """Relax at most this many candidates (the first screenable ones, in T then row order)."""
-    screen_relax: str = "sevennet:0.05:60"
-    """Protocol of the demo: the embedded 7net-0, one step, capped so it fits minutes on 2 cores."""
-    screen_max_atoms: int = 12
+    screen_limit: int = 32
+    """Relax at most this many candidates (the first screenable ones, in T then row order): the
+    embedded 7net-0 costs about 7 ms per atom and FIRE step on one CPU core, so the demo screens
+    a sample in minutes; ``--screen-limit`` takes more."""
+    screen_relax: str = "sevennet:0.1:40"
+    """Protocol of the demo: the embedded 7net-0, one step to the paper's first-step fmax (0.1 eV/A,
+    M3GNet's there), capped so it fits minutes on 2 cores (at 0.05, a third hit a cap of 60)."""
+    screen_max_atoms: int = 8
     """Relax candidates of at most this many sites (primitive cell); the limit counts only these."""
     screen_threads: int = 2
     """CPU threads of the potential: one process using both cores (the screen shares references)."""
@@ -64,7 +67,7 @@ class DemoConfig:
     """PyXtal baseline structures, drawn in the chemical systems of the generated run."""
     baseline_max_atoms: int = 8
     """Small cells, so relaxing the baseline stays within minutes on 2 cores."""
-    baseline_screen_limit: int = 32
+    baseline_screen_limit: int = 24
     """Baseline structures relaxed (the first ones): enough for a rough Fig. 4 curve in minutes."""
     recovery_n: int = 256
     """Rows sampled conditioned on the held-out system."""
@@ -183,7 +186,7 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
 def cmd_demo(args: argparse.Namespace) -> int:
     config = DemoConfig(
         out=args.out, train_steps=args.train_steps, train_minutes=args.train_minutes, per_temp=args.per_temp,
-        temps=args.temps,
+        temps=args.temps, screen_limit=args.screen_limit, baseline_screen_limit=args.baseline_screen_limit,
     )
     print(json.dumps(run_demo(config)))
     return 0
@@ -205,4 +208,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="optional cap on training time (default: none, the steps decide)")
     parser.add_argument("--per-temp", type=int, default=d.per_temp, help="structures per temperature")
     parser.add_argument("--temps", default=d.temps, help="temperature sweep start:stop:step or a list")
+    parser.add_argument("--screen-limit", type=int, default=d.screen_limit,
+                        help="candidates of T <= 1.0 to relax (default %(default)s)")
+    parser.add_argument("--baseline-screen-limit", type=int, default=d.baseline_screen_limit,
+                        help="PyXtal baseline structures to relax (default %(default)s)")
     parser.set_defaults(func=cmd_demo)

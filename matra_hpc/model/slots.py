@@ -171,57 +171,165 @@ def _site_walk(tokens, values):
             pending = -1
 
 
-def _repel_candidates(group: int, index: int, axis: int, current: list[float],
-                      sites: list[tuple[int, tuple[float, ...]]]) -> tuple[list[float], list[float]]:
-    """Values of the current site's last free parameter that would put it on an image of an earlier
-    atom, with weights: how close that image lies to the site's locus given its other values."""
+def _earlier_atoms(group: int, sites: list[tuple[int, tuple[float, ...]]]) -> np.ndarray:
+    """Every atom (n, 3) of the finished sites: each site's orbit under the group."""
+    if not sites:
+        return np.zeros((0, 3))
+    return np.concatenate([_orbit(group, i, v) for i, v in sites])
+
+
+@functools.lru_cache(maxsize=8192)
+def _repel_plan(group: int, index: int):
+    """Per position, computed once, padded to three free values: the rows (and signs) its free
+    values are read back from, the representative's shift on them, its free columns (3, 3; zero
+    rows past its free values) and shift."""
     from matra_hpc.tokens.wyckoff import position_ops
 
     ops = position_ops(group)[index]
     rep, shift = ops.ops[0, :, :3], ops.ops[0, :, 3]
-    rows, signs = np.asarray(ops.read_rows), np.asarray(ops.read_signs)
-    reps_all, weights_all = [np.zeros(0)], [np.zeros(0)]
-    if sites:
-        points = np.concatenate([_orbit(group, i, v) for i, v in sites])  # (n, 3) every earlier atom
-        free = np.mod(signs * (points[:, rows] - shift[rows]), 1.0)  # the free values each atom implies
-        free[:, :axis] = current[:axis]  # the site's values so far, with the atom's own last value
-        seed = np.zeros((len(points), 3))
-        seed[:, list(ops.free_axes)] = free
-        d = (seed @ rep.T + shift) - points
+    nf = len(ops.free_axes)
+    rows, signs, rep_free = np.zeros(3, dtype=np.int64), np.zeros(3), np.zeros((3, 3))
+    rows[:nf], signs[:nf] = ops.read_rows, ops.read_signs
+    rep_free[:nf] = rep[:, list(ops.free_axes)].T
+    return rows, signs, shift[rows] * (np.arange(3) < nf), rep_free, shift
+
+
+def _repel_candidates(group: int, index: int, axis: int, current, points: np.ndarray) -> tuple[list[float], list[float]]:
+    """Values of the current site's last free parameter that would put it on an image of an earlier
+    atom (``points`` (n, 3)), with weights: how close that image lies to the site's locus given its
+    other values; and the values where its own orbit collapses. One entry per distinct value
+    (rounded to 1e-6), with its largest weight, in increasing order; at most ``MAX_REPEL`` (the
+    heaviest)."""
+    return _repel_candidates_many([(group, index, axis, current, points)])[0]
+
+
+def _repel_candidates_many(sites: list[tuple]) -> list[tuple[list[float], list[float]]]:
+    """``_repel_candidates`` of several sites (group, index, axis, values so far, earlier atoms)
+    at once: the earlier atoms of all of them in one set of array operations (the sampler's rows
+    of one step). Element-wise operations only, so a site's lists do not depend on the others."""
+    counts = [len(site[4]) for site in sites]
+    if sum(counts):
+        owner = np.repeat(np.arange(len(sites)), counts)
+        points = np.concatenate([site[4] for site in sites if len(site[4])])
+        plans = [_repel_plan(site[0], site[1]) for site in sites]
+        rows = np.stack([p[0] for p in plans])[owner]  # (N, 3)
+        signs = np.stack([p[1] for p in plans])[owner]
+        shift_rows = np.stack([p[2] for p in plans])[owner]
+        rep_free = np.stack([p[3] for p in plans])[owner]  # (N, 3, 3)
+        shift = np.stack([p[4] for p in plans])[owner]
+        axes = np.array([site[2] for site in sites])[owner]
+        current = np.zeros((len(sites), 3))
+        for k, site in enumerate(sites):
+            current[k, : site[2]] = site[3][: site[2]]
+        # the free values each atom implies, with the site's own values so far before its axis
+        free = np.mod(signs * (np.take_along_axis(points, rows, axis=1) - shift_rows), 1.0)
+        free = np.where(np.arange(3)[None, :] < axes[:, None], current[owner], free)
+        d = free[:, 0:1] * rep_free[:, 0] + free[:, 1:2] * rep_free[:, 1] + free[:, 2:3] * rep_free[:, 2]
+        d = d + shift - points  # the site's atom at those values minus the earlier atom
         d -= np.rint(d)
-        reps_all.append(free[:, axis])
-        weights_all.append(np.exp(-0.5 * (d**2).sum(axis=1) / AXIS_WIDTH**2))
-    # the site's own orbit: values where another of its atoms lands on the first (the orbit
-    # collapses onto a special position); D_k(x) = w + u x between image k and the representative
-    seed0 = np.zeros(3)
-    seed0[list(ops.free_axes)[:axis]] = current[:axis]
-    unit = np.zeros(3)
-    unit[ops.free_axes[axis]] = 1.0
+        reps = free[np.arange(len(free)), axes]
+        weights = np.exp((d * d).sum(axis=1) * (-0.5 / AXIS_WIDTH**2))
+    else:
+        owner = np.zeros(0, dtype=np.int64)
+        reps = weights = np.zeros(0)
+    own = [_own_orbit_candidates(site[0], site[1], site[2], tuple(site[3][: site[2]])) for site in sites]
+    own_owner = np.repeat(np.arange(len(sites)), [len(r) for r, _ in own])
+    all_owner = np.concatenate([owner, own_owner])
+    all_reps = np.concatenate([reps, *(r for r, _ in own)])
+    all_weights = np.concatenate([weights, *(w for _, w in own)])
+    keep = all_weights > 1e-3
+    all_owner, all_reps, all_weights = all_owner[keep], np.round(all_reps[keep], 6), all_weights[keep]
+    # one entry per (site, value), the largest weight: sort by site, value, weight descending
+    order = np.lexsort((-all_weights, all_reps, all_owner))
+    all_owner, all_reps, all_weights = all_owner[order], all_reps[order], all_weights[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (all_owner[1:] != all_owner[:-1]) | (all_reps[1:] != all_reps[:-1])
+    all_owner, all_reps, all_weights = all_owner[first], all_reps[first], all_weights[first]
+    bounds = np.searchsorted(all_owner, np.arange(len(sites) + 1))
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        values, out_w = all_reps[a:b], all_weights[a:b]
+        if len(values) > MAX_REPEL:
+            top = np.argsort(-out_w)[:MAX_REPEL]
+            values, out_w = values[top], out_w[top]
+        out.append((values.tolist(), out_w.tolist()))
+    return out
+
+
+def _own_orbit_candidates(group: int, index: int, axis: int, before: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Values of the site's free parameter ``axis`` (the earlier ones ``before`` fixed) where another
+    atom of its own orbit lands on the first (the orbit collapses onto a special position), with
+    weights. D_k(x) = w_k + u_k x is the distance between image k and the representative; it
+    vanishes (mod 1) at x = (n - w) / u for each component with u != 0 and n < |u|. The first free
+    value depends on the position alone and is cached whole."""
+    if axis == 0:
+        return _own_orbit_first(group, index)
+    return _own_orbit_values(_own_orbit_plan(group, index, axis), before)
+
+
+@functools.lru_cache(maxsize=4096)
+def _own_orbit_first(group: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    return _own_orbit_values(_own_orbit_plan(group, index, 0), ())
+
+
+@functools.lru_cache(maxsize=8192)
+def _own_orbit_plan(group: int, index: int, axis: int):
+    """What of the own-orbit solution depends on the position and axis only (computed once):
+    per (image, component) pair with u != 0, how w follows from the earlier free values, u, and
+    the integers n < |u| to solve for."""
+    from matra_hpc.tokens.wyckoff import position_ops
+
+    ops = position_ops(group)[index]
+    rep, shift = ops.ops[0, :, :3], ops.ops[0, :, 3]
     others = ops.ops[1:]
-    w = (others[:, :, :3] - rep) @ seed0 + others[:, :, 3] - shift  # (m-1, 3)
-    u = (others[:, :, :3] - rep) @ unit  # (m-1, 3), integers
+    diff = others[:, :, :3] - rep  # (m-1, 3, 3)
+    offset = others[:, :, 3] - shift  # (m-1, 3)
+    u = diff[:, :, ops.free_axes[axis]]  # (m-1, 3), integers
     k_idx, i_idx = np.nonzero(np.abs(u) > 0.5)
-    if len(k_idx):  # all (image, component) pairs at once: x = (n - w) / u for n < |u|
-        uu, ww = u[k_idx, i_idx], w[k_idx, i_idx]
-        steps = np.abs(np.rint(uu)).astype(int)
-        n = np.arange(steps.max())[None, :]
-        x = np.mod((n - ww[:, None]) / uu[:, None], 1.0)  # (P, S)
-        dd = w[k_idx][:, None, :] + x[..., None] * u[k_idx][:, None, :]  # (P, S, 3)
-        dd -= np.rint(dd)
-        valid = n < steps[:, None]
-        reps_all.append(x[valid])
-        weights_all.append(np.exp(-0.5 * (dd**2).sum(axis=-1) / AXIS_WIDTH**2)[valid])
-    reps, weights = np.concatenate(reps_all), np.concatenate(weights_all)
-    keep = weights > 1e-3
-    reps, weights = reps[keep], weights[keep]
-    if len(reps):  # one entry per distinct value (images often repeat one), its largest weight
-        order = np.argsort(-weights, kind="stable")
-        reps, first = np.unique(np.round(reps[order], 6), return_index=True)
-        weights = weights[order][first]
-    if len(reps) > MAX_REPEL:
-        top = np.argsort(-weights)[:MAX_REPEL]
-        reps, weights = reps[top], weights[top]
-    return reps.tolist(), weights.tolist()
+    if not len(k_idx):
+        return None
+    uu = u[k_idx, i_idx]
+    steps = np.abs(np.rint(uu)).astype(int)
+    n = np.arange(steps.max())[None, :]
+    before_cols = diff[k_idx][:, :, list(ops.free_axes[:axis])]  # (P, 3, axis): w of each pair's image
+    return before_cols, offset[k_idx], u[k_idx], i_idx, uu, n, n < steps[:, None]
+
+
+def _own_orbit_values(plan, before: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    if plan is None:
+        return np.zeros(0), np.zeros(0)
+    before_cols, offset, u, i_idx, uu, n, valid = plan
+    w = offset + before_cols @ np.asarray(before, dtype=np.float64) if before else offset  # (P, 3)
+    ww = w[np.arange(len(w)), i_idx]
+    x = np.mod((n - ww[:, None]) / uu[:, None], 1.0)  # (P, S)
+    dd = w[:, None, :] + x[..., None] * u[:, None, :]  # (P, S, 3)
+    dd -= np.rint(dd)
+    return x[valid], np.exp(-0.5 * (dd**2).sum(axis=-1) / AXIS_WIDTH**2)[valid]
+
+
+def site_repulsion(group: int, index: int, current, points: np.ndarray) -> tuple[list[float], list[float]]:
+    """The repulsion context of the next free value of a site (group, position index, its values
+    so far ``current``, the earlier atoms ``points`` (n, 3)): empty unless it is the site's last
+    free value. The sampler reads these from the grammar's state (``Grammar.site_context``),
+    training from the tokens (``repulsion_context``); both end here."""
+    axis = len(current)
+    if axis != position_free_count(group, index) - 1:
+        return [], []
+    return _repel_candidates(group, index, axis, current, points)
+
+
+def site_repulsion_many(contexts: list[tuple]) -> list[tuple[list[float], list[float]]]:
+    """``site_repulsion`` of several sites at once (``Grammar.site_context`` of each): what the
+    sampler asks for all rows of one step; the same lists as one by one."""
+    out: list[tuple[list[float], list[float]]] = [([], [])] * len(contexts)
+    todo = [k for k, (group, index, current, _) in enumerate(contexts)
+            if len(current) == position_free_count(group, index) - 1]
+    if todo:
+        found = _repel_candidates_many([(contexts[k][0], contexts[k][1], len(contexts[k][2]), contexts[k][2],
+                                         contexts[k][3]) for k in todo])
+        for k, lists in zip(todo, found, strict=True):
+            out[k] = lists
+    return out
 
 
 def repulsion_context(tokens, values) -> tuple[list[float], list[float]]:
@@ -246,7 +354,7 @@ def _repulsion_positions(
     for t, group, index, axis, current, sites in _site_walk(toks, vals):
         if axis != position_free_count(group, index) - 1 or (only_last and t != upto):
             continue
-        reps, weights = _repel_candidates(group, index, axis, current, sites)
+        reps, weights = _repel_candidates(group, index, axis, current, _earlier_atoms(group, sites))
         if reps:
             out[t] = (reps, weights)
     return out

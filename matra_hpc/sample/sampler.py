@@ -49,8 +49,8 @@ from matra_hpc.model.slots import (
     LENGTH,
     NONE,
     grammar_slot_kind,
-    repulsion_context,
     sequence_cell_atoms,
+    site_repulsion_many,
 )
 
 
@@ -213,6 +213,15 @@ class _Run:
         allowed = torch.from_numpy(np.ascontiguousarray(grammar.masks([self.states[i] for i in seqs])))
         u = torch.tensor([self.rngs[i].random() for i in seqs], dtype=torch.float64)
         chosen = _draw_tokens(last_logits.float(), allowed.to(last_logits.device), temperature, u)
+        repels: dict[int, tuple[list[float], list[float]]] = {}
+        if self.mixture is not None and self.mixture.repulsion:
+            # the last free value of a site: its repulsion context, all such rows at once, from
+            # the grammar's own record of the sites
+            last = [k for k, i in enumerate(seqs) if int(chosen[k]) == self.model.config.num_id
+                    and self.kinds[i] == COORD and self.states[i].coords_left == 1]
+            if last:
+                found = site_repulsion_many([grammar.site_context(self.states[seqs[k]]) for k in last])
+                repels = dict(zip(last, found, strict=True))
         out = []
         for k, i in enumerate(seqs):
             state, rng = self.states[i], self.rngs[i]
@@ -224,16 +233,16 @@ class _Run:
                 if self.mixture is not None:
                     kind = self.kinds[i]
                     atoms = sequence_cell_atoms(self.tokens[i]) if kind == LENGTH else 1
-                    repel = (repulsion_context(self.tokens[i], self.values[i])
-                             if kind == COORD and self.mixture.repulsion else None)
-                    value = _mixture_value(self.mixture, last_cont[k], kind, temperature, rng, grammar, state,
-                                           lo, hi, periodic, atoms, repel)
+                    repel = repels.get(k)
+                    value, ok = _draw_mixture_value(self.mixture, last_cont[k], kind, temperature, rng, grammar,
+                                                    state, lo, hi, periodic, atoms, repel)
                 else:
                     raw = float(last_cont[k])
                     if settings.value_noise > 0:
                         raw += settings.value_noise * temperature * float(rng.standard_normal())
-                    value = _into_range(raw, lo, hi, periodic=periodic)
-                value = _admissible_value(grammar, state, value, lo, hi, rng)
+                    value, ok = _into_range(raw, lo, hi, periodic=periodic), False
+                if not ok:
+                    value = _admissible_value(grammar, state, value, lo, hi, rng)
             grammar.advance(state, token, value)
             self.tokens[i].append(token)
             self.values[i].append(value)
@@ -418,12 +427,20 @@ def _mixture_value(mixture, params: np.ndarray, kind: int, temperature: float, r
     """A value drawn from the mixture head at the temperature, brought into the grammar's range;
     a value the grammar refuses (a coordinate on a special position or an earlier atom) is drawn
     again from the model, up to MODEL_REDRAWS times, before ``_admissible_value`` takes over."""
+    return _draw_mixture_value(mixture, params, kind, temperature, rng, grammar, state, lo, hi, periodic, atoms,
+                               repel)[0]
+
+
+def _draw_mixture_value(mixture, params: np.ndarray, kind: int, temperature: float, rng: np.random.Generator,
+                        grammar, state, lo: float, hi: float, periodic: bool, atoms: int = 1,
+                        repel: tuple[list[float], list[float]] | None = None) -> tuple[float, bool]:
+    """``_mixture_value`` and whether the grammar allowed it (the caller need not ask again)."""
     value = lo
     for _ in range(MODEL_REDRAWS):
         value = _into_range(mixture.sample(params, kind, temperature, rng, atoms, repel), lo, hi, periodic=periodic)
         if grammar.value_allowed(state, value):
-            return value
-    return value
+            return value, True
+    return value, False
 
 
 def _is_coordinate(lo: float, hi: float) -> bool:

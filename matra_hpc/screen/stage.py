@@ -414,8 +414,10 @@ def run_screen(config: ScreenConfig, ctx: RunContext) -> dict[str, Any]:
         table = tables[t]
         lo, hi = shard_bounds(len(table), config.shards, s)
         for r in np.flatnonzero(plan[t][lo:hi]) + lo:
-            structure = table.row_structure(int(r))
-            if structure is not None:
+            # only candidates that will be relaxed need a hull: a precheck reject (an element the
+            # potential lacks, too many atoms, bad geometry) must not make references be relaxed
+            structure = screener.candidate_structure(table, int(r))
+            if structure is not None and not screener.precheck(structure):
                 systems.add(chemsys(structure))
     share = (ctx.rank, ctx.world_size) if mpi else (0, 1)
     n_refs = screener.prepare_hull(systems, share)

@@ -39,95 +39,108 @@ def _kind(vocab: Vocab, token: int) -> str:
         return "unknown"
 
 
-def parse(seq: TokenSequence, vocab: Vocab | None = None) -> ParsedSequence:
-    """Check a sequence token by token (raises ``DecodeError`` at the first bad token)."""
-    vocab = vocab or load_vocab()
-    tokens = [int(t) for t in seq.tokens]
-    values = seq.values
-    n = len(tokens)
-    if len(values) != n:
-        raise DecodeError(min(n, len(values)), "tokens and values differ in length")
-    i = 0
+class _Cursor:
+    """A position in a sequence being parsed; errors name the token it points at."""
 
-    def need(what: str) -> int:
-        if i >= n:
-            raise DecodeError(n, f"sequence ends where {what} was expected")
-        return tokens[i]
+    def __init__(self, tokens: list[int], values, vocab: Vocab) -> None:
+        self.tokens = tokens
+        self.values = values
+        self.vocab = vocab
+        self.i = 0
 
-    def num(what: str) -> float:
-        t = need(what)
-        if t != vocab.num:
-            raise DecodeError(i, f"expected <num> for {what}, got {_token_str(vocab, t)}")
-        v = float(values[i])
+    def need(self, what: str) -> int:
+        """The current token (``DecodeError`` if the sequence ended before ``what``)."""
+        if self.i >= len(self.tokens):
+            raise DecodeError(len(self.tokens), f"sequence ends where {what} was expected")
+        return self.tokens[self.i]
+
+    def expect(self, kind: str, needed: str, expected: str, context: str = "bad block order: ") -> int:
+        """The current token if it is of ``kind``; ``needed`` names it if the sequence ended,
+        ``expected`` (after ``context``) if it is another kind."""
+        t = self.need(needed)
+        if _kind(self.vocab, t) != kind:
+            raise DecodeError(self.i, f"{context}expected {expected}, got {_token_str(self.vocab, t)}")
+        return t
+
+    def num(self, what: str) -> float:
+        """The value of the current ``<num>`` token, which must be finite."""
+        t = self.need(what)
+        if t != self.vocab.num:
+            raise DecodeError(self.i, f"expected <num> for {what}, got {_token_str(self.vocab, t)}")
+        v = float(self.values[self.i])
         if not math.isfinite(v):
-            raise DecodeError(i, f"missing (non-finite) value for {what}")
+            raise DecodeError(self.i, f"missing (non-finite) value for {what}")
         return v
 
-    properties: list[int] = []
-    while i < n and _kind(vocab, tokens[i]) == "property":
-        if properties:
-            raise DecodeError(i, "more than one stability token in the property block")
-        properties.append(tokens[i])
-        i += 1
 
-    t = need("an arity token")
-    if _kind(vocab, t) != "arity":
-        raise DecodeError(i, f"bad block order: expected an arity token, got {_token_str(vocab, t)}")
-    arity = vocab.arity_of(t)
-    i += 1
+def parse(seq: TokenSequence, vocab: Vocab | None = None) -> ParsedSequence:
+    """Check a sequence token by token (raises ``DecodeError`` at the first bad token).
+
+    Blocks in order (docs/contracts.md section A): property, composition, space group,
+    sites, lattice, ``<end>``; each step reads one block and leaves the cursor after it."""
+    vocab = vocab or load_vocab()
+    tokens = [int(t) for t in seq.tokens]
+    if len(seq.values) != len(tokens):
+        raise DecodeError(min(len(tokens), len(seq.values)), "tokens and values differ in length")
+    cursor = _Cursor(tokens, seq.values, vocab)
+    properties = _read_properties(cursor)
+    composition = _read_composition(cursor)
+    group = vocab.spacegroup_of(cursor.expect("spacegroup", "a space group token", "a space group"))
+    cursor.i += 1
+    sites = _read_sites(cursor, group, composition)
+    lattice_position = cursor.i
+    lattice = []
+    for name in lattice_parameter_names(group):
+        lattice.append(cursor.num(f"lattice parameter {name}"))
+        cursor.i += 1
+    _read_end(cursor)
+    return ParsedSequence(properties, composition, group, sites, tuple(lattice), lattice_position)
+
+
+def _read_properties(cursor: _Cursor) -> list[int]:
+    """The property block: at most one stability token."""
+    properties: list[int] = []
+    tokens = cursor.tokens
+    while cursor.i < len(tokens) and _kind(cursor.vocab, tokens[cursor.i]) == "property":
+        if properties:
+            raise DecodeError(cursor.i, "more than one stability token in the property block")
+        properties.append(tokens[cursor.i])
+        cursor.i += 1
+    return properties
+
+
+def _read_composition(cursor: _Cursor) -> list[tuple[int, int]]:
+    """The arity token, then that many (element, count) pairs, no element twice."""
+    vocab = cursor.vocab
+    arity = vocab.arity_of(cursor.expect("arity", "an arity token", "an arity token"))
+    cursor.i += 1
     composition: list[tuple[int, int]] = []
     for _ in range(arity):
-        t = need("an element of the composition")
-        if _kind(vocab, t) != "element":
-            raise DecodeError(i, f"bad block order: expected an element, got {_token_str(vocab, t)}")
+        t = cursor.expect("element", "an element of the composition", "an element")
         z = vocab.element_of(t)
         if any(z == zz for zz, _ in composition):
-            raise DecodeError(i, f"element {_token_str(vocab, t)} appears twice in the composition")
-        i += 1
-        t = need("an element count")
-        if _kind(vocab, t) != "count":
-            raise DecodeError(i, f"bad block order: expected a count, got {_token_str(vocab, t)}")
-        composition.append((z, vocab.count_of(t)))
-        i += 1
+            raise DecodeError(cursor.i, f"element {_token_str(vocab, t)} appears twice in the composition")
+        cursor.i += 1
+        composition.append((z, vocab.count_of(cursor.expect("count", "an element count", "a count"))))
+        cursor.i += 1
+    return composition
 
-    t = need("a space group token")
-    if _kind(vocab, t) != "spacegroup":
-        raise DecodeError(i, f"bad block order: expected a space group, got {_token_str(vocab, t)}")
-    group = vocab.spacegroup_of(t)
-    i += 1
 
+def _read_sites(
+    cursor: _Cursor, group: int, composition: list[tuple[int, int]]
+) -> list[tuple[int, int, tuple[float, ...], int]]:
+    """Sites (Wyckoff token, element, free values) until the composition's counts are placed."""
     remaining = dict(composition)
     used_fixed: set[int] = set()
     sites: list[tuple[int, int, tuple[float, ...], int]] = []
     while any(remaining.values()):
-        t = need("a Wyckoff position (element counts are not all placed)")
-        if _kind(vocab, t) != "wyckoff":
-            raise DecodeError(
-                i, f"expected a Wyckoff position, got {_token_str(vocab, t)}: counts not all placed"
-            )
-        position = vocab.wyckoff_of(group, t)
-        if position is None:
-            raise DecodeError(
-                i, f"Wyckoff token {_token_str(vocab, t)} is not a position of space group {group}"
-            )
-        site_at = i
-        i += 1
-        t = need("the element of the site")
-        if _kind(vocab, t) != "element":
-            raise DecodeError(i, f"expected the site's element, got {_token_str(vocab, t)}")
-        z = vocab.element_of(t)
-        if z not in remaining:
-            raise DecodeError(i, f"element {_token_str(vocab, t)} is not in the composition")
-        i += 1
-        free = []
-        for k in range(position.n_free):
-            free.append(num(f"free parameter {k + 1} of {group}{position.letter}"))
-            i += 1
+        site_at = cursor.i
+        position, z, free = _read_site(cursor, group, remaining)
         if position.multiplicity > remaining[z]:
             raise DecodeError(
                 site_at,
                 f"{group}{position.letter} (multiplicity {position.multiplicity}) exceeds the "
-                f"{remaining[z]} {_token_str(vocab, vocab.element(z))} atoms left by the counts",
+                f"{remaining[z]} {_token_str(cursor.vocab, cursor.vocab.element(z))} atoms left by the counts",
             )
         if position.n_free == 0:
             if position.index in used_fixed:
@@ -137,19 +150,45 @@ def parse(seq: TokenSequence, vocab: Vocab | None = None) -> ParsedSequence:
             used_fixed.add(position.index)
         remaining[z] -= position.multiplicity
         sites.append((position.index, z, tuple(free), site_at))
+    return sites
 
-    lattice_position = i
-    lattice = []
-    for name in lattice_parameter_names(group):
-        lattice.append(num(f"lattice parameter {name}"))
-        i += 1
-    t = need("<end>")
+
+def _read_site(cursor: _Cursor, group: int, remaining: dict[int, int]):
+    """One site's tokens: its Wyckoff position (of ``group``), element (of the composition)
+    and free values."""
+    vocab = cursor.vocab
+    t = cursor.need("a Wyckoff position (element counts are not all placed)")
+    if _kind(vocab, t) != "wyckoff":
+        raise DecodeError(
+            cursor.i, f"expected a Wyckoff position, got {_token_str(vocab, t)}: counts not all placed"
+        )
+    position = vocab.wyckoff_of(group, t)
+    if position is None:
+        raise DecodeError(
+            cursor.i, f"Wyckoff token {_token_str(vocab, t)} is not a position of space group {group}"
+        )
+    cursor.i += 1
+    t = cursor.expect("element", "the element of the site", "the site's element", context="")
+    z = vocab.element_of(t)
+    if z not in remaining:
+        raise DecodeError(cursor.i, f"element {_token_str(vocab, t)} is not in the composition")
+    cursor.i += 1
+    free = []
+    for k in range(position.n_free):
+        free.append(cursor.num(f"free parameter {k + 1} of {group}{position.letter}"))
+        cursor.i += 1
+    return position, z, free
+
+
+def _read_end(cursor: _Cursor) -> None:
+    """``<end>`` and nothing after it."""
+    vocab = cursor.vocab
+    t = cursor.need("<end>")
     if t != vocab.end:
-        raise DecodeError(i, f"expected <end> after the lattice, got {_token_str(vocab, t)}")
-    i += 1
-    if i < n:
-        raise DecodeError(i, f"tokens after <end>: {_token_str(vocab, tokens[i])}")
-    return ParsedSequence(properties, composition, group, sites, tuple(lattice), lattice_position)
+        raise DecodeError(cursor.i, f"expected <end> after the lattice, got {_token_str(vocab, t)}")
+    cursor.i += 1
+    if cursor.i < len(cursor.tokens):
+        raise DecodeError(cursor.i, f"tokens after <end>: {_token_str(vocab, cursor.tokens[cursor.i])}")
 
 
 def _token_str(vocab: Vocab, t: int) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -41,7 +42,6 @@ from matra_hpc.tokens.vocab import MAX_ARITY, MAX_COUNT, N_ELEMENTS, load_vocab
 from matra_hpc.tokens.wyckoff import (
     crystal_system,
     group_setting,
-    on_locus,
     position_ops,
     wyckoff_table,
 )
@@ -121,10 +121,14 @@ def _arrays(structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     volume = abs(float(np.linalg.det(matrix)))
     if not volume > 1e-6:
         raise EncodeError("not_periodic", f"lattice volume {volume:.3g} A^3 spans no 3D cell")
-    if not structure.is_ordered:
+    # One pass over the sites' compositions: pymatgen's is_ordered and species properties
+    # each walk the sites again (same test: one species of occupancy 1 per site).
+    compositions = [site.species for site in structure.sites]
+    if not all(len(c) == 1 and c.num_atoms == 1 for c in compositions):
         raise EncodeError("disordered", "partial occupancies or mixed species on a site")
     numbers = np.empty(len(structure), dtype=int)
-    for i, species in enumerate(structure.species):
+    for i, composition in enumerate(compositions):
+        species = next(iter(composition))
         z = getattr(species, "Z", None)
         if isinstance(species, DummySpecies) or z is None or not 1 <= z <= N_ELEMENTS:
             raise EncodeError("unknown_element", f"species {species!s} is not a chemical element")
@@ -135,6 +139,12 @@ def _arrays(structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- symmetry
 SYMMETRY_BACKENDS = ("moyopy", "spglib")
 DEFAULT_SYMMETRY = "moyopy"
+
+# moyopy logs through Python's logging, logger "moyo": a warning for every input cell that is
+# not primitive ("Omitted N primitive-cell symmetry operations ...") about its per-site orbits,
+# which encode does not read (it finds orbits in the standard cell itself), and about ten debug
+# records per call. Set before moyopy's first call, as its bridge caches logger levels.
+logging.getLogger("moyo").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -235,6 +245,7 @@ def _spglib_dataset(matrix, frac, numbers, symprec: float, angle_tolerance: floa
 
 
 _ORBIT_TOL = 1e-4  # fractional; the standard cells are refined, so images coincide to ~1e-10
+_ALL_PAIRS_LIMIT = 5_000  # operations x atoms^2 up to which orbits come from one all-pairs test
 
 
 def _orbits(cell: _StandardCell) -> list[tuple[int, int, np.ndarray]]:
@@ -246,13 +257,14 @@ def _orbits(cell: _StandardCell) -> list[tuple[int, int, np.ndarray]]:
     general = position_ops(group)[-1].ops
     positions = cell.positions
     n = len(positions)
+    images = _apply_rotations(general[:, :, :3], positions) + general[:, None, :, 3]  # (m, n, 3)
     related = None
-    if len(general) * n * n <= 5_000:  # tiny cells: every pair at once costs less than a loop
-        images = np.einsum("mij,nj->mni", general[:, :, :3], positions) + general[:, None, :, 3]
+    if len(general) * n * n <= _ALL_PAIRS_LIMIT:  # small cells: every pair at once beats a loop
         diff = images[:, :, None, :] - positions[None, None, :, :]
         diff -= np.rint(diff)
         related = (np.abs(diff) < _ORBIT_TOL).all(axis=-1).any(axis=0)
-    orbit_of = np.full(n, -1)
+    orbit_of = [-1] * n
+    types = cell.types.tolist()
     out = []
     for i in range(n):
         if orbit_of[i] >= 0:
@@ -260,15 +272,17 @@ def _orbits(cell: _StandardCell) -> list[tuple[int, int, np.ndarray]]:
         if related is not None:
             members = np.flatnonzero(related[i])
         else:
-            images = general[:, :, :3] @ positions[i] + general[:, :, 3]
-            diff = images[:, None, :] - positions[None, :, :]
+            diff = images[:, i, None, :] - positions[None, :, :]
             diff -= np.rint(diff)
             members = np.flatnonzero((np.abs(diff) < _ORBIT_TOL).all(axis=-1).any(axis=0))
-        if (orbit_of[members] >= 0).any() or (cell.types[members] != cell.types[i]).any():
+        listed = members.tolist()
+        if any(orbit_of[j] >= 0 or types[j] != types[i] for j in listed):
             raise EncodeError("symmetry_failed", f"orbits of group {group} overlap in the standard cell")
-        orbit_of[members] = len(out)
-        out.append((_identify_letter(group, positions[members]), int(cell.types[i]), members))
-    return out
+        for j in listed:
+            orbit_of[j] = len(out)
+        out.append((types[i], members))
+    letters = _identify_letters(group, positions, [members for _, members in out])
+    return [(li, z, members) for li, (z, members) in zip(letters, out, strict=True)]
 
 
 @functools.cache
@@ -276,6 +290,45 @@ def _point_group(group: int) -> np.ndarray:
     """The distinct rotation parts of the group's operations in its standard setting."""
     rotations = np.rint(position_ops(group)[-1].ops[:, :, :3]).astype(int)
     return np.unique(rotations, axis=0).astype(float)
+
+
+def _apply_rotations(rotations: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``rotations[m] @ points[n]`` for every pair, (m, n, 3), as one 2-D product (einsum and
+    stacked matmul loop over tiny products). Rotation entries are -1, 0 or 1, so every term
+    is exact; on the demo set the results are bit for bit the per-operation products."""
+    return (rotations.reshape(-1, 3) @ points.T).reshape(len(rotations), 3, len(points)).transpose(0, 2, 1)
+
+
+def _mean_rows(rows: np.ndarray) -> np.ndarray:
+    """``rows.mean(axis=0)`` (numpy's mean is this sum and division) without its overhead."""
+    return rows.sum(axis=0) / len(rows)
+
+
+_BATCH_VALUES = 1_000_000  # floats per array pass in _orbit_centres (memory bound on big inputs)
+
+
+def _orbit_centres(positions, images_of_input, numbers, metric, orbits, limit: float) -> np.ndarray:
+    """Each orbit's centre: its first point plus the mean offset of every image of an input
+    atom of its element within ``limit`` (squared distance, A^2) of that point.
+
+    Orbits are taken in batches, every anchor against every image in one pass; the values
+    are those a per-orbit pass computes, row for row."""
+    firsts = [members[0] for _, _, members in orbits]
+    zs = np.array([z for _, z, _ in orbits])
+    per_orbit = images_of_input.size
+    step = max(1, _BATCH_VALUES // per_orbit)
+    centres = []
+    for lo in range(0, len(orbits), step):
+        anchors = positions[firsts[lo : lo + step]]
+        delta = images_of_input[None] - anchors[:, None, None, :]  # (orbits, m, n, 3)
+        delta -= np.rint(delta)
+        # One 2-D product: numpy runs a stacked one as a loop of tiny ones.
+        near = ((delta.reshape(-1, 3) @ metric).reshape(delta.shape) * delta).sum(axis=-1) < limit
+        near &= (numbers[None, :] == zs[lo : lo + step, None])[:, None, :]
+        if not near.any(axis=(1, 2)).all():
+            raise EncodeError("symmetry_failed", "no input atom lies near an orbit of the standard cell")
+        centres += [anchor + _mean_rows(d[k]) for anchor, d, k in zip(anchors, delta, near, strict=True)]
+    return np.stack(centres)
 
 
 def _refine(cell: _StandardCell, matrix, frac, numbers, orbits, symprec: float, exact: bool):
@@ -299,22 +352,18 @@ def _refine(cell: _StandardCell, matrix, frac, numbers, orbits, symprec: float, 
     # Three-operand einsum runs unoptimised loops; matmul is the fast path.
     metric = (np.swapaxes(point_group, 1, 2) @ metric @ point_group).mean(axis=0)
     inside = frac @ cell.rotation.T + cell.shift
-    images_of_input = np.einsum("mij,nj->mni", rotations, inside) + translations[:, None, :]
-    positions = cell.positions.copy()
+    images_of_input = _apply_rotations(rotations, inside) + translations[:, None, :]
     limit = (4.0 * symprec) ** 2
-    for _, z, members in orbits:
-        anchor = cell.positions[members[0]]
-        delta = images_of_input[:, numbers == z] - anchor
-        delta -= np.rint(delta)
-        near = ((delta @ metric) * delta).sum(axis=-1) < limit
-        if not near.any():
-            raise EncodeError("symmetry_failed", "no input atom lies near an orbit of the standard cell")
-        centre = anchor + delta[near].mean(axis=0)
-        images = rotations @ centre + translations
-        offset = positions[members][None, :, :] - images[:, None, :]
-        offset -= np.rint(offset)
-        nearest = np.einsum("mki,mki->mk", offset, offset).argmin(axis=0)
-        positions[members] -= offset[nearest, np.arange(len(members))]
+    centres = _orbit_centres(cell.positions, images_of_input, numbers, metric, orbits, limit)
+    # Each atom of the standard cell moves to the nearest image of its orbit's centre.
+    atoms = np.concatenate([members for _, _, members in orbits])
+    orbit_of = np.repeat(np.arange(len(orbits)), [len(members) for _, _, members in orbits])
+    images = (rotations @ centres.T).transpose(0, 2, 1) + translations[:, None, :]  # (m, orbits, 3)
+    offset = cell.positions[atoms][None, :, :] - images[:, orbit_of]
+    offset -= np.rint(offset)
+    nearest = np.einsum("mki,mki->mk", offset, offset).argmin(axis=0)
+    positions = cell.positions.copy()
+    positions[atoms] -= offset[nearest, np.arange(len(atoms))]
     return metric, np.mod(positions, 1.0)
 
 
@@ -333,35 +382,115 @@ def _compare_values(a, b) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class _Readers:
+    """Every Wyckoff position of a group stacked, for reading free values of many atoms at once.
+
+    Per position: its representative expression (rotation transposed, translation) and the
+    coordinate rows, signs and translations its free values are read from, padded to three
+    (``n_free`` says how many are real)."""
+
+    rotation_t: np.ndarray  # (positions, 3, 3)
+    translation: np.ndarray  # (positions, 3)
+    rows: np.ndarray  # (positions, 3) int
+    signs: np.ndarray  # (positions, 3)
+    read_translation: np.ndarray  # (positions, 3)
+    n_free: tuple[int, ...]
+
+
 @functools.cache
-def _reader(
-    group: int, letter_index: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Representative expression (rotation, translation) and how to read free values from it."""
-    ops = position_ops(group)[letter_index]
-    rep = ops.ops[0]
-    rows = np.asarray(ops.read_rows, dtype=int)
-    translation = rep[:, 3].copy()
-    return rep[:, :3].T.copy(), translation, rows, np.asarray(ops.read_signs) * 1.0, translation[rows]
+def _readers(group: int) -> _Readers:
+    all_ops = position_ops(group)
+    count = len(all_ops)
+    rotation_t = np.empty((count, 3, 3))
+    translation = np.empty((count, 3))
+    rows = np.zeros((count, 3), dtype=int)
+    signs = np.ones((count, 3))
+    read_translation = np.zeros((count, 3))
+    for i, ops in enumerate(all_ops):
+        rep = ops.ops[0]
+        rotation_t[i] = rep[:, :3].T
+        translation[i] = rep[:, 3]
+        k = len(ops.read_rows)
+        rows[i, :k] = ops.read_rows
+        signs[i, :k] = ops.read_signs
+        read_translation[i, :k] = rep[list(ops.read_rows), 3]
+    return _Readers(
+        rotation_t, translation, rows, signs, read_translation, tuple(len(o.free_axes) for o in all_ops)
+    )
 
 
-def _free_values(group: int, letter_index: int, points: np.ndarray) -> list[float]:
-    """Smallest free-value tuple among orbit points on the representative expression."""
-    rotation_t, translation, rows, signs, read_translation = _reader(group, letter_index)
-    if not len(rows):
-        return []  # a fixed position: its letter was identified from these points already
-    diff = points @ rotation_t + translation - points
-    fit = np.abs(diff - np.rint(diff)).max(axis=1) < 1e-4
-    if not fit.any():
-        raise EncodeError("symmetry_failed", "no atom of the orbit lies on its representative expression")
-    values = np.mod(signs * (points[fit][:, rows] - read_translation), 1.0)
+def _free_value_rows(readers: _Readers, letters: np.ndarray, points: np.ndarray):
+    """For points (alternatives, shifts, atoms, 3) on the positions ``letters`` (alternatives,
+    atoms): whether each lies on its position's representative expression, and the free
+    values read from it (padded to three).
+
+    One array pass for every atom of every candidate; the arithmetic per value is the one a
+    per-orbit reading would do, so the values are bit for bit the same."""
+    rotation_t = readers.rotation_t[letters][:, None]  # (k, 1, n, 3, 3)
+    # Only compared with a tolerance: a broadcast product beats einsum on these small stacks.
+    diff = (points[..., :, None] * rotation_t).sum(axis=-2) + readers.translation[letters][:, None] - points
+    fit = (np.abs(diff - np.rint(diff)) < 1e-4).all(axis=-1)
+    read = np.take_along_axis(points, readers.rows[letters][:, None], axis=3)
+    values = np.mod(
+        readers.signs[letters][:, None] * (read - readers.read_translation[letters][:, None]), 1.0
+    )
     values[values > 1.0 - _SNAP] = 0.0
-    rows_as_lists = values.tolist()
-    best = rows_as_lists[0]
-    for row in rows_as_lists[1:]:
-        if _compare_values(row, best) < 0:
-            best = row
-    return best
+    return fit, values
+
+
+def _unit_less(row: list, best: list, n_free: int) -> bool:
+    """``_compare_values(row[:n_free], best[:n_free]) < 0`` for values in [0, 1), where the
+    tolerance ``_TOL * max(1, |x|)`` is ``_TOL`` itself: the same decision without the calls."""
+    for j in range(n_free):
+        d = row[j] - best[j]
+        if d < -_TOL:
+            return True
+        if d > _TOL:
+            return False
+    return False
+
+
+def _smallest_rows(spans, fit: list, values: list) -> list:
+    """Per site (letter, Z, first atom, end atom, n_free): the smallest free-value tuple among
+    its atoms on the representative expression, scanning atoms in order (as ties within
+    ``_TOL`` keep the earlier row, the scan order is part of the result). Free values lie in
+    [0, 1) (reduced modulo 1, snapped below 1)."""
+    sites = []
+    for li, z, start, end, n_free in spans:
+        if not n_free:
+            sites.append((li, z, []))  # a fixed position: its letter was identified already
+            continue
+        best = None
+        for a in range(start, end):
+            if fit[a] and (best is None or _unit_less(values[a], best, n_free)):
+                best = values[a]
+        if best is None:
+            raise EncodeError("symmetry_failed", "no atom of the orbit lies on its representative expression")
+        sites.append((li, z, best[:n_free]))
+    return sites
+
+
+def _sort_sites(sites: list) -> list:
+    """The sites sorted by (letter, Z, free values), free values equal within ``_TOL``.
+
+    A plain key sort gives what the tolerant comparison gives unless two sites with the same
+    (letter, Z) first differ by a nonzero amount within the tolerance; if any pair does, some
+    pair adjacent in the key order does (the pairs between them share the same leading
+    values), so checking neighbours decides whether the comparison sort must run instead."""
+    ordered = sorted(sites, key=_site_value_key)
+    for p, q in itertools.pairwise(ordered):
+        if p[0] == q[0] and p[1] == q[1]:
+            for x, y in zip(p[2], q[2], strict=True):
+                if x != y:
+                    if y - x <= _TOL:  # values in [0, 1): the tolerance is _TOL itself
+                        return sorted(sites, key=functools.cmp_to_key(_compare_sites))
+                    break
+    return ordered
+
+
+def _site_value_key(site) -> tuple:
+    return site[0], site[1], site[2]
 
 
 def describe(
@@ -515,23 +644,43 @@ def primitive_cell(description: Description) -> tuple[np.ndarray, np.ndarray, np
 
 
 @functools.cache
-def _positions_of_multiplicity(group: int, multiplicity: int) -> tuple[tuple[int, np.ndarray], ...]:
-    return tuple(
-        (position.index, ops.ops[0])
-        for position, ops in zip(wyckoff_table()[group], position_ops(group), strict=True)
-        if position.multiplicity == multiplicity
-    )
+def _representatives(group: int) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, ...]]]:
+    """Every position's representative expression stacked (rotations transposed, translations),
+    and the position indices of each multiplicity, in letter order."""
+    all_ops = position_ops(group)
+    rotation_t = np.stack([ops.ops[0, :, :3].T for ops in all_ops])
+    translation = np.stack([ops.ops[0, :, 3] for ops in all_ops])
+    by_multiplicity: dict[int, list[int]] = {}
+    for position in wyckoff_table()[group]:
+        by_multiplicity.setdefault(position.multiplicity, []).append(position.index)
+    return rotation_t, translation, {m: tuple(ix) for m, ix in by_multiplicity.items()}
 
 
-def _identify_letter(group: int, points: np.ndarray) -> int:
-    """Index of the Wyckoff position an orbit (its points in the conventional cell) sits on."""
-    candidates = _positions_of_multiplicity(group, len(points))
-    if len(candidates) == 1:
-        return candidates[0][0]  # an orbit lies on exactly one position: the only one that size
-    for index, representative in candidates:
-        if on_locus(representative, points).any():
-            return index
-    raise EncodeError("symmetry_failed", f"orbit of {len(points)} atoms fits no Wyckoff position of {group}")
+def _identify_letters(group: int, positions: np.ndarray, members: list[np.ndarray]) -> list[int]:
+    """Index of the Wyckoff position each orbit (atom indices into ``positions``, the
+    conventional cell) sits on: the first position of the orbit's size whose representative
+    expression holds one of its points. One array pass tests every atom on every position."""
+    rotation_t, translation, by_multiplicity = _representatives(group)
+    on = None
+    letters = []
+    for idx in members:
+        candidates = by_multiplicity.get(len(idx), ())
+        if len(candidates) == 1:
+            letters.append(candidates[0])  # an orbit lies on exactly one position: the only one that size
+            continue
+        if on is None and candidates:
+            diff = positions @ rotation_t + translation[:, None, :] - positions
+            on = (np.abs(diff - np.rint(diff)) < 1e-4).all(axis=-1).tolist()  # (positions, atoms)
+        for index in candidates:
+            row = on[index]
+            if any(row[a] for a in idx.tolist()):
+                letters.append(index)
+                break
+        else:
+            raise EncodeError(
+                "symmetry_failed", f"orbit of {len(idx)} atoms fits no Wyckoff position of {group}"
+            )
+    return letters
 
 
 _REDUCED_TOL = 1e-5  # relative: cells this close to the most reduced one count as equally reduced
@@ -545,7 +694,8 @@ def _near_min(values: np.ndarray, scale: float) -> np.ndarray:
 def _reframe(group: int, metric: np.ndarray, positions: np.ndarray, orbits, rows: np.ndarray):
     """The crystal in the cell whose vectors are ``rows`` (in the current cell's coordinates)."""
     moved = np.mod(positions @ np.linalg.inv(rows), 1.0)
-    new_orbits = [(_identify_letter(group, moved[idx]), z, idx) for _, z, idx in orbits]
+    letters = _identify_letters(group, moved, [idx for _, _, idx in orbits])
+    new_orbits = [(li, z, idx) for li, (_, z, idx) in zip(letters, orbits, strict=True)]
     return rows @ metric @ rows.T, moved, new_orbits
 
 
@@ -639,43 +789,85 @@ def _canonical(group: int, frames) -> Description:
     """The smallest description over the frames (cells) and the normaliser's alternatives."""
     setting = group_setting(group)
     table = wyckoff_table()[group]
-    letter_index = {p.letter: p.index for p in table}
+    letter_maps = _normalizer_letter_indices(group)
     polar = list(setting.polar_axes)
     alternatives = []
-    for metric, positions, orbits in frames:
-        for op, letter_map in zip(setting.normalizer, setting.normalizer_letters, strict=True):
-            mapped = [(letter_index[letter_map[table[li].letter]], z, idx) for li, z, idx in orbits]
-            alternatives.append((sorted((li, z) for li, z, _ in mapped), metric, positions, op, mapped))
+    for frame, (metric, positions, orbits) in enumerate(frames):
+        for op, letter_map in zip(setting.normalizer, letter_maps, strict=True):
+            mapped = [(letter_map[li], z, idx) for li, z, idx in orbits]
+            alternatives.append(
+                (sorted((li, z) for li, z, _ in mapped), metric, positions, op, mapped, frame)
+            )
     best_discrete = min(a[0] for a in alternatives)
-    inverses = _normalizer_inverses(group)
-    best = None
-    for discrete, metric, positions, op, mapped in alternatives:
-        if discrete != best_discrete:
+    readers = _readers(group)
+    lattices: dict[tuple[int, bytes], tuple[float, ...]] = {}
+
+    def lattice(k: int) -> tuple[float, ...]:
+        # Only needed when two candidates tie on every free value: computed on demand, once
+        # per frame and rotation (operations that differ by a translation share it).
+        _, metric, _, op, _, frame = alternatives[k]
+        key = (frame, _op_key(op))
+        if key not in lattices:
+            inverse = _normalizer_inverses(group)[key[1]]
+            lattices[key] = lattice_values(inverse.T @ metric @ inverse, group)
+        return lattices[key]
+
+    best = None  # (flat free values, alternative index, sites)
+    for frame, (_, positions, orbits) in enumerate(frames):
+        chosen = [k for k, alt in enumerate(alternatives) if alt[0] == best_discrete and alt[5] == frame]
+        if not chosen:
             continue
-        moved = positions @ op[:, :3].T + op[:, 3]
-        inverse = inverses[_op_key(op)]
-        lattice = lattice_values(inverse.T @ metric @ inverse, group)
-        shifts = [None]
+        # The atoms of a frame are grouped by orbit in the same order for every alternative;
+        # only the letters and the coordinates change with the normaliser's operation.
+        order = np.concatenate([idx for _, _, idx in orbits])
+        sizes = [len(idx) for _, _, idx in orbits]
+        ends = np.cumsum(sizes).tolist()
+        moved = np.stack([positions @ alternatives[k][3][:, :3].T + alternatives[k][3][:, 3] for k in chosen])
+        letters = np.repeat([[li for li, _, _ in alternatives[k][4]] for k in chosen], sizes, axis=1)
+        points = moved[:, order][:, None]  # (alternatives, shifts, atoms, 3)
         if polar:
-            anchors = np.concatenate([idx for li, z, idx in mapped if (li, z) == discrete[0]])
-            shifts = [-moved[a] for a in anchors]
-        for shift in shifts:
-            pts = moved
-            if shift is not None:
-                pts = moved.copy()
-                pts[:, polar] += shift[polar]
-            pts = np.mod(pts, 1.0)
-            sites = [(li, z, _free_values(group, li, pts[idx])) for li, z, idx in mapped]
-            sites.sort(key=functools.cmp_to_key(_compare_sites))
-            candidate = ([v for s in sites for v in s[2]], lattice, sites)
-            if best is None or _compare_candidates(candidate, best) < 0:
-                best = candidate
+            # Every origin along the polar axes that puts an atom of the first site at 0.
+            anchors = np.array(
+                [
+                    np.concatenate([idx for li, z, idx in alternatives[k][4] if (li, z) == best_discrete[0]])
+                    for k in chosen
+                ]
+            )
+            shifts = -np.take_along_axis(moved, anchors[:, :, None], axis=1)  # (alternatives, shifts, 3)
+            points = np.repeat(points, anchors.shape[1], axis=1)
+            points[..., polar] += shifts[:, :, None, polar]
+        fit, values = _free_value_rows(readers, letters, np.mod(points, 1.0))
+        for k, fit_k, values_k in zip(chosen, fit.tolist(), values.tolist(), strict=True):
+            spans = [
+                (li, z, end - size, end, readers.n_free[li])
+                for (li, z, _), size, end in zip(alternatives[k][4], sizes, ends, strict=True)
+            ]
+            for fit_s, values_s in zip(fit_k, values_k, strict=True):
+                sites = _sort_sites(_smallest_rows(spans, fit_s, values_s))
+                flat = [v for s in sites for v in s[2]]
+                if best is None:
+                    best = (flat, k, sites)
+                    continue
+                order_ = _compare_values(flat, best[0]) or _compare_values(lattice(k), lattice(best[1]))
+                if order_ < 0:
+                    best = (flat, k, sites)
     assert best is not None
-    _, lattice, sites = best
+    _, k, sites = best
     return Description(
         group=group,
         sites=tuple(Site(li, table[li].letter, z, tuple(values)) for li, z, values in sites),
-        lattice=tuple(lattice),
+        lattice=tuple(lattice(k)),
+    )
+
+
+@functools.cache
+def _normalizer_letter_indices(group: int) -> tuple[tuple[int, ...], ...]:
+    """Per normaliser coset: the image of each position, as letter indices."""
+    table = wyckoff_table()[group]
+    letter_index = {p.letter: p.index for p in table}
+    return tuple(
+        tuple(letter_index[letter_map[p.letter]] for p in table)
+        for letter_map in group_setting(group).normalizer_letters
     )
 
 
@@ -693,10 +885,6 @@ def _compare_sites(a, b) -> int:
     if (a[0], a[1]) != (b[0], b[1]):
         return -1 if (a[0], a[1]) < (b[0], b[1]) else 1
     return _compare_values(a[2], b[2])
-
-
-def _compare_candidates(a, b) -> int:
-    return _compare_values(a[0], b[0]) or _compare_values(a[1], b[1])
 
 
 # ---------------------------------------------------------------- tokens

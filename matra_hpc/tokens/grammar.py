@@ -57,7 +57,9 @@ accepted can always be completed.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -132,6 +134,7 @@ class GrammarState:
         "lattice_values",
         "site_values",
         "points",
+        "sites",
         "_key",
         "_value_ok",
     )
@@ -155,6 +158,7 @@ class GrammarState:
         self.lattice_values: list[float] = []
         self.site_values: list[float] = []  # free values of the site being written
         self.points: list[np.ndarray] = []  # fractional orbit points of the finished sites
+        self.sites: list[tuple[int, int]] = []  # (position index, element index) of every site
         self._key: tuple | None = None
         self._value_ok = math.nan  # the last value value_allowed passed at this length
 
@@ -173,14 +177,73 @@ class GrammarState:
         )
 
 
+# Lattice parameters and free values with no relation between them: a site block's symmetry at
+# these values is the least any of its realisations has (see site_block_group).
+_GENERIC_LATTICE = {"a": 4.1307, "b": 5.3719, "c": 6.7141, "alpha": 81.31, "beta": 97.73, "gamma": 103.87}
+_GOLDEN = 0.6180339887498949
+
+
+def site_block_group(group: int, sites: Sequence[tuple[int, int]]) -> int:
+    """The space group number spglib finds for a site block of ``group`` (sites: (position index,
+    element index)) placed with generic free values in a generic lattice of its crystal system.
+
+    Every operation of ``group`` maps the block onto itself whatever its values; an operation
+    that holds at generic values holds at all values (it maps atoms to atoms through affine
+    functions of the values), so when this is not ``group`` no realisation of the block has
+    exactly ``group``: the crystal would be encoded in the larger group (e.g. Fm-3m 4a + 4b of
+    one element is a primitive cubic cell of half the edge, Pm-3m). Encodings of real crystals
+    always give ``group`` back.
+    """
+    import spglib
+
+    from matra_hpc.tokens.decode import lattice_from_values
+
+    ops = position_ops(group)
+    lattice = lattice_from_values(group, tuple(_GENERIC_LATTICE[n] for n in lattice_parameter_names(group)))
+    frac, numbers = [], []
+    for k, (p, element) in enumerate(sites):
+        pos = ops[p]
+        seed = np.zeros(3)
+        # distinct irrational-looking values per site and axis: no two sites share a value
+        seed[list(pos.free_axes)] = [((k + 1) * _GOLDEN + 0.2913 * (axis + 1)) % 1.0 for axis in pos.free_axes]
+        frac.append(np.mod(pos.ops[:, :, :3] @ seed + pos.ops[:, :, 3], 1.0))
+        numbers += [element + 1] * len(pos.ops)
+    cell = (np.asarray(lattice.matrix), np.concatenate(frac), np.asarray(numbers))
+    dataset = spglib.get_symmetry_dataset(cell, symprec=1e-3)
+    return 0 if dataset is None else int(dataset.number)
+
+
+def _earlier_points(state: GrammarState) -> np.ndarray:
+    """All atoms of the finished sites (n, 3); the list is merged into one array in place, so
+    the checks of every later value do not concatenate it again."""
+    if len(state.points) > 1:
+        state.points[:] = [np.concatenate(state.points)]
+    return state.points[0]
+
+
+@functools.cache
+def _position_pins_group(group: int, position: int) -> bool:
+    """Whether one generic orbit of this position alone has exactly ``group`` (e.g. any general
+    position; not 4a of Fm-3m, whose lone orbit is a primitive cubic lattice)."""
+    return site_block_group(group, ((position, 0),)) == group
+
+
 class Grammar:
     """Next-token masks over ``vocab`` for prefixes of token sequences; see the module docstring."""
 
     def __init__(
-        self, vocab: Vocab | None = None, *, max_sites: int = 15, condition: Condition | None = None
+        self,
+        vocab: Vocab | None = None,
+        *,
+        max_sites: int = 15,
+        condition: Condition | None = None,
+        canonical_sites: bool = True,
     ) -> None:
         self.vocab = vocab if vocab is not None else load_vocab()
         self.max_sites = max_sites
+        self.canonical_sites = canonical_sites
+        self._canonical: dict[tuple, bool] = {}
+        self._canonical_ids: dict[tuple, np.ndarray] = {}
         self.condition = condition
         self.resolved: ResolvedCondition = resolve_condition(condition, max_sites=max_sites)
         self._tables = reach_tables()
@@ -255,6 +318,18 @@ class Grammar:
             return None
         name = state.lattice_names[len(state.lattice_values)]
         return "length" if name in ("a", "b", "c") else "angle"
+
+    def site_context(self, state: GrammarState) -> tuple[int, int, tuple[float, ...], np.ndarray] | None:
+        """When a free coordinate comes next: (group, position index in letter order, the site's
+        free values so far, the atoms of the finished sites (n, 3) fractional); else None.
+
+        What the model's coordinate repulsion reads (``model/slots.py``), from the state the
+        grammar keeps anyway instead of walking the prefix again at every value.
+        """
+        if state.phase != _COORD:
+            return None
+        points = _earlier_points(state) if state.points else np.zeros((0, 3))
+        return state.group, state.pending, tuple(state.site_values), points
 
     def advance(self, state: GrammarState, token: int, value: float = math.nan) -> None:
         """Append ``token`` (and its value, for ``<num>``) to the prefix; GrammarError if illegal."""
@@ -402,7 +477,7 @@ class Grammar:
         if np.any(np.abs(d).max(axis=-1) < COINCIDE_TOL):
             return False
         if state.points:
-            earlier = state.points[-1] if len(state.points) == 1 else np.concatenate(state.points)
+            earlier = _earlier_points(state)
             d = earlier - points[0]
             d -= np.rint(d)
             if np.any(np.abs(d).max(axis=-1) < COINCIDE_TOL):
@@ -414,6 +489,7 @@ class Grammar:
         reach = self._tables.groups[g]
         state.remaining[element_index] -= reach.mults[p]
         state.n_sites += 1
+        state.sites.append((p, element_index))
         if p in state.required_left:
             left = list(state.required_left)
             left.remove(p)
@@ -481,7 +557,94 @@ class Grammar:
             if len(self._cache) > 100_000:
                 self._cache.clear()
             self._cache[key] = hit
+        if self.canonical_sites and state.phase == _SITE:
+            hit = self._canonical_positions(state, hit)
         return hit
+
+    # -- canonical site blocks ---------------------------------------------------------
+    def _canonical_positions(self, state: GrammarState, ids: np.ndarray) -> np.ndarray:
+        """Drop the position tokens after which every way to place the last element's atoms gives
+        a set of sites invariant under a larger group than the sampled one, whatever the free
+        values (``site_block_group``): such a sequence is never the encoding of a crystal.
+
+        Applies once a single element is left to place (the end of the site block; before that a
+        later site on a general position can break any extra symmetry, and the search over
+        several elements' placements would cost too much per step). The last element's
+        placements are searched (fixed positions at most once, within the site budget, at most
+        ``_COMPLETION_NODES`` steps of the search, beyond which a position is not refused), and a
+        position is only dropped when another stays allowed: never a dead end. Not with
+        required Wyckoff positions (conditions), which this search does not place.
+        """
+        nonzero = [i for i, r in enumerate(state.remaining) if r]
+        if len(nonzero) != 1 or state.required_left:
+            return ids
+        element, left = nonzero[0], state.remaining[nonzero[0]]
+        key = (state.group, tuple(sorted(state.sites)), element, left, state.used_fixed, state.n_sites, len(ids))
+        hit = self._canonical_ids.get(key)
+        if hit is None:
+            hit = self._canonical_ids[key] = self._refuse_noncanonical(state, ids, element, left)
+            if len(self._canonical_ids) > 100_000:
+                self._canonical_ids.clear()
+        return hit
+
+    def _refuse_noncanonical(self, state: GrammarState, ids: np.ndarray, element: int, left: int) -> np.ndarray:
+        reach = self._tables.groups[state.group]
+        positions = self._pos_of_token[state.group]
+        refused = []
+        for token in ids:
+            p = positions.get(int(token))
+            if p is None or reach.mults[p] > left:
+                continue
+            used = state.used_fixed | (1 << p if reach.position_class[p] >= 0 else 0)
+            sites = tuple(sorted([*state.sites, (p, element)]))
+            budget = [self._COMPLETION_NODES]
+            if not self._completes_canonically(state.group, sites, element, left - reach.mults[p], used,
+                                               self.max_sites - state.n_sites - 1, 0, budget):
+                refused.append(token)
+        if not refused or len(refused) == len(ids):
+            return ids
+        return np.setdiff1d(ids, np.asarray(refused, dtype=ids.dtype), assume_unique=True)
+
+    _COMPLETION_NODES = 64
+
+    def _block_keeps_group(self, group: int, sites: tuple) -> bool:
+        """``site_block_group(group, sites) == group``, cached. Shortcut: an element with a single
+        site whose orbit alone keeps exactly the group pins it (any symmetry of the block maps
+        that element's one orbit onto itself), which spares most blocks the symmetry search."""
+        key = (group, sites)
+        ok = self._canonical.get(key)
+        if ok is None:
+            per_element = Counter(e for _, e in sites)
+            ok = any(per_element[e] == 1 and _position_pins_group(group, p) for p, e in sites)
+            ok = ok or site_block_group(group, sites) == group
+            if len(self._canonical) > 100_000:
+                self._canonical.clear()
+            self._canonical[key] = ok
+        return ok
+
+    def _completes_canonically(self, group: int, sites: tuple, element: int, left: int, used: int,
+                               sites_left: int, first: int, budget: list[int]) -> bool:
+        """Whether ``left`` more atoms of ``element`` can be placed (positions from ``first`` on,
+        in letter order: each set once) so that the whole block keeps ``group``. True when the
+        search runs out of ``budget`` (steps)."""
+        budget[0] -= 1
+        if left == 0:
+            return self._block_keeps_group(group, sites)
+        if sites_left <= 0:
+            return False
+        reach = self._tables.groups[group]
+        for p in range(first, len(reach.mults)):
+            m = reach.mults[p]
+            fixed = reach.position_class[p] >= 0
+            if m > left or (fixed and used >> p & 1):
+                continue
+            more = tuple(sorted([*sites, (p, element)]))
+            if self._completes_canonically(group, more, element, left - m, used | (1 << p if fixed else 0),
+                                           sites_left - 1, p, budget):
+                return True
+            if budget[0] <= 0:
+                return True
+        return False
 
     # -- feasibility -------------------------------------------------------------------
     def _fits(

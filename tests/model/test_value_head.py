@@ -184,8 +184,61 @@ def test_repelled_coordinates_are_a_density_and_keep_away():
     assert float(torch.exp(-nll).mean()) == pytest.approx(1.0, abs=2e-3)
     assert float(torch.exp(-nll[1000])) < 0.01 * float(torch.exp(-nll).max())  # x = 0.25: pushed away
     rng = np.random.default_rng(1)
-    draws = np.array([mix.sample(p.numpy(), COORD, 1.0, rng, repel=([0.25], [1.0])) for _ in range(500)])
-    assert np.abs(draws - 0.25).min() > 0.01 and np.abs(draws - 0.25).max() < 0.2
+    draws = np.array([mix.sample(p.numpy(), COORD, 1.0, rng, repel=([0.25], [1.0])) for _ in range(2000)])
+    assert np.abs(draws - 0.25).max() < 0.2
+    # the draws follow the repelled density: its mass near the repelled value and in the flanks
+    density = torch.exp(-nll).numpy()
+    for lo, hi in ((0.0, 0.01), (0.01, 0.03), (0.03, 0.2)):
+        near = (np.abs(x.numpy() - 0.25) >= lo) & (np.abs(x.numpy() - 0.25) < hi)
+        expected = float(density[near].sum() / len(x))
+        got = float(((np.abs(draws - 0.25) >= lo) & (np.abs(draws - 0.25) < hi)).mean())
+        assert got == pytest.approx(expected, abs=4 * math.sqrt(expected * (1 - expected) / len(draws)) + 2e-3)
+    assert float(((np.abs(draws - 0.25) < 0.01)).mean()) < 0.05  # pushed away (plain: ~22%)
     # no repulsion: the plain von Mises around 0.25
     plain = np.array([mix.sample(p.numpy(), COORD, 1.0, rng) for _ in range(500)])
     assert np.abs(plain - 0.25).mean() < np.abs(draws - 0.25).mean()
+
+
+def test_repelled_draws_by_rejection_and_on_the_grid_agree():
+    """The repelled coordinate at T != 1 is the tempered mixture times the repulsion^(1/T):
+    rejection sampling (the usual path) and the grid (its fallback) draw the same density."""
+    cfg = ModelConfig(vocab_size=10, n_layer=1, n_head=1, d_model=8, n_gauss=4, n_mix=2, value_head="mixture",
+                      coord_repulsion=True)
+    mix = ValueMixture(cfg)
+    grid_only = ValueMixture(cfg)
+    grid_only.REPEL_TRIALS = 0
+    p = torch.zeros(mix.n_params)
+    # two von Mises (0.3: kappa 30, weight 2/3; 0.7: kappa 10), repulsion at 0.3 and 0.75
+    p[:6] = torch.tensor([math.log(2.0), 0.0, 0.3, 0.7, math.log(30.0), math.log(10.0)])
+    p[-2], p[-1] = 3.0, math.log(200.0)
+    repel = ([0.3, 0.75], [1.0, 0.5])
+    for temperature in (0.7, 1.4):
+        rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(4)
+        a = np.array([mix.sample(p.numpy(), COORD, temperature, rng_a, repel=repel) for _ in range(3000)])
+        b = np.array([grid_only.sample(p.numpy(), COORD, temperature, rng_b, repel=repel) for _ in range(3000)])
+        edges = np.linspace(0.0, 1.0, 21)
+        ha, hb = np.histogram(a, edges)[0] / len(a), np.histogram(b, edges)[0] / len(b)
+        assert np.abs(ha - hb).max() < 0.03
+        assert abs((np.abs(a - 0.3) < 0.01).mean() - (np.abs(b - 0.3) < 0.01).mean()) < 0.02
+
+
+def test_repulsion_of_many_sites_at_once_equals_one_by_one(demo_sequences):
+    """The sampler asks for the repulsion of all rows of a step at once, reading the sites from
+    the grammar; training reads them from the tokens, one position at a time: same lists."""
+    from matra_hpc.model.slots import repulsion_context, site_repulsion_many
+
+    grammar = Grammar()
+    contexts, expected = [], []
+    for seq in demo_sequences:
+        state = grammar.new_states(1)[0]
+        for t, (token, value) in enumerate(zip(seq.tokens, seq.values, strict=True)):
+            context = grammar.site_context(state)
+            if context is not None:
+                contexts.append(context)
+                expected.append(repulsion_context(seq.tokens[:t], seq.values[:t]))
+            grammar.advance(state, token, value)
+    assert sum(bool(r) for r, _ in expected) >= 5  # some sites do have something to keep away from
+    got = site_repulsion_many(contexts)
+    assert [r for r, _ in got] == [r for r, _ in expected]
+    for (_, w_got), (_, w_expected) in zip(got, expected, strict=True):
+        assert w_got == pytest.approx(w_expected, rel=1e-12)

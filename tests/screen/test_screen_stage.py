@@ -159,3 +159,14 @@ def test_direct_ehull_is_a_second_method(tmp_path, sevennet):
         shutil.rmtree(out / "T0.70" / name)
     old = sorted(sstore.iter_rows(out), key=lambda r: r.id)[0]
     assert np.isnan(old.e_hull_direct) and old.e_hull_direct_method == "" and old.e_hull == relaxed.e_hull
+
+
+def test_element_the_potential_lacks_is_a_reason_not_a_crash(tmp_path, sevennet):
+    """A candidate with hassium: no hull reference is relaxed for its system, the shard finishes."""
+    hs = Structure(Lattice.cubic(3.2), ["Hs", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    gen = write_generated(tmp_path / "gen.zarr", {0.7: [{"structure": hs}]})
+    out = tmp_path / "screened.zarr"
+    result = run_screen(ScreenConfig(generated=str(gen), out=str(out), relax="sevennet:0.1:5"), local_context())
+    assert result["references_relaxed_here"] == 0
+    [row] = list(sstore.iter_rows(out))
+    assert (row.status, row.reason) == ("not_screened", "unsupported_element")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -225,3 +226,18 @@ def test_decode_rejects_a_collapsed_orbit():
     assert info.value.position == 4 and "special position" in str(info.value)
     ok = TokenSequence(seq.tokens, [math.nan] * 6 + [0.23, 5.0, math.nan])
     assert len(decode(ok)) == 24
+
+
+def test_demo_encode_logs_no_moyopy_warning(caplog):
+    """moyopy warns about its own orbits for non-primitive input cells (mp-639774 is one in
+    the demo set); encode does not use them, so the record must not reach the log."""
+    import gzip
+    import json
+
+    from matra_hpc.data.demo import flla_path, structure_from_record
+
+    with gzip.open(flla_path(), "rt") as handle:
+        record = next(json.loads(line) for line in handle if '"mp-639774"' in line)
+    with caplog.at_level(logging.DEBUG):
+        encode(structure_from_record(record))
+    assert not [r for r in caplog.records if r.name.startswith("moyo")]

@@ -317,7 +317,9 @@ class Reference:
 
 @pytest.mark.parametrize("max_sites", [4, 15])
 def test_masks_agree_with_brute_force(max_sites: int) -> None:
-    grammar = Grammar(max_sites=max_sites)
+    # the reachability of counts, exactly; canonical site blocks narrow the last sites further
+    # (tested on their own below)
+    grammar = Grammar(max_sites=max_sites, canonical_sites=False)
     ref = Reference(max_sites)
     rng = np.random.default_rng(100 + max_sites)
     v = VOCAB
@@ -509,3 +511,45 @@ def test_orbits_are_group_images_of_their_first_point() -> None:
             d -= np.rint(d)
             close = np.all(np.abs(d) < 1e-9, axis=-1)
             assert close.any(axis=1).all() and close.any(axis=0).all(), (g, positions[i].letter)
+
+
+# ---------------------------------------------------------------- canonical site blocks
+
+
+def test_site_block_group_finds_the_larger_group_of_a_site_block() -> None:
+    from matra_hpc.tokens.grammar import site_block_group
+
+    def at(group: int, letter: str) -> int:
+        return next(i for i, p in enumerate(TABLE[group]) if p.letter == letter)
+
+    # Fm-3m 4a + 4b of one element: a primitive cubic cell of half the edge (Pm-3m)
+    assert site_block_group(225, [(at(225, "a"), 0), (at(225, "b"), 0)]) == 221
+    assert site_block_group(225, [(at(225, "a"), 0), (at(225, "b"), 1)]) == 225  # rock salt
+    # P6_3/mmc: 2a alone is (0,0,0), (0,0,1/2), a translation more (P6/mmm); 2c is hcp
+    assert site_block_group(194, [(at(194, "a"), 0)]) == 191
+    assert site_block_group(194, [(at(194, "c"), 0)]) == 194
+    assert site_block_group(14, [(at(14, "e"), 0)]) == 14  # a general position keeps its group
+
+
+def test_last_site_never_makes_a_larger_group_unless_nothing_else_is_left() -> None:
+    """ARITY_1 X N_2 SG_194: the two atoms may go on 2a, 2b, 2c or 2d by counts alone; 2a and 2b
+    make P6/mmm with half the c axis, so canonical site blocks leave 2c and 2d."""
+    letters = {}
+    for canonical in (True, False):
+        grammar = Grammar(canonical_sites=canonical)
+        state = grammar.new_states(1)[0]
+        for t in (VOCAB.arity(1), VOCAB.element(30), VOCAB.count(2), VOCAB.spacegroup(194)):
+            grammar.advance(state, t)
+        allowed = np.flatnonzero(grammar.mask(state))
+        letters[canonical] = sorted(p.letter for p in TABLE[194] if VOCAB.wyckoff(194, p.letter) in allowed)
+    assert letters[False] == ["a", "b", "c", "d"]
+    assert letters[True] == ["c", "d"]
+    # Fm-3m, 8 atoms of one element after 4a: only 4b can take the last 4, and 4a + 4b is Pm-3m;
+    # the rule yields rather than leave no token at all
+    grammar = Grammar()
+    state = grammar.new_states(1)[0]
+    for t in (VOCAB.arity(1), VOCAB.element(8), VOCAB.count(8), VOCAB.spacegroup(225), VOCAB.wyckoff(225, "a"),
+              VOCAB.element(8)):
+        grammar.advance(state, t)
+    allowed = np.flatnonzero(grammar.mask(state))
+    assert [p.letter for p in TABLE[225] if VOCAB.wyckoff(225, p.letter) in allowed] == ["b"]
