@@ -29,8 +29,10 @@ demo token store of the demo run, 64 cells of 6.9 atoms on average, ``sevennet:0
   maps blocks > 32 MB afresh; 0.8 million faults and up to as much system time as compute per
   call at 442 atoms), now kept in the heap (``relax.retain_freed_memory``). Torch-sim's own
   per-system FIRE/cell-filter work is ~3%; neighbour lists and graph collation < 1%.
-- two torch threads: see benchmarks/README.md (on this loaded machine OpenMP threads wait on
-  each other and both paths slow down).
+- two torch threads (``OMP_NUM_THREADS=2``), same command: stopped unfinished after 55 min wall
+  and 44 CPU-min (the one-thread run: 12 min, ~6 CPU-min). On this shared machine (load ~5 on
+  2 cores) OpenMP threads spin waiting for each other: a single batched call at 2 threads cost
+  3-10x the CPU per atom of 1 thread. Threads only pay on idle cores.
 - e-hull (``--skip-throughput``, one thread): 200 structures of the 70 most populated chemical
   systems, 216 references relaxed (318 s), 185 scored (15 got ``no_reference``): Spearman
   **0.625** against the store's DFT e-hull, MAE 0.047 eV/atom, every DFT-stable one below
