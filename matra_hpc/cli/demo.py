@@ -58,8 +58,9 @@ class DemoConfig:
     M3GNet's there), capped so it fits minutes on 2 cores (at 0.05, a third hit a cap of 60)."""
     screen_max_atoms: int = 8
     """Relax candidates of at most this many sites (primitive cell); the limit counts only these."""
-    screen_threads: int = 2
-    """CPU threads of the potential: one process using both cores (the screen shares references)."""
+    screen_threads: int = 1
+    """CPU threads of the potential. One: on a loaded 2-core machine two torch threads waited on
+    each other and a batched call cost 3-10x the CPU per atom (benchmarks/screen.py)."""
     hold_out_system: str | None = "Cd-I"
     """Kept out of the demo's training and searched for by ``eval recovery``: Cd-I has the most
     structures of the demo set's small systems (15 CdI2 polytypes; 9 pass the training filters)."""
