@@ -49,7 +49,7 @@ class DemoConfig:
     batch_size: int = 32
     screen_max_temperature: float = 1.0
     """Screen the generated temperatures up to this one (the paper's useful range)."""
-    screen_limit: int = 32
+    screen_limit: int = 64
     """Relax at most this many candidates (the first screenable ones, in T then row order): the
     embedded 7net-0 costs about 7 ms per atom and FIRE step on one CPU core, so the demo screens
     a sample in minutes; ``--screen-limit`` takes more."""
@@ -68,7 +68,7 @@ class DemoConfig:
     """PyXtal baseline structures, drawn in the chemical systems of the generated run."""
     baseline_max_atoms: int = 8
     """Small cells, so relaxing the baseline stays within minutes on 2 cores."""
-    baseline_screen_limit: int = 24
+    baseline_screen_limit: int = 32
     """Baseline structures relaxed (the first ones): enough for a rough Fig. 4 curve in minutes."""
     recovery_n: int = 256
     """Rows sampled conditioned on the held-out system."""
