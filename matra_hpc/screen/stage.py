@@ -72,17 +72,19 @@ def screenable(table) -> np.ndarray:
 
 
 def plan_rows(generated: str | Path, temperatures: list[float], limit: int | None,
-              max_atoms: int | None = None, primitive: bool = True) -> dict[float, np.ndarray]:
+              max_atoms: int | None = None, primitive: bool = True,
+              tables: dict | None = None) -> dict[float, np.ndarray]:
     """Per temperature, which rows are relaxed: screenable, up to the ``limit``-th relaxable one.
 
     With ``max_atoms``, a row whose cell (primitive, as generation counted it) is larger does not
     count against the limit: it is planned, and gets ``too_many_atoms`` without any work.
+    ``tables``: the temperatures' views when the caller has read them already.
     """
     from matra_hpc.generate import store as gstore
 
     plan, left = {}, limit
     for t in temperatures:
-        table = gstore.read_view(Path(generated), t)
+        table = tables[t] if tables is not None else gstore.read_view(Path(generated), t)
         ok = screenable(table)
         if left is not None:
             sites = np.asarray(table.n_sites_primitive if primitive else table.n_sites_conventional)
@@ -401,14 +403,15 @@ def run_screen(config: ScreenConfig, ctx: RunContext) -> dict[str, Any]:
 
         torch.set_num_threads(config.threads)
     writer = f"r{ctx.rank}-{uuid.uuid4().hex[:8]}"
-    plan = plan_rows(config.generated, temps, config.limit, config.max_atoms, config.primitive)
+    # every temperature's view, read once: the plan (--limit runs over the whole run) and the tasks
+    tables = {t: gstore.read_view(Path(config.generated), t) for t in temps}
+    plan = plan_rows(config.generated, temps, config.limit, config.max_atoms, config.primitive, tables)
     tasks = [(t, s) for t in temps for s in range(config.shards)]
     mine = tasks[ctx.rank::ctx.world_size] if array else tasks
     screener = Screener(config, device, writer)
     started = time.time()
 
     # Hull references of every chemical system this process may meet, relaxed once (ranks split them).
-    tables = {t: gstore.read_view(Path(config.generated), t) for t in sorted({t for t, _s in mine})}
     systems: set[frozenset[str]] = set()
     for t, s in mine:
         table = tables[t]
