@@ -170,3 +170,20 @@ def test_element_the_potential_lacks_is_a_reason_not_a_crash(tmp_path, sevennet)
     assert result["references_relaxed_here"] == 0
     [row] = list(sstore.iter_rows(out))
     assert (row.status, row.reason) == ("not_screened", "unsupported_element")
+
+
+def test_threads_setting_reaches_torch(tmp_path):
+    import torch
+
+    hs = Structure(Lattice.cubic(3.2), ["Hs", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    gen = write_generated(tmp_path / "gen.zarr", {0.7: [{"structure": hs}]})
+    with pytest.raises(UsageError, match="--threads"):
+        ScreenConfig(generated=str(gen), out=str(tmp_path / "x.zarr"), threads=0).validate()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_screen(ScreenConfig(generated=str(gen), out=str(tmp_path / "s.zarr"), relax="sevennet:0.1:5", threads=1),
+                   local_context())
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
