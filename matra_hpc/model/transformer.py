@@ -125,6 +125,12 @@ class ModelConfig:
     group, ``model/slots.py: repulsion_context``): density * exp(-lambda * sum_j w_j k(x - r_j)),
     normalised over the period, with lambda and the kernel's width predicted per position and
     learned from the data (``ValueMixture``). Not a sampler guard: the model's own density."""
+    coord_bins: bool = False
+    """Each coordinate component keeps to its own stretch of the period: component k is centred
+    at (k + r tanh(u)) / n_mix for a predicted u, with r = ``ValueMixture.BIN_REACH`` (neighbours
+    overlap). Picking the stretch is then a softmax over components, which learns like a token;
+    free locations instead sit where they start when the target is far (the von Mises gradient
+    vanishes half a period away), and the model was seen not to learn coordinates at all."""
     value_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Weights of the value loss of coordinates, lengths and angles (the loss is the weighted
     mean over the values of a batch)."""
@@ -532,12 +538,14 @@ class ValueMixture:
     LOG_KAPPA = (-3.0, 10.0)
     LOG_SIGMA = (-7.0, 3.0)
     LOG_KAPPA_REPEL = (2.0, 8.0)
+    BIN_REACH = 0.75  # coord_bins: a component moves up to 3/4 of its stretch either way
     GRID = 256  # points over the period that normalise a repelled coordinate density
     SAMPLE_GRID = 2048
 
     def __init__(self, config: ModelConfig) -> None:
         self.k = config.n_mix
         self.repulsion = config.coord_repulsion
+        self.coord_bins = config.coord_bins
         # 9K mixture parameters, then (repulsion) the strength and the log kernel concentration
         self.n_params = 9 * self.k + (2 if self.repulsion else 0)
         self.length_loc, self.length_scale = config.length_log_loc, config.length_log_scale
@@ -549,7 +557,7 @@ class ValueMixture:
         same mode: coordinates at k / n_mix with kappa 8, lengths and angles over -1.5..1.5."""
         k = self.k
         bias = torch.zeros(3, 3, k)
-        bias[0, 1] = torch.arange(k) / k
+        bias[0, 1] = 0.0 if self.coord_bins else torch.arange(k) / k  # bins: u = 0 is the centre k / K
         bias[0, 2] = math.log(8.0)
         spread = torch.linspace(-1.5, 1.5, k) if k > 1 else torch.zeros(1)
         bias[1:, 1] = spread
@@ -562,7 +570,13 @@ class ValueMixture:
         blocks = params[..., : 9 * self.k].reshape(*params.shape[:-1], 3, 3, self.k)
         index = (kinds.long() - 1).clamp(min=0, max=2)
         index = index[..., None, None, None].expand(*kinds.shape, 1, 3, self.k)
-        return blocks.gather(-3, index).squeeze(-3)
+        block = blocks.gather(-3, index).squeeze(-3)
+        if not self.coord_bins:
+            return block
+        centres = torch.arange(self.k, device=params.device, dtype=block.dtype)
+        binned = (centres + self.BIN_REACH * torch.tanh(block[..., 1, :])) / self.k
+        loc = torch.where((kinds == COORD)[..., None], binned, block[..., 1, :])
+        return torch.stack([block[..., 0, :], loc, block[..., 2, :]], dim=-2)
 
     def length_offset(self, atoms):
         """ln(N) / 3 (``length_per_atom``) else 0, for N atoms in the cell (tensor, array or int)."""
@@ -676,6 +690,9 @@ class ValueMixture:
         k = self.k
         p = np.asarray(params, dtype=np.float64)
         block = p[: 9 * k].reshape(3, 3, k)[kind - 1]
+        if kind == COORD and self.coord_bins:
+            block = block.copy()
+            block[1] = (np.arange(k) + self.BIN_REACH * np.tanh(block[1])) / k
         if kind == COORD and self.repulsion and repel and len(repel[0]):
             return self._sample_repelled(p, block, temperature, rng, repel)
         cdf = self._component_cdf(block, temperature)

@@ -137,6 +137,34 @@ def test_point_value_is_the_highest_peak_in_the_values_units():
     assert errors[LENGTH].tolist() == [1.0] and errors[ANGLE].tolist() == [5.0]
 
 
+def test_binned_coordinate_components_stay_in_their_stretch_and_sample_where_they_sit():
+    mix = ValueMixture(ModelConfig(vocab_size=10, n_layer=1, n_head=1, d_model=8, n_gauss=4, n_mix=4,
+                                   coord_bins=True))
+    # the initial bias puts component k at the centre of its stretch, k / K
+    block = mix.select(mix.initial_bias()[None], torch.tensor([COORD]))[0]
+    assert block[1].tolist() == pytest.approx([0.0, 0.25, 0.5, 0.75])
+    # whatever the raw location, component k stays within BIN_REACH / K of k / K
+    raw = torch.tensor([-50.0, -0.3, 0.8, 50.0])
+    p = _params(mix, COORD, [0.0, 0.0, 0.0, 0.0], raw.tolist(), [math.log(200.0)] * 4)
+    loc = mix.select(p[None], torch.tensor([COORD]))[0, 1]
+    reach = mix.BIN_REACH / 4
+    assert (loc - torch.arange(4) / 4).abs().max() <= reach + 1e-6
+    assert float(loc[0]) == pytest.approx(-reach) and float(loc[3]) == pytest.approx(0.75 + reach)
+    # lengths and angles keep free locations
+    p_len = _params(mix, LENGTH, [0.0] * 4, [3.0, 0.0, 0.0, 0.0], [0.0] * 4)
+    assert float(mix.select(p_len[None], torch.tensor([LENGTH]))[0, 1, 0]) == 3.0
+    # the density is still a density, and sampling and the point value use the binned locations
+    x = torch.linspace(0, 1, 20001)[:-1]
+    dens = torch.exp(-mix.nll(p.expand(len(x), -1), x, torch.full(x.shape, COORD)))
+    assert float(dens.mean()) == pytest.approx(1.0, abs=1e-3)
+    one = _params(mix, COORD, [-30.0, 0.0, -30.0, -30.0], [0.0, 0.8, 0.0, 0.0], [0.0, math.log(5000.0), 0.0, 0.0])
+    expected = (1 + mix.BIN_REACH * math.tanh(0.8)) / 4
+    rng = np.random.default_rng(1)
+    draws = np.array([mix.sample(one.numpy(), COORD, 1.0, rng) for _ in range(400)])
+    assert np.median(draws) == pytest.approx(expected, abs=2e-3)
+    assert float(mix.point(one[None], torch.tensor([COORD]))[0]) == pytest.approx(expected, abs=1e-6)
+
+
 def _two_free_position(group: int, n_free: int) -> str:
     from matra_hpc.tokens import wyckoff_table
 

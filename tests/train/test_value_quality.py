@@ -1,9 +1,10 @@
 """The tiny model learns every kind of value: a fixed number of steps on a fixed slice of real
-structures brings each per-kind error below the per-kind mean predictor's.
+structures brings each per-kind error below half of the per-kind mean predictor's (issue 13).
 
-Issue 13 asks for half of the mean predictor's error for every kind. Lengths and angles reach it;
-free coordinates do not yet (about 0.8 at 600 steps on this slice, measured on the final tree), so
-their bound is the one the model meets today, and the issue stays open until it is 0.5."""
+Measured with the tiny config (binned coordinate components, value loss weight 0.1), 600 steps:
+coordinates 0.12-0.38 of the mean predictor over seeds 0-3 and one or two torch threads, lengths
+0.02-0.22, angles 0.01-0.03. With free coordinate locations and weight 1 coordinates stalled at
+0.8-1.0 on most seeds (docs/generation-quality.md, section 2)."""
 
 from __future__ import annotations
 
@@ -50,5 +51,4 @@ def test_per_kind_errors_fall_below_half_of_the_mean_predictor(tmp_path: Path) -
     assert result.step == 600
     last = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "val"][-1]
     ratios = {kind: last[f"mae_{kind}"] / last[f"base_mae_{kind}"] for kind in ("coordinate", "length", "angle")}
-    bounds = {"coordinate": 0.9, "length": 0.5, "angle": 0.5}
-    assert all(ratios[kind] < bound for kind, bound in bounds.items()), ratios
+    assert all(ratio < 0.5 for ratio in ratios.values()), ratios
