@@ -179,19 +179,20 @@ def _earlier_atoms(group: int, sites: list[tuple[int, tuple[float, ...]]]) -> np
 
 
 @functools.lru_cache(maxsize=8192)
-def _repel_plan(group: int, index: int):
-    """Per position, computed once, padded to three free values: the rows (and signs) its free
-    values are read back from, the representative's shift on them, its free columns (3, 3; zero
-    rows past its free values) and shift."""
+def _repel_plan(group: int, index: int, axis: int):
+    """Per (position, free axis), computed once: the row (and sign, and the representative's
+    shift on it) the free value is read back from, the atom's move per unit of the earlier free
+    values (axis, 3) and of this one (3,), and the representative's shift (3,). Only the site's
+    last free value is repelled, so no free value comes after ``axis``."""
     from matra_hpc.tokens.wyckoff import position_ops
 
     ops = position_ops(group)[index]
     rep, shift = ops.ops[0, :, :3], ops.ops[0, :, 3]
-    nf = len(ops.free_axes)
-    rows, signs, rep_free = np.zeros(3, dtype=np.int64), np.zeros(3), np.zeros((3, 3))
-    rows[:nf], signs[:nf] = ops.read_rows, ops.read_signs
-    rep_free[:nf] = rep[:, list(ops.free_axes)].T
-    return rows, signs, shift[rows] * (np.arange(3) < nf), rep_free, shift
+    if axis != len(ops.free_axes) - 1:
+        raise ValueError(f"free value {axis} of position {index} of group {group} is not its last")
+    moves = rep[:, list(ops.free_axes)].T  # (n_free, 3)
+    row = int(ops.read_rows[axis])
+    return row, float(ops.read_signs[axis]), float(shift[row]), moves[:axis].copy(), moves[axis].copy(), shift.copy()
 
 
 def _repel_candidates(group: int, index: int, axis: int, current, points: np.ndarray) -> tuple[list[float], list[float]]:
@@ -211,23 +212,18 @@ def _repel_candidates_many(sites: list[tuple]) -> list[tuple[list[float], list[f
     if sum(counts):
         owner = np.repeat(np.arange(len(sites)), counts)
         points = np.concatenate([site[4] for site in sites if len(site[4])])
-        plans = [_repel_plan(site[0], site[1]) for site in sites]
-        rows = np.stack([p[0] for p in plans])[owner]  # (N, 3)
-        signs = np.stack([p[1] for p in plans])[owner]
-        shift_rows = np.stack([p[2] for p in plans])[owner]
-        rep_free = np.stack([p[3] for p in plans])[owner]  # (N, 3, 3)
-        shift = np.stack([p[4] for p in plans])[owner]
-        axes = np.array([site[2] for site in sites])[owner]
-        current = np.zeros((len(sites), 3))
-        for k, site in enumerate(sites):
-            current[k, : site[2]] = site[3][: site[2]]
-        # the free values each atom implies, with the site's own values so far before its axis
-        free = np.mod(signs * (np.take_along_axis(points, rows, axis=1) - shift_rows), 1.0)
-        free = np.where(np.arange(3)[None, :] < axes[:, None], current[owner], free)
-        d = free[:, 0:1] * rep_free[:, 0] + free[:, 1:2] * rep_free[:, 1] + free[:, 2:3] * rep_free[:, 2]
-        d = d + shift - points  # the site's atom at those values minus the earlier atom
+        plans = [_repel_plan(site[0], site[1], site[2]) for site in sites]
+        row = np.array([p[0] for p in plans])[owner]
+        sign = np.array([p[1] for p in plans])[owner]
+        shift_row = np.array([p[2] for p in plans])[owner]
+        # the site's atom at its values so far and x on the last axis: base + x * move
+        base = np.array([p[5] + np.asarray(site[3][: site[2]], dtype=np.float64) @ p[3] for p, site in
+                         zip(plans, sites, strict=True)])
+        move = np.array([p[4] for p in plans])
+        # the last free value each earlier atom implies, then how far the site's atom is from it
+        reps = np.mod(sign * (points[np.arange(len(points)), row] - shift_row), 1.0)
+        d = base[owner] + reps[:, None] * move[owner] - points
         d -= np.rint(d)
-        reps = free[np.arange(len(free)), axes]
         weights = np.exp((d * d).sum(axis=1) * (-0.5 / AXIS_WIDTH**2))
     else:
         owner = np.zeros(0, dtype=np.int64)

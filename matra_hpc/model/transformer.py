@@ -725,8 +725,64 @@ class ValueMixture:
     # repulsion factor: near 1 unless the mixture sits on a repelled value).
     REPEL_TRIALS = 32
 
+    def sample_many(
+        self,
+        params: np.ndarray,
+        kinds: np.ndarray,
+        temperature: float,
+        rngs: list[np.random.Generator],
+        atoms: np.ndarray,
+        repels: list[tuple[list[float], list[float]] | None],
+    ) -> np.ndarray:
+        """``sample`` for many rows at once (params (n, P), kinds, atoms and repels per row), each
+        row from its own generator in the same order of draws as ``sample``, so a row's value is
+        the one ``sample`` would give it. The array work (tempering, picking the component,
+        mapping back to the values' units) is done once for all rows; only the draws themselves
+        stay per row. A repelled coordinate whose first proposal is refused goes on in ``sample``'s
+        own loop."""
+        n, k = len(kinds), self.k
+        if n == 0:
+            return np.zeros(0)
+        kinds = np.asarray(kinds, dtype=np.int64)
+        rows = np.arange(n)
+        p = np.asarray(params, dtype=np.float64)
+        blocks = p[:, : 9 * k].reshape(n, 3, 3, k)[rows, kinds - 1]  # (n, 3, K): each row's kind
+        coord = kinds == COORD
+        if self.coord_bins and coord.any():
+            blocks[coord, 1] = (np.arange(k) + self.BIN_REACH * np.tanh(blocks[coord, 1])) / k
+        logits = blocks[:, 0] / temperature
+        cdf = np.cumsum(np.exp(logits - logits.max(axis=1, keepdims=True)), axis=1)
+        u = np.array([rng.random() for rng in rngs])
+        # searchsorted(cdf, u * total, side="right") per row
+        comp = np.minimum((cdf <= (u * cdf[:, -1])[:, None]).sum(axis=1), k - 1)
+        loc, log_scale = blocks[rows, 1, comp], blocks[rows, 2, comp]
+        kappa = np.exp(np.clip(log_scale, *self.LOG_KAPPA)) / temperature
+        sigma = np.exp(np.clip(log_scale, *self.LOG_SIGMA)) * math.sqrt(temperature)
+        mu = 2 * math.pi * loc
+        draws = np.array([rngs[i].vonmises(mu[i], kappa[i]) if coord[i] else rngs[i].standard_normal()
+                          for i in range(n)])
+        z = loc + sigma * draws
+        length = np.exp(np.minimum(z * self.length_scale + self.length_loc + self.length_offset(np.asarray(atoms)),
+                                   700.0))
+        out = np.where(coord, np.mod(draws / (2 * math.pi), 1.0), np.where(kinds == LENGTH, length,
+                                                                          z * self.angle_scale + self.angle_loc))
+        if self.repulsion:
+            for i in np.flatnonzero(coord):
+                repel = repels[i]
+                if not repel or not len(repel[0]):
+                    continue
+                # sample()'s first trial, then its acceptance uniform; refused: its loop goes on
+                strength = float(np.logaddexp(0.0, p[i, -2])) / temperature
+                kr = math.exp(min(max(float(p[i, -1]), self.LOG_KAPPA_REPEL[0]), self.LOG_KAPPA_REPEL[1]))
+                reps, weights = np.asarray(repel[0], dtype=np.float64), np.asarray(repel[1], dtype=np.float64)
+                penalty = strength * float((weights * np.exp(kr * (np.cos(2 * np.pi * (out[i] - reps)) - 1.0))).sum())
+                if rngs[i].random() >= math.exp(-penalty):
+                    out[i] = self._sample_repelled(p[i], blocks[i], temperature, rngs[i], repel,
+                                                   trials=self.REPEL_TRIALS - 1)
+        return out
+
     def _sample_repelled(self, p: np.ndarray, block: np.ndarray, temperature: float, rng: np.random.Generator,
-                         repel: tuple[list[float], list[float]]) -> float:
+                         repel: tuple[list[float], list[float]], trials: int | None = None) -> float:
         """A coordinate from m_T(x) * r(x)^(1/T): m_T the tempered mixture (as for any coordinate),
         r(x) = exp(-lambda sum_j w_j exp(kappa_r (cos 2 pi (x - r_j) - 1))) <= 1 the repulsion. At
         T = 1 this is the density the model is trained on. Exact rejection sampling: a draw of m_T
@@ -737,7 +793,7 @@ class ValueMixture:
         kr = math.exp(min(max(float(p[-1]), self.LOG_KAPPA_REPEL[0]), self.LOG_KAPPA_REPEL[1]))
         reps, weights = np.asarray(repel[0], dtype=np.float64), np.asarray(repel[1], dtype=np.float64)
         cdf = self._component_cdf(block, temperature)
-        for _ in range(self.REPEL_TRIALS):
+        for _ in range(self.REPEL_TRIALS if trials is None else trials):
             x = self._draw_coordinate(block, cdf, temperature, rng)
             penalty = strength * float((weights * np.exp(kr * (np.cos(2 * np.pi * (x - reps)) - 1.0))).sum())
             if rng.random() < math.exp(-penalty):

@@ -212,30 +212,47 @@ class _Run:
         grammar, settings, temperature = self.grammar, self.settings, self.temperature
         allowed = torch.from_numpy(np.ascontiguousarray(grammar.masks([self.states[i] for i in seqs])))
         u = torch.tensor([self.rngs[i].random() for i in seqs], dtype=torch.float64)
-        chosen = _draw_tokens(last_logits.float(), allowed.to(last_logits.device), temperature, u)
+        # a list: indexing a tensor element by element costs microseconds per row and step
+        chosen = _draw_tokens(last_logits.float(), allowed.to(last_logits.device), temperature, u).tolist()
+        num_id = self.model.config.num_id
         repels: dict[int, tuple[list[float], list[float]]] = {}
         if self.mixture is not None and self.mixture.repulsion:
             # the last free value of a site: its repulsion context, all such rows at once, from
             # the grammar's own record of the sites
-            last = [k for k, i in enumerate(seqs) if int(chosen[k]) == self.model.config.num_id
+            last = [k for k, i in enumerate(seqs) if chosen[k] == num_id
                     and self.kinds[i] == COORD and self.states[i].coords_left == 1]
             if last:
                 found = site_repulsion_many([grammar.site_context(self.states[seqs[k]]) for k in last])
                 repels = dict(zip(last, found, strict=True))
+        drawn: dict[int, float] = {}
+        if self.mixture is not None:
+            # every row's first draw from the mixture in one call (per-row generators, same draws)
+            value_rows = [k for k in range(len(seqs)) if chosen[k] == num_id]
+            if value_rows:
+                kinds = np.array([self.kinds[seqs[k]] for k in value_rows])
+                atoms = np.array([sequence_cell_atoms(self.tokens[seqs[k]]) if kind == LENGTH else 1
+                                  for k, kind in zip(value_rows, kinds, strict=True)])
+                values = self.mixture.sample_many(last_cont[value_rows], kinds, temperature,
+                                                  [self.rngs[seqs[k]] for k in value_rows], atoms,
+                                                  [repels.get(k) for k in value_rows])
+                drawn = dict(zip(value_rows, values.tolist(), strict=True))
         out = []
         for k, i in enumerate(seqs):
             state, rng = self.states[i], self.rngs[i]
-            token = int(chosen[k])
+            token = chosen[k]
             value = math.nan
-            if token == self.model.config.num_id:
+            if token == num_id:
                 lo, hi = grammar.value_range(state)
                 periodic = _is_coordinate(lo, hi)
                 if self.mixture is not None:
                     kind = self.kinds[i]
-                    atoms = sequence_cell_atoms(self.tokens[i]) if kind == LENGTH else 1
-                    repel = repels.get(k)
-                    value, ok = _draw_mixture_value(self.mixture, last_cont[k], kind, temperature, rng, grammar,
-                                                    state, lo, hi, periodic, atoms, repel)
+                    value = _into_range(drawn[k], lo, hi, periodic=periodic)
+                    ok = grammar.value_allowed(state, value)
+                    if not ok:  # refused: the model draws again (MODEL_REDRAWS in all)
+                        atoms = sequence_cell_atoms(self.tokens[i]) if kind == LENGTH else 1
+                        value, ok = _draw_mixture_value(self.mixture, last_cont[k], kind, temperature, rng, grammar,
+                                                        state, lo, hi, periodic, atoms, repels.get(k),
+                                                        draws=MODEL_REDRAWS - 1)
                 else:
                     raw = float(last_cont[k])
                     if settings.value_noise > 0:
@@ -433,10 +450,12 @@ def _mixture_value(mixture, params: np.ndarray, kind: int, temperature: float, r
 
 def _draw_mixture_value(mixture, params: np.ndarray, kind: int, temperature: float, rng: np.random.Generator,
                         grammar, state, lo: float, hi: float, periodic: bool, atoms: int = 1,
-                        repel: tuple[list[float], list[float]] | None = None) -> tuple[float, bool]:
-    """``_mixture_value`` and whether the grammar allowed it (the caller need not ask again)."""
+                        repel: tuple[list[float], list[float]] | None = None,
+                        draws: int = MODEL_REDRAWS) -> tuple[float, bool]:
+    """``_mixture_value`` (``draws`` tries) and whether the grammar allowed it (the caller need not
+    ask again)."""
     value = lo
-    for _ in range(MODEL_REDRAWS):
+    for _ in range(draws):
         value = _into_range(mixture.sample(params, kind, temperature, rng, atoms, repel), lo, hi, periodic=periodic)
         if grammar.value_allowed(state, value):
             return value, True
