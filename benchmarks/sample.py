@@ -27,8 +27,13 @@ One JSON line per (config, batch), with the machine, torch threads and git revis
 ``--baseline-config`` (default ``tiny-paper``: the tiny size with the paper's value head) runs
 first; every other config's line also carries its figures and the ratios (structures/s and
 tokens/s, refill): the cost of the typed slots, mixture head and repulsion, same run.
+``--trained CONFIG=CHECKPOINT`` (repeatable) samples that config with trained weights instead of
+random ones: random weights draw crystals of hundreds of atoms (a step's repulsion then reads
+thousands of earlier atoms), trained ones draw the crystals a run really samples. Compare trained
+with trained: both configs trained on the same store for the same steps.
 Usage: python benchmarks/sample.py [--configs tiny,paper] [--batch-sizes 32,128,256] [--batches 3]
        [--device cuda] [--nocache-baseline] [--baseline-config tiny-paper]
+       [--trained tiny=demo-out/train --trained tiny-paper=runs/tiny-paper]
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import time
 import numpy as np
 import torch
 
-from matra_hpc.model import MatraTransformer, load_model_config
+from matra_hpc.model import MatraTransformer, load_model, load_model_config
 from matra_hpc.sample.sampler import SamplerSettings, SamplingStats, sample_sequences
 from matra_hpc.tokens import load_vocab
 from matra_hpc.tokens.grammar import Grammar
@@ -102,7 +107,10 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=6)
     parser.add_argument("--baseline-config", default="tiny-paper",
                         help="same-run baseline of the other configs (the paper's value head); '' for none")
+    parser.add_argument("--trained", action="append", default=[], metavar="CONFIG=CHECKPOINT",
+                        help="sample CONFIG with the weights of CHECKPOINT (a training output or checkpoint folder)")
     args = parser.parse_args()
+    trained = dict(item.split("=", 1) for item in args.trained)
     vocab = load_vocab()
     grammar = Grammar()
     names = args.configs.split(",")
@@ -113,7 +121,11 @@ def main() -> None:
     baseline_rows: dict[int, dict] = {}
     for name in names:
         torch.manual_seed(0)
-        model = MatraTransformer(load_model_config(name, vocab.size)).to(args.device).eval()
+        if name in trained:
+            model, _ = load_model(trained[name], args.device)
+            model.eval()
+        else:
+            model = MatraTransformer(load_model_config(name, vocab.size)).to(args.device).eval()
         run_sampler(model, grammar, 8, args.device, True, seed=99)  # warm-up (and grammar caches)
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             n = args.batches * batch
@@ -124,7 +136,8 @@ def main() -> None:
             cohort_seqs, cohort_stats, cached_s = run_sampler(model, grammar, n, args.device, True, record=True,
                                                               batch=batch, refill=False)
             row = {
-                "benchmark": "sample", "config": name, "params": model.num_params(), "batch": batch,
+                "benchmark": "sample", "config": name, "weights": trained.get(name, "random"),
+                "params": model.num_params(), "batch": batch,
                 "structures": n, "device": args.device, "torch_threads": torch.get_num_threads(),
                 "machine": platform.machine(), "cpus": os.cpu_count(), "git": git_revision(),
                 "complete": sum(s.complete for s in seqs),

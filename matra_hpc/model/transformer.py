@@ -127,8 +127,9 @@ class ModelConfig:
     learned from the data (``ValueMixture``). Not a sampler guard: the model's own density."""
     coord_bins: bool = False
     """Each coordinate component keeps to its own stretch of the period: component k is centred
-    at (k + r tanh(u)) / n_mix for a predicted u, with r = ``ValueMixture.BIN_REACH`` (neighbours
-    overlap). Picking the stretch is then a softmax over components, which learns like a token;
+    at (k + 1/2 + r tanh(u)) / n_mix for a predicted u, with r = ``ValueMixture.BIN_REACH``
+    (neighbours overlap; the resting centres are generic values, not the special positions 0,
+    1/4, 1/2 where an orbit collapses). Picking the stretch is then a softmax over components, which learns like a token;
     free locations instead sit where they start when the target is far (the von Mises gradient
     vanishes half a period away), and the model was seen not to learn coordinates at all."""
     value_loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -557,7 +558,7 @@ class ValueMixture:
         same mode: coordinates at k / n_mix with kappa 8, lengths and angles over -1.5..1.5."""
         k = self.k
         bias = torch.zeros(3, 3, k)
-        bias[0, 1] = 0.0 if self.coord_bins else torch.arange(k) / k  # bins: u = 0 is the centre k / K
+        bias[0, 1] = 0.0 if self.coord_bins else torch.arange(k) / k  # bins: u = 0 is the centre (k + 1/2) / K
         bias[0, 2] = math.log(8.0)
         spread = torch.linspace(-1.5, 1.5, k) if k > 1 else torch.zeros(1)
         bias[1:, 1] = spread
@@ -573,7 +574,7 @@ class ValueMixture:
         block = blocks.gather(-3, index).squeeze(-3)
         if not self.coord_bins:
             return block
-        centres = torch.arange(self.k, device=params.device, dtype=block.dtype)
+        centres = torch.arange(self.k, device=params.device, dtype=block.dtype) + 0.5
         binned = (centres + self.BIN_REACH * torch.tanh(block[..., 1, :])) / self.k
         loc = torch.where((kinds == COORD)[..., None], binned, block[..., 1, :])
         return torch.stack([block[..., 0, :], loc, block[..., 2, :]], dim=-2)
@@ -687,24 +688,8 @@ class ValueMixture:
         in the cell, for lengths): one uniform picks the component, then one von Mises or normal
         draw, all from ``rng``. A coordinate with ``repel`` (values, weights) is drawn from the
         tempered mixture times the repulsion factor raised to 1/T (``_sample_repelled``)."""
-        k = self.k
-        p = np.asarray(params, dtype=np.float64)
-        block = p[: 9 * k].reshape(3, 3, k)[kind - 1]
-        if kind == COORD and self.coord_bins:
-            block = block.copy()
-            block[1] = (np.arange(k) + self.BIN_REACH * np.tanh(block[1])) / k
-        if kind == COORD and self.repulsion and repel and len(repel[0]):
-            return self._sample_repelled(p, block, temperature, rng, repel)
-        cdf = self._component_cdf(block, temperature)
-        if kind == COORD:
-            return self._draw_coordinate(block, cdf, temperature, rng)
-        c = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), k - 1)
-        loc = float(block[1, c])
-        sigma = math.exp(min(max(float(block[2, c]), self.LOG_SIGMA[0]), self.LOG_SIGMA[1])) * math.sqrt(temperature)
-        z = loc + sigma * float(rng.standard_normal())
-        if kind == LENGTH:
-            return math.exp(min(z * self.length_scale + self.length_loc + float(self.length_offset(atoms)), 700.0))
-        return z * self.angle_scale + self.angle_loc
+        return float(self.sample_many(np.asarray(params, dtype=np.float64)[None], np.array([kind]), temperature, [rng],
+                                      np.array([atoms]), [repel])[0])
 
     @staticmethod
     def _component_cdf(block: np.ndarray, temperature: float) -> np.ndarray:
@@ -712,18 +697,11 @@ class ValueMixture:
         logits = block[0] / temperature
         return np.cumsum(np.exp(logits - logits.max()))
 
-    def _draw_coordinate(self, block: np.ndarray, cdf: np.ndarray, temperature: float,
-                         rng: np.random.Generator) -> float:
-        """One draw of the tempered coordinate mixture: a component (one uniform), then its von
-        Mises at kappa / T."""
-        c = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), self.k - 1)
-        kappa = math.exp(min(max(float(block[2, c]), self.LOG_KAPPA[0]), self.LOG_KAPPA[1])) / temperature
-        theta = float(rng.vonmises(2 * math.pi * float(block[1, c]), kappa))
-        return (theta / (2 * math.pi)) % 1.0
-
     # Proposals of the tempered mixture tried before the grid takes over (the acceptance is the
-    # repulsion factor: near 1 unless the mixture sits on a repelled value).
+    # repulsion factor: near 1 unless the mixture sits on a repelled value), after the first one
+    # in blocks of REPEL_BLOCK drawn at once.
     REPEL_TRIALS = 32
+    REPEL_BLOCK = 8
 
     def sample_many(
         self,
@@ -735,11 +713,10 @@ class ValueMixture:
         repels: list[tuple[list[float], list[float]] | None],
     ) -> np.ndarray:
         """``sample`` for many rows at once (params (n, P), kinds, atoms and repels per row), each
-        row from its own generator in the same order of draws as ``sample``, so a row's value is
-        the one ``sample`` would give it. The array work (tempering, picking the component,
-        mapping back to the values' units) is done once for all rows; only the draws themselves
-        stay per row. A repelled coordinate whose first proposal is refused goes on in ``sample``'s
-        own loop."""
+        row from its own generator only, so a row's value does not depend on the other rows. The
+        array work (tempering, picking the component, mapping back to the values' units) is done
+        once for all rows; only the draws themselves stay per row. A repelled coordinate whose
+        first proposal is refused goes on in ``_sample_repelled``."""
         n, k = len(kinds), self.k
         if n == 0:
             return np.zeros(0)
@@ -749,7 +726,7 @@ class ValueMixture:
         blocks = p[:, : 9 * k].reshape(n, 3, 3, k)[rows, kinds - 1]  # (n, 3, K): each row's kind
         coord = kinds == COORD
         if self.coord_bins and coord.any():
-            blocks[coord, 1] = (np.arange(k) + self.BIN_REACH * np.tanh(blocks[coord, 1])) / k
+            blocks[coord, 1] = (np.arange(k) + 0.5 + self.BIN_REACH * np.tanh(blocks[coord, 1])) / k
         logits = blocks[:, 0] / temperature
         cdf = np.cumsum(np.exp(logits - logits.max(axis=1, keepdims=True)), axis=1)
         u = np.array([rng.random() for rng in rngs])
@@ -771,14 +748,14 @@ class ValueMixture:
                 repel = repels[i]
                 if not repel or not len(repel[0]):
                     continue
-                # sample()'s first trial, then its acceptance uniform; refused: its loop goes on
+                # the first proposal and its acceptance uniform; refused: more proposals, then the grid
                 strength = float(np.logaddexp(0.0, p[i, -2])) / temperature
                 kr = math.exp(min(max(float(p[i, -1]), self.LOG_KAPPA_REPEL[0]), self.LOG_KAPPA_REPEL[1]))
                 reps, weights = np.asarray(repel[0], dtype=np.float64), np.asarray(repel[1], dtype=np.float64)
                 penalty = strength * float((weights * np.exp(kr * (np.cos(2 * np.pi * (out[i] - reps)) - 1.0))).sum())
-                if rngs[i].random() >= math.exp(-penalty):
+                if self.REPEL_TRIALS < 1 or rngs[i].random() >= math.exp(-penalty):
                     out[i] = self._sample_repelled(p[i], blocks[i], temperature, rngs[i], repel,
-                                                   trials=self.REPEL_TRIALS - 1)
+                                                   trials=max(self.REPEL_TRIALS - 1, 0))
         return out
 
     def _sample_repelled(self, p: np.ndarray, block: np.ndarray, temperature: float, rng: np.random.Generator,
@@ -786,18 +763,26 @@ class ValueMixture:
         """A coordinate from m_T(x) * r(x)^(1/T): m_T the tempered mixture (as for any coordinate),
         r(x) = exp(-lambda sum_j w_j exp(kappa_r (cos 2 pi (x - r_j) - 1))) <= 1 the repulsion. At
         T = 1 this is the density the model is trained on. Exact rejection sampling: a draw of m_T
-        is kept with probability r(x)^(1/T) (one more uniform); after ``REPEL_TRIALS`` refusals
-        (the mixture sits on a repelled value) the same density is drawn on a 2048-point grid.
-        A few scalar operations per draw, where evaluating the grid every time cost milliseconds."""
+        is kept with probability r(x)^(1/T) (one more uniform); proposals come ``REPEL_BLOCK`` at
+        a time (the first accepted one is kept); after ``trials`` refusals (default
+        ``REPEL_TRIALS``: the mixture sits on a repelled value) the same density is drawn on a
+        2048-point grid. A few array operations per block, where evaluating the grid every time
+        cost milliseconds."""
         strength = float(np.logaddexp(0.0, p[-2])) / temperature
         kr = math.exp(min(max(float(p[-1]), self.LOG_KAPPA_REPEL[0]), self.LOG_KAPPA_REPEL[1]))
         reps, weights = np.asarray(repel[0], dtype=np.float64), np.asarray(repel[1], dtype=np.float64)
         cdf = self._component_cdf(block, temperature)
-        for _ in range(self.REPEL_TRIALS if trials is None else trials):
-            x = self._draw_coordinate(block, cdf, temperature, rng)
-            penalty = strength * float((weights * np.exp(kr * (np.cos(2 * np.pi * (x - reps)) - 1.0))).sum())
-            if rng.random() < math.exp(-penalty):
-                return x
+        left = self.REPEL_TRIALS if trials is None else trials
+        while left > 0:
+            m = min(self.REPEL_BLOCK, left)
+            left -= m
+            comp = np.minimum(np.searchsorted(cdf, rng.random(m) * cdf[-1], side="right"), self.k - 1)
+            kappa = np.exp(np.clip(block[2, comp], *self.LOG_KAPPA)) / temperature
+            x = np.mod(rng.vonmises(2 * np.pi * block[1, comp], kappa) / (2 * np.pi), 1.0)
+            penalty = strength * (weights[None, :] * np.exp(kr * (np.cos(2 * np.pi * (x[:, None] - reps[None, :])) - 1.0))).sum(1)
+            accepted = np.flatnonzero(rng.random(m) < np.exp(-penalty))
+            if len(accepted):
+                return float(x[accepted[0]])
         g = (np.arange(self.SAMPLE_GRID) + 0.5) / self.SAMPLE_GRID
         log_w = np.log(np.diff(cdf, prepend=0.0) / cdf[-1])  # tempered component weights
         kappa = np.exp(np.clip(block[2], *self.LOG_KAPPA)) / temperature

@@ -140,16 +140,17 @@ def test_point_value_is_the_highest_peak_in_the_values_units():
 def test_binned_coordinate_components_stay_in_their_stretch_and_sample_where_they_sit():
     mix = ValueMixture(ModelConfig(vocab_size=10, n_layer=1, n_head=1, d_model=8, n_gauss=4, n_mix=4,
                                    coord_bins=True))
-    # the initial bias puts component k at the centre of its stretch, k / K
+    # the initial bias puts component k at the centre of its stretch, (k + 1/2) / K: generic
+    # values, not the special positions 0, 1/4, 1/2 where an orbit collapses
     block = mix.select(mix.initial_bias()[None], torch.tensor([COORD]))[0]
-    assert block[1].tolist() == pytest.approx([0.0, 0.25, 0.5, 0.75])
-    # whatever the raw location, component k stays within BIN_REACH / K of k / K
+    assert block[1].tolist() == pytest.approx([0.125, 0.375, 0.625, 0.875])
+    # whatever the raw location, component k stays within BIN_REACH / K of its centre
     raw = torch.tensor([-50.0, -0.3, 0.8, 50.0])
     p = _params(mix, COORD, [0.0, 0.0, 0.0, 0.0], raw.tolist(), [math.log(200.0)] * 4)
     loc = mix.select(p[None], torch.tensor([COORD]))[0, 1]
     reach = mix.BIN_REACH / 4
-    assert (loc - torch.arange(4) / 4).abs().max() <= reach + 1e-6
-    assert float(loc[0]) == pytest.approx(-reach) and float(loc[3]) == pytest.approx(0.75 + reach)
+    assert (loc - (torch.arange(4) + 0.5) / 4).abs().max() <= reach + 1e-6
+    assert float(loc[0]) == pytest.approx(0.125 - reach) and float(loc[3]) == pytest.approx(0.875 + reach)
     # lengths and angles keep free locations
     p_len = _params(mix, LENGTH, [0.0] * 4, [3.0, 0.0, 0.0, 0.0], [0.0] * 4)
     assert float(mix.select(p_len[None], torch.tensor([LENGTH]))[0, 1, 0]) == 3.0
@@ -158,7 +159,7 @@ def test_binned_coordinate_components_stay_in_their_stretch_and_sample_where_the
     dens = torch.exp(-mix.nll(p.expand(len(x), -1), x, torch.full(x.shape, COORD)))
     assert float(dens.mean()) == pytest.approx(1.0, abs=1e-3)
     one = _params(mix, COORD, [-30.0, 0.0, -30.0, -30.0], [0.0, 0.8, 0.0, 0.0], [0.0, math.log(5000.0), 0.0, 0.0])
-    expected = (1 + mix.BIN_REACH * math.tanh(0.8)) / 4
+    expected = (1.5 + mix.BIN_REACH * math.tanh(0.8)) / 4
     rng = np.random.default_rng(1)
     draws = np.array([mix.sample(one.numpy(), COORD, 1.0, rng) for _ in range(400)])
     assert np.median(draws) == pytest.approx(expected, abs=2e-3)
@@ -274,6 +275,8 @@ def test_repulsion_of_many_sites_at_once_equals_one_by_one(demo_sequences):
 
 @pytest.mark.parametrize("coord_bins", [False, True])
 def test_sampling_many_rows_at_once_gives_each_row_its_own_draws(coord_bins):
+    """The sampler draws a step's values in one call: a row's value comes from its own generator
+    and is the one it gets drawn alone, whatever the other rows (refused proposals included)."""
     import copy
 
     mix = ValueMixture(ModelConfig(vocab_size=10, n_layer=1, n_head=1, d_model=8, n_gauss=4, n_mix=4,
@@ -288,8 +291,9 @@ def test_sampling_many_rows_at_once_gives_each_row_its_own_draws(coord_bins):
               for k, kind in enumerate(kinds)]
     rngs = [np.random.default_rng(100 + k) for k in range(n)]
     copies = [copy.deepcopy(r) for r in rngs]
-    one_by_one = [mix.sample(params[k], int(kinds[k]), 0.8, copies[k], int(atoms[k]), repels[k]) for k in range(n)]
-    at_once = mix.sample_many(params, kinds, 0.8, rngs, atoms, repels)
-    assert at_once.tolist() == pytest.approx(one_by_one, rel=1e-12, abs=1e-12)
-    # each generator advanced as far as one by one: the next draws agree too
+    alone = [mix.sample(params[k], int(kinds[k]), 0.8, copies[k], int(atoms[k]), repels[k]) for k in range(n)]
+    together = mix.sample_many(params, kinds, 0.8, rngs, atoms, repels)
+    assert together.tolist() == pytest.approx(alone, rel=1e-12, abs=1e-12)
+    assert len(set(np.round(together, 9))) == n
+    # each generator advanced exactly as far as alone: the next draws agree too
     assert [r.random() for r in rngs] == [r.random() for r in copies]
