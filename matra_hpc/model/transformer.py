@@ -37,6 +37,7 @@ Shape letters: B batch, T time (positions), C = d_model, nh heads, hs head size,
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -701,7 +702,7 @@ class ValueMixture:
     # repulsion factor: near 1 unless the mixture sits on a repelled value), after the first one
     # in blocks of REPEL_BLOCK drawn at once.
     REPEL_TRIALS = 32
-    REPEL_BLOCK = 8
+    REPEL_BLOCK = 32
 
     def sample_many(
         self,
@@ -733,8 +734,9 @@ class ValueMixture:
         # searchsorted(cdf, u * total, side="right") per row
         comp = np.minimum((cdf <= (u * cdf[:, -1])[:, None]).sum(axis=1), k - 1)
         loc, log_scale = blocks[rows, 1, comp], blocks[rows, 2, comp]
-        kappa = np.exp(np.clip(log_scale, *self.LOG_KAPPA)) / temperature
-        sigma = np.exp(np.clip(log_scale, *self.LOG_SIGMA)) * math.sqrt(temperature)
+        # np.minimum(np.maximum()) rather than np.clip: a few microseconds less per call, every step
+        kappa = np.exp(np.minimum(np.maximum(log_scale, self.LOG_KAPPA[0]), self.LOG_KAPPA[1])) / temperature
+        sigma = np.exp(np.minimum(np.maximum(log_scale, self.LOG_SIGMA[0]), self.LOG_SIGMA[1])) * math.sqrt(temperature)
         mu = 2 * math.pi * loc
         draws = np.array([rngs[i].vonmises(mu[i], kappa[i]) if coord[i] else rngs[i].standard_normal()
                           for i in range(n)])
@@ -744,22 +746,32 @@ class ValueMixture:
         out = np.where(coord, np.mod(draws / (2 * math.pi), 1.0), np.where(kinds == LENGTH, length,
                                                                           z * self.angle_scale + self.angle_loc))
         if self.repulsion:
-            for i in np.flatnonzero(coord):
-                repel = repels[i]
-                if not repel or not len(repel[0]):
-                    continue
-                # the first proposal and its acceptance uniform; refused: more proposals, then the grid
-                strength = float(np.logaddexp(0.0, p[i, -2])) / temperature
-                kr = math.exp(min(max(float(p[i, -1]), self.LOG_KAPPA_REPEL[0]), self.LOG_KAPPA_REPEL[1]))
-                reps, weights = np.asarray(repel[0], dtype=np.float64), np.asarray(repel[1], dtype=np.float64)
-                penalty = strength * float((weights * np.exp(kr * (np.cos(2 * np.pi * (out[i] - reps)) - 1.0))).sum())
-                if self.REPEL_TRIALS < 1 or rngs[i].random() >= math.exp(-penalty):
-                    out[i] = self._sample_repelled(p[i], blocks[i], temperature, rngs[i], repel,
-                                                   trials=max(self.REPEL_TRIALS - 1, 0))
+            rows = [i for i in np.flatnonzero(coord) if repels[i] and len(repels[i][0])]
+            if rows:
+                self._accept_first(out, np.array(rows), p, blocks, cdf, temperature, rngs, repels)
         return out
 
+    def _accept_first(self, out: np.ndarray, rows: np.ndarray, p: np.ndarray, blocks: np.ndarray, cdf: np.ndarray,
+                      temperature: float, rngs: list[np.random.Generator], repels: list) -> None:
+        """The repelled coordinates ``rows`` of ``sample_many``: each first proposal (in ``out``)
+        is kept with probability r(x)^(1/T), one uniform per row, the arithmetic of all rows at
+        once; a refused row goes on in ``_sample_repelled``."""
+        n_reps = max(len(repels[i][0]) for i in rows)
+        reps, weights = np.zeros((len(rows), n_reps)), np.zeros((len(rows), n_reps))  # padding weighs 0
+        for j, i in enumerate(rows):
+            reps[j, : len(repels[i][0])], weights[j, : len(repels[i][1])] = repels[i][0], repels[i][1]
+        strength = np.logaddexp(0.0, p[rows, -2]) / temperature
+        kr = np.exp(np.minimum(np.maximum(p[rows, -1], self.LOG_KAPPA_REPEL[0]), self.LOG_KAPPA_REPEL[1]))
+        kern = np.exp(kr[:, None] * (np.cos(2 * np.pi * (out[rows][:, None] - reps)) - 1.0))
+        keep = np.exp(-strength * (weights * kern).sum(axis=1))
+        for j, i in enumerate(rows):
+            if self.REPEL_TRIALS < 1 or rngs[i].random() >= keep[j]:
+                out[i] = self._sample_repelled(p[i], blocks[i], temperature, rngs[i], repels[i],
+                                               trials=max(self.REPEL_TRIALS - 1, 0), cdf=cdf[i])
+
     def _sample_repelled(self, p: np.ndarray, block: np.ndarray, temperature: float, rng: np.random.Generator,
-                         repel: tuple[list[float], list[float]], trials: int | None = None) -> float:
+                         repel: tuple[list[float], list[float]], trials: int | None = None,
+                         cdf: np.ndarray | None = None) -> float:
         """A coordinate from m_T(x) * r(x)^(1/T): m_T the tempered mixture (as for any coordinate),
         r(x) = exp(-lambda sum_j w_j exp(kappa_r (cos 2 pi (x - r_j) - 1))) <= 1 the repulsion. At
         T = 1 this is the density the model is trained on. Exact rejection sampling: a draw of m_T
@@ -767,33 +779,49 @@ class ValueMixture:
         a time (the first accepted one is kept); after ``trials`` refusals (default
         ``REPEL_TRIALS``: the mixture sits on a repelled value) the same density is drawn on a
         2048-point grid. A few array operations per block, where evaluating the grid every time
-        cost milliseconds."""
+        cost milliseconds. ``cdf``: the block's tempered component cdf, when the caller has it."""
         strength = float(np.logaddexp(0.0, p[-2])) / temperature
         kr = math.exp(min(max(float(p[-1]), self.LOG_KAPPA_REPEL[0]), self.LOG_KAPPA_REPEL[1]))
         reps, weights = np.asarray(repel[0], dtype=np.float64), np.asarray(repel[1], dtype=np.float64)
-        cdf = self._component_cdf(block, temperature)
+        if cdf is None:
+            cdf = self._component_cdf(block, temperature)
         left = self.REPEL_TRIALS if trials is None else trials
         while left > 0:
             m = min(self.REPEL_BLOCK, left)
             left -= m
             comp = np.minimum(np.searchsorted(cdf, rng.random(m) * cdf[-1], side="right"), self.k - 1)
-            kappa = np.exp(np.clip(block[2, comp], *self.LOG_KAPPA)) / temperature
+            kappa = np.exp(np.minimum(np.maximum(block[2, comp], self.LOG_KAPPA[0]), self.LOG_KAPPA[1])) / temperature
             x = np.mod(rng.vonmises(2 * np.pi * block[1, comp], kappa) / (2 * np.pi), 1.0)
             penalty = strength * (weights[None, :] * np.exp(kr * (np.cos(2 * np.pi * (x[:, None] - reps[None, :])) - 1.0))).sum(1)
             accepted = np.flatnonzero(rng.random(m) < np.exp(-penalty))
             if len(accepted):
                 return float(x[accepted[0]])
-        g = (np.arange(self.SAMPLE_GRID) + 0.5) / self.SAMPLE_GRID
-        log_w = np.log(np.diff(cdf, prepend=0.0) / cdf[-1])  # tempered component weights
+        cos_g, sin_g = _sample_grid(self.SAMPLE_GRID)
+        with np.errstate(divide="ignore"):  # a weight of exactly 0 is log 0 = -inf: that component is absent
+            log_w = np.log(np.diff(cdf, prepend=0.0) / cdf[-1])  # tempered component weights
         kappa = np.exp(np.clip(block[2], *self.LOG_KAPPA)) / temperature
-        lp = kappa[None, :] * (np.cos(2 * np.pi * (g[:, None] - block[1][None, :])) - 1.0) - np.log(_i0e(kappa))
-        lp += log_w[None, :]
-        top = lp.max(axis=1, keepdims=True)
-        log_d = top[:, 0] + np.log(np.exp(lp - top).sum(axis=1))
-        log_d -= strength * (weights[None, :] * np.exp(kr * (np.cos(2 * np.pi * (g[:, None] - reps[None, :])) - 1))).sum(1)
+        # cos 2 pi (g - mu) = cos 2 pi g cos 2 pi mu + sin 2 pi g sin 2 pi mu: the grid's cos and sin once
+        mu = 2 * np.pi * block[1]
+        peak = log_w - np.log(_i0e(kappa))  # each component's log density at its own location
+        top = peak.max()
+        lp = kappa * (cos_g[:, None] * np.cos(mu) + sin_g[:, None] * np.sin(mu) - 1.0) + (peak - top)
+        with np.errstate(divide="ignore"):  # far from every sharp component the sum underflows to 0
+            log_d = np.log(np.exp(lp).sum(axis=1))
+        r = 2 * np.pi * reps
+        kern = np.exp(kr * (cos_g[:, None] * np.cos(r) + sin_g[:, None] * np.sin(r) - 1.0))
+        log_d -= strength * (kern * weights).sum(axis=1)
         cdf_grid = np.cumsum(np.exp(log_d - log_d.max()))
         cell = min(int(np.searchsorted(cdf_grid, rng.random() * cdf_grid[-1], side="right")), self.SAMPLE_GRID - 1)
         return float((cell + rng.random()) / self.SAMPLE_GRID) % 1.0
+
+
+@functools.cache
+def _sample_grid(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of 2 pi g at the centres g of n cells over the period (read-only)."""
+    angle = 2 * np.pi * (np.arange(n) + 0.5) / n
+    cos_g, sin_g = np.cos(angle), np.sin(angle)
+    cos_g.flags.writeable = sin_g.flags.writeable = False
+    return cos_g, sin_g
 
 
 def _i0e(kappa: np.ndarray) -> np.ndarray:

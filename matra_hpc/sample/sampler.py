@@ -175,12 +175,19 @@ class _Run:
         self.states: dict[int, object] = {}  # running sequences only
         self.rngs: dict[int, np.random.Generator] = {}
         self.kinds: dict[int, int] = {}  # kind of each running sequence's next slot
+        self.atoms: dict[int, int] = {}  # atoms in the cell, once a sequence reaches its lattice
         self.mixture = getattr(model, "mixture", None)
 
     def start(self, index: int) -> None:
         self.states[index] = self.grammar.new_states(1)[0]
         self.rngs[index] = sequence_rng(self.base_seed, index)
         self.kinds[index] = NONE  # a sequence never starts with a value
+
+    def cell_atoms(self, index: int) -> int:
+        """Atoms in sequence ``index``'s cell (its composition block is complete before any length)."""
+        if index not in self.atoms:
+            self.atoms[index] = int(sequence_cell_atoms(self.tokens[index]))
+        return self.atoms[index]
 
     def forward(self, step_tokens, step_values, step_kinds, cache, live: list[int], capacity: int):
         """One model step over every slot; returns the last position's outputs of the live slots
@@ -230,7 +237,7 @@ class _Run:
             value_rows = [k for k in range(len(seqs)) if chosen[k] == num_id]
             if value_rows:
                 kinds = np.array([self.kinds[seqs[k]] for k in value_rows])
-                atoms = np.array([sequence_cell_atoms(self.tokens[seqs[k]]) if kind == LENGTH else 1
+                atoms = np.array([self.cell_atoms(seqs[k]) if kind == LENGTH else 1
                                   for k, kind in zip(value_rows, kinds, strict=True)])
                 values = self.mixture.sample_many(last_cont[value_rows], kinds, temperature,
                                                   [self.rngs[seqs[k]] for k in value_rows], atoms,
@@ -249,7 +256,7 @@ class _Run:
                     value = _into_range(drawn[k], lo, hi, periodic=periodic)
                     ok = grammar.value_allowed(state, value)
                     if not ok:  # refused: the model draws again (MODEL_REDRAWS in all)
-                        atoms = sequence_cell_atoms(self.tokens[i]) if kind == LENGTH else 1
+                        atoms = self.cell_atoms(i) if kind == LENGTH else 1
                         value, ok = _draw_mixture_value(self.mixture, last_cont[k], kind, temperature, rng, grammar,
                                                         state, lo, hi, periodic, atoms, repels.get(k),
                                                         draws=MODEL_REDRAWS - 1)
@@ -273,6 +280,7 @@ class _Run:
                 kind = self.kinds[i] = grammar_slot_kind(grammar, state)
             else:
                 del self.states[i], self.rngs[i], self.kinds[i]
+                self.atoms.pop(i, None)
             out.append((token, value, kind, running))
         return out
 
