@@ -48,10 +48,48 @@ def sampled_spacegroup(tokens: list[int]) -> int:
     return load_vocab().spacegroup_in(tokens)
 
 
+# Densest packing of equal spheres (Kepler): no crystal fills more than pi / sqrt(18) of space.
+_MAX_PACKING = math.pi / math.sqrt(18.0)
+
+
 def min_distance_ok(structure, min_distance: float) -> bool:
-    """No pair of atoms (a site and its own periodic images included) closer than min_distance."""
+    """No pair of atoms (a site and its own periodic images included) closer than min_distance.
+
+    A cell with less volume per atom than spheres of diameter min_distance can fill must hold
+    such a pair: answered without the neighbour search, which on an absurd sample (hundreds of
+    atoms in a cubic angstrom) took seconds per row."""
+    sphere = math.pi / 6.0 * min_distance**3
+    if structure.volume < len(structure) * sphere / _MAX_PACKING:
+        return False
+    lattice = structure.lattice.matrix
+    widths = structure.volume / np.linalg.norm(np.cross(lattice[[1, 2, 0]], lattice[[2, 0, 1]]), axis=1)
+    if widths.min() >= 2 * min_distance:
+        return _min_image_distance_ok(structure.frac_coords, lattice, min_distance)
     centers, _, _, distances = structure.get_neighbor_list(r=min_distance)
     return len(centers) == 0
+
+
+_IMAGES = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=np.float64)
+
+
+def _min_image_distance_ok(frac: np.ndarray, lattice: np.ndarray, min_distance: float, chunk: int = 64) -> bool:
+    """``min_distance_ok`` for a cell at least 2 min_distance wide in every direction: a pair
+    closer than min_distance has fractional separation |f_i| <= min_distance / width_i <= 1/2
+    along each axis, so it is among the 27 images next to the wrapped difference, and no atom
+    is that close to its own images. What the cell-list search of a huge sparse cell (a sampled
+    300 A cube of hundreds of atoms: seconds per row) answers in milliseconds."""
+    n = len(frac)
+    shifts = _IMAGES @ lattice  # (27, 3)
+    for start in range(0, n, chunk):
+        diff = frac[start : start + chunk, None, :] - frac[None, :, :]  # (c, n, 3)
+        diff -= np.rint(diff)
+        cart = diff @ lattice  # (c, n, 3)
+        d2 = ((cart[:, :, None, :] + shifts[None, None, :, :]) ** 2).sum(axis=-1).min(axis=-1)  # (c, n)
+        rows = np.arange(start, min(start + chunk, n))
+        d2[rows - start, rows] = np.inf  # an atom and itself
+        if (d2 < min_distance**2).any():
+            return False
+    return True
 
 
 def check_sequence(
