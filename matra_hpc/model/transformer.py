@@ -692,12 +692,6 @@ class ValueMixture:
         return float(self.sample_many(np.asarray(params, dtype=np.float64)[None], np.array([kind]), temperature, [rng],
                                       np.array([atoms]), [repel])[0])
 
-    @staticmethod
-    def _component_cdf(block: np.ndarray, temperature: float) -> np.ndarray:
-        """Cumulative component weights w^(1/T) (unnormalised) of a kind's block (3, K)."""
-        logits = block[0] / temperature
-        return np.cumsum(np.exp(logits - logits.max()))
-
     # Proposals of the tempered mixture tried before the grid takes over (the acceptance is the
     # repulsion factor: near 1 unless the mixture sits on a repelled value), after the first one
     # in blocks of REPEL_BLOCK drawn at once.
@@ -770,22 +764,19 @@ class ValueMixture:
                                                trials=max(self.REPEL_TRIALS - 1, 0), cdf=cdf[i])
 
     def _sample_repelled(self, p: np.ndarray, block: np.ndarray, temperature: float, rng: np.random.Generator,
-                         repel: tuple[list[float], list[float]], trials: int | None = None,
-                         cdf: np.ndarray | None = None) -> float:
+                         repel: tuple[list[float], list[float]], trials: int, cdf: np.ndarray) -> float:
         """A coordinate from m_T(x) * r(x)^(1/T): m_T the tempered mixture (as for any coordinate),
         r(x) = exp(-lambda sum_j w_j exp(kappa_r (cos 2 pi (x - r_j) - 1))) <= 1 the repulsion. At
         T = 1 this is the density the model is trained on. Exact rejection sampling: a draw of m_T
         is kept with probability r(x)^(1/T) (one more uniform); proposals come ``REPEL_BLOCK`` at
-        a time (the first accepted one is kept); after ``trials`` refusals (default
-        ``REPEL_TRIALS``: the mixture sits on a repelled value) the same density is drawn on a
-        2048-point grid. A few array operations per block, where evaluating the grid every time
-        cost milliseconds. ``cdf``: the block's tempered component cdf, when the caller has it."""
+        a time (the first accepted one is kept); after ``trials`` refusals (the mixture sits on a
+        repelled value) the same density is drawn on a 2048-point grid. A few array operations
+        per block, where evaluating the grid every time cost milliseconds. ``cdf``: the block's
+        cumulative tempered component weights (unnormalised), as ``sample_many`` has them."""
         strength = float(np.logaddexp(0.0, p[-2])) / temperature
         kr = math.exp(min(max(float(p[-1]), self.LOG_KAPPA_REPEL[0]), self.LOG_KAPPA_REPEL[1]))
         reps, weights = np.asarray(repel[0], dtype=np.float64), np.asarray(repel[1], dtype=np.float64)
-        if cdf is None:
-            cdf = self._component_cdf(block, temperature)
-        left = self.REPEL_TRIALS if trials is None else trials
+        left = trials
         while left > 0:
             m = min(self.REPEL_BLOCK, left)
             left -= m

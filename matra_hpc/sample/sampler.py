@@ -446,22 +446,14 @@ def _admissible_value(grammar, state, value: float, lo: float, hi: float, rng: n
 MODEL_REDRAWS = 8
 
 
-def _mixture_value(mixture, params: np.ndarray, kind: int, temperature: float, rng: np.random.Generator,
-                   grammar, state, lo: float, hi: float, periodic: bool, atoms: int = 1,
-                   repel: tuple[list[float], list[float]] | None = None) -> float:
-    """A value drawn from the mixture head at the temperature, brought into the grammar's range;
-    a value the grammar refuses (a coordinate on a special position or an earlier atom) is drawn
-    again from the model, up to MODEL_REDRAWS times, before ``_admissible_value`` takes over."""
-    return _draw_mixture_value(mixture, params, kind, temperature, rng, grammar, state, lo, hi, periodic, atoms,
-                               repel)[0]
-
-
 def _draw_mixture_value(mixture, params: np.ndarray, kind: int, temperature: float, rng: np.random.Generator,
                         grammar, state, lo: float, hi: float, periodic: bool, atoms: int = 1,
                         repel: tuple[list[float], list[float]] | None = None,
                         draws: int = MODEL_REDRAWS) -> tuple[float, bool]:
-    """``_mixture_value`` (``draws`` tries) and whether the grammar allowed it (the caller need not
-    ask again)."""
+    """A value drawn from the mixture head at the temperature, brought into the grammar's range,
+    and whether the grammar allowed it (the caller need not ask again): a refused value (a
+    coordinate on a special position or an earlier atom) is drawn again from the model, ``draws``
+    tries in all, before ``_admissible_value`` takes over."""
     value = lo
     for _ in range(draws):
         value = _into_range(mixture.sample(params, kind, temperature, rng, atoms, repel), lo, hi, periodic=periodic)

@@ -196,10 +196,10 @@ def test_refilled_sequences_replay_exactly_on_a_full_forward(tiny_model, tiny_pa
     from matra_hpc.sample.sampler import (
         _admissible_value,
         _base_seed,
+        _draw_mixture_value,
         _draw_tokens,
         _into_range,
         _is_coordinate,
-        _mixture_value,
         sequence_rng,
     )
 
@@ -226,9 +226,9 @@ def test_refilled_sequences_replay_exactly_on_a_full_forward(tiny_model, tiny_pa
                 periodic = _is_coordinate(lo, hi)
                 if head == "mixture":
                     repel = repulsion_context(seq.tokens[:t], seq.values[:t])
-                    raw = _mixture_value(model.mixture, cont[0, t].double().numpy(), int(kinds[0, t]),
-                                         temperature, rng, grammar, state, lo, hi, periodic,
-                                         int(sequence_cell_atoms(seq.tokens[:t])), repel)
+                    raw = _draw_mixture_value(model.mixture, cont[0, t].double().numpy(), int(kinds[0, t]),
+                                              temperature, rng, grammar, state, lo, hi, periodic,
+                                              int(sequence_cell_atoms(seq.tokens[:t])), repel)[0]
                     repelled += bool(repel[0]) and int(kinds[0, t]) == COORD
                 else:
                     raw = _into_range(float(cont[0, t]), lo, hi, periodic=periodic)
