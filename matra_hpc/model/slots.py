@@ -179,11 +179,12 @@ def _earlier_atoms(group: int, sites: list[tuple[int, tuple[float, ...]]]) -> np
 
 
 @functools.lru_cache(maxsize=8192)
-def _repel_plan(group: int, index: int, axis: int):
-    """Per (position, free axis), computed once: the row (and sign, and the representative's
-    shift on it) the free value is read back from, the atom's move per unit of the earlier free
-    values (axis, 3) and of this one (3,), and the representative's shift (3,). Only the site's
-    last free value is repelled, so no free value comes after ``axis``."""
+def _repel_plan(group: int, index: int, axis: int) -> np.ndarray:
+    """Per (position, free axis), computed once, as one read-only row of 15 numbers: the row
+    (and sign, and the representative's shift on it) the free value is read back from; the
+    atom's move per unit of each earlier free value (2 x 3, zero where there is none) and of
+    this one (3); the representative's shift (3). Only the site's last free value is repelled,
+    so no free value comes after ``axis``; a site has at most three."""
     from matra_hpc.tokens.wyckoff import position_ops
 
     ops = position_ops(group)[index]
@@ -192,7 +193,12 @@ def _repel_plan(group: int, index: int, axis: int):
         raise ValueError(f"free value {axis} of position {index} of group {group} is not its last")
     moves = rep[:, list(ops.free_axes)].T  # (n_free, 3)
     row = int(ops.read_rows[axis])
-    return row, float(ops.read_signs[axis]), float(shift[row]), moves[:axis].copy(), moves[axis].copy(), shift.copy()
+    plan = np.zeros(15)
+    plan[:3] = row, float(ops.read_signs[axis]), shift[row]
+    plan[3 : 3 + 3 * axis] = moves[:axis].ravel()
+    plan[9:12], plan[12:] = moves[axis], shift
+    plan.flags.writeable = False
+    return plan
 
 
 def _repel_candidates(group: int, index: int, axis: int, current, points: np.ndarray) -> tuple[list[float], list[float]]:
@@ -206,33 +212,31 @@ def _repel_candidates(group: int, index: int, axis: int, current, points: np.nda
 
 def _repel_candidates_many(sites: list[tuple]) -> list[tuple[list[float], list[float]]]:
     """``_repel_candidates`` of several sites (group, index, axis, values so far, earlier atoms)
-    at once: the earlier atoms of all of them in one set of array operations (the sampler's rows
-    of one step). Element-wise operations only, so a site's lists do not depend on the others."""
+    at once: the earlier atoms and own orbits of all of them in one set of array operations (the
+    sampler's rows of one step). Element-wise operations only, so a site's lists do not depend on
+    the others."""
+    # each site's earlier free values, zero-padded to two (a site has at most three free values)
+    before = np.array([(*site[3][: site[2]], 0.0, 0.0)[:2] for site in sites], dtype=np.float64)
     counts = [len(site[4]) for site in sites]
     if sum(counts):
         owner = np.repeat(np.arange(len(sites)), counts)
         points = np.concatenate([site[4] for site in sites if len(site[4])])
-        plans = [_repel_plan(site[0], site[1], site[2]) for site in sites]
-        row = np.array([p[0] for p in plans])[owner]
-        sign = np.array([p[1] for p in plans])[owner]
-        shift_row = np.array([p[2] for p in plans])[owner]
+        plans = np.array([_repel_plan(site[0], site[1], site[2]) for site in sites])  # (n, 15)
         # the site's atom at its values so far and x on the last axis: base + x * move
-        base = np.array([p[5] + np.asarray(site[3][: site[2]], dtype=np.float64) @ p[3] for p, site in
-                         zip(plans, sites, strict=True)])
-        move = np.array([p[4] for p in plans])
+        base = plans[:, 12:] + (before[:, :1] * plans[:, 3:6] + before[:, 1:2] * plans[:, 6:9])
+        on = plans[owner]
         # the last free value each earlier atom implies, then how far the site's atom is from it
-        reps = np.mod(sign * (points[np.arange(len(points)), row] - shift_row), 1.0)
-        d = base[owner] + reps[:, None] * move[owner] - points
+        reps = np.mod(on[:, 1] * (points[np.arange(len(points)), on[:, 0].astype(np.int64)] - on[:, 2]), 1.0)
+        d = base[owner] + reps[:, None] * on[:, 9:12] - points
         d -= np.rint(d)
         weights = np.exp((d * d).sum(axis=1) * (-0.5 / AXIS_WIDTH**2))
     else:
         owner = np.zeros(0, dtype=np.int64)
         reps = weights = np.zeros(0)
-    own = [_own_orbit_candidates(site[0], site[1], site[2], tuple(site[3][: site[2]])) for site in sites]
-    own_owner = np.repeat(np.arange(len(sites)), [len(r) for r, _ in own])
+    own_owner, own_reps, own_weights = _own_orbit_candidates_many(sites, before)
     all_owner = np.concatenate([owner, own_owner])
-    all_reps = np.concatenate([reps, *(r for r, _ in own)])
-    all_weights = np.concatenate([weights, *(w for _, w in own)])
+    all_reps = np.concatenate([reps, own_reps])
+    all_weights = np.concatenate([weights, own_weights])
     keep = all_weights > 1e-3
     all_owner, all_reps, all_weights = all_owner[keep], np.round(all_reps[keep], 6), all_weights[keep]
     # one entry per (site, value), the largest weight: sort by site, value, weight descending
@@ -241,38 +245,74 @@ def _repel_candidates_many(sites: list[tuple]) -> list[tuple[list[float], list[f
     first = np.ones(len(order), dtype=bool)
     first[1:] = (all_owner[1:] != all_owner[:-1]) | (all_reps[1:] != all_reps[:-1])
     all_owner, all_reps, all_weights = all_owner[first], all_reps[first], all_weights[first]
-    bounds = np.searchsorted(all_owner, np.arange(len(sites) + 1))
+    bounds = np.searchsorted(all_owner, np.arange(len(sites) + 1)).tolist()
+    all_reps, all_weights = all_reps.tolist(), all_weights.tolist()
     out = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         values, out_w = all_reps[a:b], all_weights[a:b]
         if len(values) > MAX_REPEL:
-            top = np.argsort(-out_w)[:MAX_REPEL]
-            values, out_w = values[top], out_w[top]
-        out.append((values.tolist(), out_w.tolist()))
+            top = np.argsort(-np.array(out_w))[:MAX_REPEL]  # the heaviest, heaviest first
+            values, out_w = [values[j] for j in top], [out_w[j] for j in top]
+        out.append((values, out_w))
     return out
 
 
-def _own_orbit_candidates(group: int, index: int, axis: int, before: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Values of the site's free parameter ``axis`` (the earlier ones ``before`` fixed) where another
-    atom of its own orbit lands on the first (the orbit collapses onto a special position), with
-    weights. D_k(x) = w_k + u_k x is the distance between image k and the representative; it
-    vanishes (mod 1) at x = (n - w) / u for each component with u != 0 and n < |u|. The first free
-    value depends on the position alone and is cached whole."""
-    if axis == 0:
-        return _own_orbit_first(group, index)
-    return _own_orbit_values(_own_orbit_plan(group, index, axis), before)
+def _own_orbit_candidates_many(sites: list[tuple], before: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values of each site's free parameter ``axis`` (the earlier ones ``before`` fixed) where
+    another atom of its own orbit lands on the first (the orbit collapses onto a special
+    position), with weights, as (site, value, weight) arrays. D_k(x) = w_k + u_k x is the
+    distance between image k and the representative; it vanishes (mod 1) at x = (n - w) / u for
+    each component with u != 0 and n < |u|. A site's first free value depends on its position
+    alone and is cached whole; the others are solved for all sites at once."""
+    first_sites, first_counts, reps, weights = [], [], [], []
+    later, later_plans = [], []
+    for s, site in enumerate(sites):
+        if site[2] == 0:
+            x, w = _own_orbit_first(site[0], site[1])
+            first_sites.append(s)
+            first_counts.append(len(x))
+            reps.append(x)
+            weights.append(w)
+        else:
+            plan = _own_orbit_plan(site[0], site[1], site[2])
+            if plan is not None:
+                later.append(s)
+                later_plans.append(plan)
+    owners = [np.repeat(np.array(first_sites, dtype=np.int64), first_counts)]
+    if later_plans:
+        sizes = [len(plan[1]) for plan in later_plans]
+        before_cols, offset, u, i_idx, uu, valid, n_valid = (np.concatenate(part) for part in
+                                                             zip(*later_plans, strict=True))
+        site_of = np.repeat(np.array(later), sizes)
+        x, w = _own_orbit_solve(before_cols, offset, u, i_idx, uu, valid, before[site_of])
+        owners.append(np.repeat(site_of, n_valid))  # x[valid] is row by row
+        reps.append(x)
+        weights.append(w)
+    if not reps:
+        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
+    return np.concatenate(owners), np.concatenate(reps), np.concatenate(weights)
 
 
 @functools.lru_cache(maxsize=4096)
 def _own_orbit_first(group: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-    return _own_orbit_values(_own_orbit_plan(group, index, 0), ())
+    plan = _own_orbit_plan(group, index, 0)
+    if plan is None:
+        return np.zeros(0), np.zeros(0)
+    return _own_orbit_solve(*plan[:6], np.zeros((len(plan[1]), 2)))
+
+
+# No position has an image whose distance to the representative moves by more than 3 cells per
+# unit of a free value (all 230 groups): the integers n < |u| to solve for fit in 0..3.
+_OWN_ORBIT_STEPS = 4
 
 
 @functools.lru_cache(maxsize=8192)
 def _own_orbit_plan(group: int, index: int, axis: int):
     """What of the own-orbit solution depends on the position and axis only (computed once):
-    per (image, component) pair with u != 0, how w follows from the earlier free values, u, and
-    the integers n < |u| to solve for."""
+    per (image, component) pair with u != 0, how w follows from the earlier free values (P, 3, 2,
+    zero-padded), its offset (P, 3), u (P, 3), the component and its u, and which of the
+    integers 0..3 are below |u| (P, 4) and how many (P,); None when no image moves with the
+    value."""
     from matra_hpc.tokens.wyckoff import position_ops
 
     ops = position_ops(group)[index]
@@ -286,18 +326,21 @@ def _own_orbit_plan(group: int, index: int, axis: int):
         return None
     uu = u[k_idx, i_idx]
     steps = np.abs(np.rint(uu)).astype(int)
-    n = np.arange(steps.max())[None, :]
-    before_cols = diff[k_idx][:, :, list(ops.free_axes[:axis])]  # (P, 3, axis): w of each pair's image
-    return before_cols, offset[k_idx], u[k_idx], i_idx, uu, n, n < steps[:, None]
+    if steps.max() > _OWN_ORBIT_STEPS:
+        raise ValueError(f"position {index} of group {group}: an image moves {steps.max()} cells per unit")
+    before_cols = np.zeros((len(k_idx), 3, 2))
+    before_cols[:, :, :axis] = diff[k_idx][:, :, list(ops.free_axes[:axis])]  # w of each pair's image
+    valid = np.arange(_OWN_ORBIT_STEPS)[None, :] < steps[:, None]
+    return before_cols, offset[k_idx], u[k_idx], i_idx, uu, valid, valid.sum(axis=1)
 
 
-def _own_orbit_values(plan, before: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    if plan is None:
-        return np.zeros(0), np.zeros(0)
-    before_cols, offset, u, i_idx, uu, n, valid = plan
-    w = offset + before_cols @ np.asarray(before, dtype=np.float64) if before else offset  # (P, 3)
+def _own_orbit_solve(before_cols, offset, u, i_idx, uu, valid, before) -> tuple[np.ndarray, np.ndarray]:
+    """The own-orbit values and weights of (image, component) pairs: ``_own_orbit_plan``'s arrays
+    (of one position or several, concatenated), ``before`` (P, 2) the earlier free values of each
+    pair's site."""
+    w = offset + (before_cols[:, :, 0] * before[:, :1] + before_cols[:, :, 1] * before[:, 1:])  # (P, 3)
     ww = w[np.arange(len(w)), i_idx]
-    x = np.mod((n - ww[:, None]) / uu[:, None], 1.0)  # (P, S)
+    x = np.mod((np.arange(_OWN_ORBIT_STEPS)[None, :] - ww[:, None]) / uu[:, None], 1.0)  # (P, S)
     dd = w[:, None, :] + x[..., None] * u[:, None, :]  # (P, S, 3)
     dd -= np.rint(dd)
     return x[valid], np.exp(-0.5 * (dd**2).sum(axis=-1) / AXIS_WIDTH**2)[valid]

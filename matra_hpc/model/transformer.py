@@ -750,69 +750,68 @@ class ValueMixture:
         """The repelled coordinates ``rows`` of ``sample_many``: each first proposal (in ``out``)
         is kept with probability r(x)^(1/T), one uniform per row, the arithmetic of all rows at
         once; a refused row goes on in ``_sample_repelled``."""
-        n_reps = max(len(repels[i][0]) for i in rows)
-        reps, weights = np.zeros((len(rows), n_reps)), np.zeros((len(rows), n_reps))  # padding weighs 0
+        sizes = [len(repels[i][0]) for i in rows]
+        reps, weights = np.zeros((len(rows), max(sizes))), np.zeros((len(rows), max(sizes)))  # padding weighs 0
         for j, i in enumerate(rows):
-            reps[j, : len(repels[i][0])], weights[j, : len(repels[i][1])] = repels[i][0], repels[i][1]
+            reps[j, : sizes[j]], weights[j, : sizes[j]] = repels[i][0], repels[i][1]
         strength = np.logaddexp(0.0, p[rows, -2]) / temperature
         kr = np.exp(np.minimum(np.maximum(p[rows, -1], self.LOG_KAPPA_REPEL[0]), self.LOG_KAPPA_REPEL[1]))
         kern = np.exp(kr[:, None] * (np.cos(2 * np.pi * (out[rows][:, None] - reps)) - 1.0))
         keep = np.exp(-strength * (weights * kern).sum(axis=1))
         for j, i in enumerate(rows):
             if self.REPEL_TRIALS < 1 or rngs[i].random() >= keep[j]:
-                out[i] = self._sample_repelled(p[i], blocks[i], temperature, rngs[i], repels[i],
-                                               trials=max(self.REPEL_TRIALS - 1, 0), cdf=cdf[i])
+                out[i] = self._sample_repelled(blocks[i], cdf[i], temperature, rngs[i], reps[j, : sizes[j]],
+                                               weights[j, : sizes[j]], float(strength[j]), float(kr[j]),
+                                               trials=max(self.REPEL_TRIALS - 1, 0))
 
-    def _sample_repelled(self, p: np.ndarray, block: np.ndarray, temperature: float, rng: np.random.Generator,
-                         repel: tuple[list[float], list[float]], trials: int, cdf: np.ndarray) -> float:
+    def _sample_repelled(self, block: np.ndarray, cdf: np.ndarray, temperature: float, rng: np.random.Generator,
+                         reps: np.ndarray, weights: np.ndarray, strength: float, kr: float, trials: int) -> float:
         """A coordinate from m_T(x) * r(x)^(1/T): m_T the tempered mixture (as for any coordinate),
         r(x) = exp(-lambda sum_j w_j exp(kappa_r (cos 2 pi (x - r_j) - 1))) <= 1 the repulsion. At
         T = 1 this is the density the model is trained on. Exact rejection sampling: a draw of m_T
         is kept with probability r(x)^(1/T) (one more uniform); proposals come ``REPEL_BLOCK`` at
         a time (the first accepted one is kept); after ``trials`` refusals (the mixture sits on a
         repelled value) the same density is drawn on a 2048-point grid. A few array operations
-        per block, where evaluating the grid every time cost milliseconds. ``cdf``: the block's
-        cumulative tempered component weights (unnormalised), as ``sample_many`` has them."""
-        strength = float(np.logaddexp(0.0, p[-2])) / temperature
-        kr = math.exp(min(max(float(p[-1]), self.LOG_KAPPA_REPEL[0]), self.LOG_KAPPA_REPEL[1]))
-        reps, weights = np.asarray(repel[0], dtype=np.float64), np.asarray(repel[1], dtype=np.float64)
+        per block, where evaluating the grid every time cost milliseconds. ``block`` (3, K) and
+        ``cdf`` (its cumulative tempered component weights, unnormalised) as ``sample_many`` has
+        them; ``strength`` is lambda / T."""
+        kappa = np.exp(np.minimum(np.maximum(block[2], self.LOG_KAPPA[0]), self.LOG_KAPPA[1])) / temperature
+        mu, rep_angles = 2 * np.pi * block[1], 2 * np.pi * reps
         left = trials
         while left > 0:
             m = min(self.REPEL_BLOCK, left)
             left -= m
             comp = np.minimum(np.searchsorted(cdf, rng.random(m) * cdf[-1], side="right"), self.k - 1)
-            kappa = np.exp(np.minimum(np.maximum(block[2, comp], self.LOG_KAPPA[0]), self.LOG_KAPPA[1])) / temperature
-            x = np.mod(rng.vonmises(2 * np.pi * block[1, comp], kappa) / (2 * np.pi), 1.0)
-            penalty = strength * (weights[None, :] * np.exp(kr * (np.cos(2 * np.pi * (x[:, None] - reps[None, :])) - 1.0))).sum(1)
+            angle = rng.vonmises(mu[comp], kappa[comp])
+            penalty = strength * (np.exp(kr * (np.cos(angle[:, None] - rep_angles) - 1.0)) @ weights)
             accepted = np.flatnonzero(rng.random(m) < np.exp(-penalty))
             if len(accepted):
-                return float(x[accepted[0]])
-        cos_g, sin_g = _sample_grid(self.SAMPLE_GRID)
+                return float(np.mod(angle[accepted[0]] / (2 * np.pi), 1.0))
         with np.errstate(divide="ignore"):  # a weight of exactly 0 is log 0 = -inf: that component is absent
             log_w = np.log(np.diff(cdf, prepend=0.0) / cdf[-1])  # tempered component weights
-        kappa = np.exp(np.clip(block[2], *self.LOG_KAPPA)) / temperature
-        # cos 2 pi (g - mu) = cos 2 pi g cos 2 pi mu + sin 2 pi g sin 2 pi mu: the grid's cos and sin once
-        mu = 2 * np.pi * block[1]
         peak = log_w - np.log(_i0e(kappa))  # each component's log density at its own location
-        top = peak.max()
-        lp = kappa * (cos_g[:, None] * np.cos(mu) + sin_g[:, None] * np.sin(mu) - 1.0) + (peak - top)
+        # Every term is c exp(kappa (cos 2 pi (g - mu) - 1)), the K components then the R repelled
+        # values; cos 2 pi (g - mu) = cos 2 pi g cos 2 pi mu + sin 2 pi g sin 2 pi mu, so all the
+        # exponents are one (G, 2) x (2, K + R) product and one exp.
+        angles = np.concatenate([mu, rep_angles])
+        concentration = np.concatenate([kappa, np.full(len(reps), kr)])
+        exponent = _sample_grid(self.SAMPLE_GRID) @ (concentration * np.stack([np.cos(angles), np.sin(angles)]))
+        exponent += np.concatenate([peak - peak.max(), np.zeros(len(reps))]) - concentration
+        terms = np.exp(exponent)
         with np.errstate(divide="ignore"):  # far from every sharp component the sum underflows to 0
-            log_d = np.log(np.exp(lp).sum(axis=1))
-        r = 2 * np.pi * reps
-        kern = np.exp(kr * (cos_g[:, None] * np.cos(r) + sin_g[:, None] * np.sin(r) - 1.0))
-        log_d -= strength * (kern * weights).sum(axis=1)
+            log_d = np.log(terms[:, : self.k].sum(axis=1)) - strength * (terms[:, self.k :] @ weights)
         cdf_grid = np.cumsum(np.exp(log_d - log_d.max()))
         cell = min(int(np.searchsorted(cdf_grid, rng.random() * cdf_grid[-1], side="right")), self.SAMPLE_GRID - 1)
         return float((cell + rng.random()) / self.SAMPLE_GRID) % 1.0
 
 
 @functools.cache
-def _sample_grid(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin of 2 pi g at the centres g of n cells over the period (read-only)."""
+def _sample_grid(n: int) -> np.ndarray:
+    """(n, 2): cos and sin of 2 pi g at the centres g of n cells over the period (read-only)."""
     angle = 2 * np.pi * (np.arange(n) + 0.5) / n
-    cos_g, sin_g = np.cos(angle), np.sin(angle)
-    cos_g.flags.writeable = sin_g.flags.writeable = False
-    return cos_g, sin_g
+    grid = np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    grid.flags.writeable = False
+    return grid
 
 
 def _i0e(kappa: np.ndarray) -> np.ndarray:
