@@ -224,12 +224,13 @@ def _repel_candidates_many(sites: list[tuple]) -> list[tuple[list[float], list[f
         plans = np.array([_repel_plan(site[0], site[1], site[2]) for site in sites])  # (n, 15)
         # the site's atom at its values so far and x on the last axis: base + x * move
         base = plans[:, 12:] + (before[:, :1] * plans[:, 3:6] + before[:, 1:2] * plans[:, 6:9])
-        on = plans[owner]
+        # per earlier atom, its site's read row, sign and shift on it, base and move: one gather
+        on = np.concatenate([plans[:, :3], base, plans[:, 9:12]], axis=1)[owner]
         # the last free value each earlier atom implies, then how far the site's atom is from it
         reps = np.mod(on[:, 1] * (points[np.arange(len(points)), on[:, 0].astype(np.int64)] - on[:, 2]), 1.0)
-        d = base[owner] + reps[:, None] * on[:, 9:12] - points
+        d = on[:, 3:6] + reps[:, None] * on[:, 6:] - points
         d -= np.rint(d)
-        weights = np.exp((d * d).sum(axis=1) * (-0.5 / AXIS_WIDTH**2))
+        weights = np.exp(np.einsum("ij,ij->i", d, d) * (-0.5 / AXIS_WIDTH**2))
     else:
         owner = np.zeros(0, dtype=np.int64)
         reps = weights = np.zeros(0)
@@ -280,12 +281,9 @@ def _own_orbit_candidates_many(sites: list[tuple], before: np.ndarray) -> tuple[
                 later_plans.append(plan)
     owners = [np.repeat(np.array(first_sites, dtype=np.int64), first_counts)]
     if later_plans:
-        sizes = [len(plan[1]) for plan in later_plans]
-        before_cols, offset, u, i_idx, uu, valid, n_valid = (np.concatenate(part) for part in
-                                                             zip(*later_plans, strict=True))
-        site_of = np.repeat(np.array(later), sizes)
-        x, w = _own_orbit_solve(before_cols, offset, u, i_idx, uu, valid, before[site_of])
-        owners.append(np.repeat(site_of, n_valid))  # x[valid] is row by row
+        site_of = np.repeat(np.array(later), [len(plan[1]) for plan in later_plans])
+        x, w = _own_orbit_solve(*(np.concatenate(part) for part in zip(*later_plans, strict=True)), before[site_of])
+        owners.append(site_of)
         reps.append(x)
         weights.append(w)
     if not reps:
@@ -298,21 +296,15 @@ def _own_orbit_first(group: int, index: int) -> tuple[np.ndarray, np.ndarray]:
     plan = _own_orbit_plan(group, index, 0)
     if plan is None:
         return np.zeros(0), np.zeros(0)
-    return _own_orbit_solve(*plan[:6], np.zeros((len(plan[1]), 2)))
-
-
-# No position has an image whose distance to the representative moves by more than 3 cells per
-# unit of a free value (all 230 groups): the integers n < |u| to solve for fit in 0..3.
-_OWN_ORBIT_STEPS = 4
+    return _own_orbit_solve(*plan, np.zeros((len(plan[1]), 2)))
 
 
 @functools.lru_cache(maxsize=8192)
 def _own_orbit_plan(group: int, index: int, axis: int):
-    """What of the own-orbit solution depends on the position and axis only (computed once):
-    per (image, component) pair with u != 0, how w follows from the earlier free values (P, 3, 2,
-    zero-padded), its offset (P, 3), u (P, 3), the component and its u, and which of the
-    integers 0..3 are below |u| (P, 4) and how many (P,); None when no image moves with the
-    value."""
+    """What of the own-orbit solution depends on the position and axis only (computed once), one
+    row per solution, i.e. per (image, component) pair with u != 0 and integer n < |u|: how the
+    pair's w follows from the earlier free values (V, 3, 2, zero-padded), its offset (V, 3), u
+    (V, 3), the component and its u, and n; None when no image moves with the value."""
     from matra_hpc.tokens.wyckoff import position_ops
 
     ops = position_ops(group)[index]
@@ -326,24 +318,21 @@ def _own_orbit_plan(group: int, index: int, axis: int):
         return None
     uu = u[k_idx, i_idx]
     steps = np.abs(np.rint(uu)).astype(int)
-    if steps.max() > _OWN_ORBIT_STEPS:
-        raise ValueError(f"position {index} of group {group}: an image moves {steps.max()} cells per unit")
+    pair = np.repeat(np.arange(len(k_idx)), steps)  # one row per solution, pair by pair
+    n = np.concatenate([np.arange(step) for step in steps]).astype(np.float64)
     before_cols = np.zeros((len(k_idx), 3, 2))
     before_cols[:, :, :axis] = diff[k_idx][:, :, list(ops.free_axes[:axis])]  # w of each pair's image
-    valid = np.arange(_OWN_ORBIT_STEPS)[None, :] < steps[:, None]
-    return before_cols, offset[k_idx], u[k_idx], i_idx, uu, valid, valid.sum(axis=1)
+    return before_cols[pair], offset[k_idx][pair], u[k_idx][pair], i_idx[pair], uu[pair], n
 
 
-def _own_orbit_solve(before_cols, offset, u, i_idx, uu, valid, before) -> tuple[np.ndarray, np.ndarray]:
-    """The own-orbit values and weights of (image, component) pairs: ``_own_orbit_plan``'s arrays
-    (of one position or several, concatenated), ``before`` (P, 2) the earlier free values of each
-    pair's site."""
-    w = offset + (before_cols[:, :, 0] * before[:, :1] + before_cols[:, :, 1] * before[:, 1:])  # (P, 3)
-    ww = w[np.arange(len(w)), i_idx]
-    x = np.mod((np.arange(_OWN_ORBIT_STEPS)[None, :] - ww[:, None]) / uu[:, None], 1.0)  # (P, S)
-    dd = w[:, None, :] + x[..., None] * u[:, None, :]  # (P, S, 3)
+def _own_orbit_solve(before_cols, offset, u, i_idx, uu, n, before) -> tuple[np.ndarray, np.ndarray]:
+    """The own-orbit values and weights of ``_own_orbit_plan``'s solutions (of one position or
+    several, concatenated); ``before`` (V, 2): the earlier free values of each solution's site."""
+    w = offset + (before_cols[:, :, 0] * before[:, :1] + before_cols[:, :, 1] * before[:, 1:])  # (V, 3)
+    x = np.mod((n - w[np.arange(len(w)), i_idx]) / uu, 1.0)
+    dd = w + x[:, None] * u
     dd -= np.rint(dd)
-    return x[valid], np.exp(-0.5 * (dd**2).sum(axis=-1) / AXIS_WIDTH**2)[valid]
+    return x, np.exp(-0.5 * (dd**2).sum(axis=-1) / AXIS_WIDTH**2)
 
 
 def site_repulsion(group: int, index: int, current, points: np.ndarray) -> tuple[list[float], list[float]]:
