@@ -1,8 +1,8 @@
 """Sampling throughput: structures per second with refill against cohorts, and with the KV cache
 against recomputing the prefix.
 
-For each model config (``tiny``, ``paper``; random weights: speed does not depend on training)
-and batch size, ``--batches`` x ``batch`` sequences are sampled at T = 1 with the grammar mask and
+For each model config (``tiny``, ``paper``; random weights unless ``--trained``, below) and
+batch size, ``--batches`` x ``batch`` sequences are sampled at T = 1 with the grammar mask and
 the KV cache, timed end to end (grammar and sampling included), twice in the same run:
 
 - ``refill``: a finished sequence's slot takes the next sequence (the default sampler);
