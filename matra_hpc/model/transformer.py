@@ -688,7 +688,7 @@ class ValueMixture:
         """One value of ``kind`` from a position's parameters (P,) at ``temperature`` (``atoms``:
         in the cell, for lengths): one uniform picks the component, then one von Mises or normal
         draw, all from ``rng``. A coordinate with ``repel`` (values, weights) is drawn from the
-        tempered mixture times the repulsion factor raised to 1/T (``_sample_repelled``)."""
+        tempered mixture times the repulsion factor raised to 1/T (``_accept_first``)."""
         return float(self.sample_many(np.asarray(params, dtype=np.float64)[None], np.array([kind]), temperature, [rng],
                                       np.array([atoms]), [repel])[0])
 
@@ -711,7 +711,7 @@ class ValueMixture:
         row from its own generator only, so a row's value does not depend on the other rows. The
         array work (tempering, picking the component, mapping back to the values' units) is done
         once for all rows; only the draws themselves stay per row. A repelled coordinate whose
-        first proposal is refused goes on in ``_sample_repelled``."""
+        first proposal is refused goes on in ``_accept_first``."""
         n, k = len(kinds), self.k
         if n == 0:
             return np.zeros(0)
@@ -748,8 +748,10 @@ class ValueMixture:
     def _accept_first(self, out: np.ndarray, rows: np.ndarray, p: np.ndarray, blocks: np.ndarray, cdf: np.ndarray,
                       temperature: float, rngs: list[np.random.Generator], repels: list) -> None:
         """The repelled coordinates ``rows`` of ``sample_many``: each first proposal (in ``out``)
-        is kept with probability r(x)^(1/T), one uniform per row, the arithmetic of all rows at
-        once; a refused row goes on in ``_sample_repelled``."""
+        is kept with probability r(x)^(1/T), one uniform per row; a refused row goes on with
+        blocks of ``REPEL_BLOCK`` more proposals, then the grid (``_sample_on_grid``). The
+        arithmetic of all rows is done at once; each row draws from its own generator, in the
+        same order as alone."""
         sizes = [len(repels[i][0]) for i in rows]
         reps, weights = np.zeros((len(rows), max(sizes))), np.zeros((len(rows), max(sizes)))  # padding weighs 0
         for j, i in enumerate(rows):
@@ -758,35 +760,49 @@ class ValueMixture:
         kr = np.exp(np.minimum(np.maximum(p[rows, -1], self.LOG_KAPPA_REPEL[0]), self.LOG_KAPPA_REPEL[1]))
         kern = np.exp(kr[:, None] * (np.cos(2 * np.pi * (out[rows][:, None] - reps)) - 1.0))
         keep = np.exp(-strength * (weights * kern).sum(axis=1))
-        for j, i in enumerate(rows):
-            if self.REPEL_TRIALS < 1 or rngs[i].random() >= keep[j]:
-                out[i] = self._sample_repelled(blocks[i], cdf[i], temperature, rngs[i], reps[j, : sizes[j]],
-                                               weights[j, : sizes[j]], float(strength[j]), float(kr[j]),
-                                               trials=max(self.REPEL_TRIALS - 1, 0))
-
-    def _sample_repelled(self, block: np.ndarray, cdf: np.ndarray, temperature: float, rng: np.random.Generator,
-                         reps: np.ndarray, weights: np.ndarray, strength: float, kr: float, trials: int) -> float:
-        """A coordinate from m_T(x) * r(x)^(1/T): m_T the tempered mixture (as for any coordinate),
-        r(x) = exp(-lambda sum_j w_j exp(kappa_r (cos 2 pi (x - r_j) - 1))) <= 1 the repulsion. At
-        T = 1 this is the density the model is trained on. Exact rejection sampling: a draw of m_T
-        is kept with probability r(x)^(1/T) (one more uniform); proposals come ``REPEL_BLOCK`` at
-        a time (the first accepted one is kept); after ``trials`` refusals (the mixture sits on a
-        repelled value) the same density is drawn on a 2048-point grid. A few array operations
-        per block, where evaluating the grid every time cost milliseconds. ``block`` (3, K) and
-        ``cdf`` (its cumulative tempered component weights, unnormalised) as ``sample_many`` has
-        them; ``strength`` is lambda / T."""
-        kappa = np.exp(np.minimum(np.maximum(block[2], self.LOG_KAPPA[0]), self.LOG_KAPPA[1])) / temperature
-        mu, rep_angles = 2 * np.pi * block[1], 2 * np.pi * reps
-        left = trials
-        while left > 0:
+        if self.REPEL_TRIALS < 1:
+            refused = list(range(len(rows)))
+        else:
+            refused = [j for j, i in enumerate(rows) if rngs[i].random() >= keep[j]]
+        left = max(self.REPEL_TRIALS - 1, 0)
+        while refused and left > 0:
             m = min(self.REPEL_BLOCK, left)
             left -= m
-            comp = np.minimum(np.searchsorted(cdf, rng.random(m) * cdf[-1], side="right"), self.k - 1)
-            angle = rng.vonmises(mu[comp], kappa[comp])
-            penalty = strength * (np.exp(kr * (np.cos(angle[:, None] - rep_angles) - 1.0)) @ weights)
-            accepted = np.flatnonzero(rng.random(m) < np.exp(-penalty))
-            if len(accepted):
-                return float(np.mod(angle[accepted[0]] / (2 * np.pi), 1.0))
+            at = rows[refused]
+            # per refused row: m component uniforms, m von Mises draws, m acceptance uniforms
+            targets = np.stack([rngs[i].random(m) for i in at]) * cdf[at, -1:]
+            comp = np.minimum((cdf[at][:, None, :] <= targets[:, :, None]).sum(axis=2), self.k - 1)  # (r, m)
+            picked = np.take_along_axis(blocks[at], comp[:, None, :], axis=2)  # (r, 3, m)
+            kappa = np.exp(np.minimum(np.maximum(picked[:, 2], self.LOG_KAPPA[0]), self.LOG_KAPPA[1])) / temperature
+            mu = 2 * np.pi * picked[:, 1]
+            angle = np.stack([rngs[i].vonmises(mu[a], kappa[a]) for a, i in enumerate(at)])  # (r, m)
+            kern = np.exp(kr[refused, None, None] * (np.cos(angle[:, :, None] - 2 * np.pi * reps[refused, None, :]) - 1.0))
+            penalty = strength[refused, None] * (kern * weights[refused, None, :]).sum(axis=2)
+            accepted = np.stack([rngs[i].random(m) for i in at]) < np.exp(-penalty)
+            still = []
+            for a, j in enumerate(refused):
+                hits = np.flatnonzero(accepted[a])
+                if len(hits):
+                    out[rows[j]] = float(np.mod(angle[a, hits[0]] / (2 * np.pi), 1.0))
+                else:
+                    still.append(j)
+            refused = still
+        for j in refused:
+            i = rows[j]
+            out[i] = self._sample_on_grid(blocks[i], cdf[i], temperature, rngs[i], reps[j, : sizes[j]],
+                                          weights[j, : sizes[j]], float(strength[j]), float(kr[j]))
+
+    def _sample_on_grid(self, block: np.ndarray, cdf: np.ndarray, temperature: float, rng: np.random.Generator,
+                        reps: np.ndarray, weights: np.ndarray, strength: float, kr: float) -> float:
+        """A coordinate from m_T(x) * r(x)^(1/T) on a 2048-point grid: m_T the tempered mixture (as
+        for any coordinate), r(x) = exp(-lambda sum_j w_j exp(kappa_r (cos 2 pi (x - r_j) - 1)))
+        <= 1 the repulsion (``strength`` is lambda / T). At T = 1 this is the density the model is
+        trained on. What a repelled row ends on when ``REPEL_TRIALS`` proposals of m_T were all
+        refused (the mixture sits on a repelled value); exact rejection sampling draws the same
+        density, a test checks the two agree. ``block`` (3, K) and ``cdf`` (its cumulative
+        tempered component weights, unnormalised) as ``sample_many`` has them."""
+        kappa = np.exp(np.minimum(np.maximum(block[2], self.LOG_KAPPA[0]), self.LOG_KAPPA[1])) / temperature
+        mu, rep_angles = 2 * np.pi * block[1], 2 * np.pi * reps
         with np.errstate(divide="ignore"):  # a weight of exactly 0 is log 0 = -inf: that component is absent
             log_w = np.log(np.diff(cdf, prepend=0.0) / cdf[-1])  # tempered component weights
         peak = log_w - np.log(_i0e(kappa))  # each component's log density at its own location
