@@ -803,19 +803,21 @@ class ValueMixture:
         tempered component weights, unnormalised) as ``sample_many`` has them."""
         kappa = np.exp(np.minimum(np.maximum(block[2], self.LOG_KAPPA[0]), self.LOG_KAPPA[1])) / temperature
         mu, rep_angles = 2 * np.pi * block[1], 2 * np.pi * reps
+        weight = cdf.copy()
+        weight[1:] -= cdf[:-1]  # tempered component weights, unnormalised
         with np.errstate(divide="ignore"):  # a weight of exactly 0 is log 0 = -inf: that component is absent
-            log_w = np.log(np.diff(cdf, prepend=0.0) / cdf[-1])  # tempered component weights
-        peak = log_w - np.log(_i0e(kappa))  # each component's log density at its own location
+            peak = np.log(weight / cdf[-1]) - np.log(_i0e(kappa))  # each component's log density at its location
         # Every term is c exp(kappa (cos 2 pi (g - mu) - 1)), the K components then the R repelled
         # values; cos 2 pi (g - mu) = cos 2 pi g cos 2 pi mu + sin 2 pi g sin 2 pi mu, so all the
-        # exponents are one (G, 2) x (2, K + R) product and one exp.
+        # exponents are one (K + R, 2) x (2, G) product and one exp, a row per term.
         angles = np.concatenate([mu, rep_angles])
         concentration = np.concatenate([kappa, np.full(len(reps), kr)])
-        exponent = _sample_grid(self.SAMPLE_GRID) @ (concentration * np.stack([np.cos(angles), np.sin(angles)]))
-        exponent += np.concatenate([peak - peak.max(), np.zeros(len(reps))]) - concentration
+        exponent = (concentration[:, None] * np.stack([np.cos(angles), np.sin(angles)], axis=1)) @ _sample_grid(
+            self.SAMPLE_GRID)
+        exponent += (np.concatenate([peak - peak.max(), np.zeros(len(reps))]) - concentration)[:, None]
         terms = np.exp(exponent)
         with np.errstate(divide="ignore"):  # far from every sharp component the sum underflows to 0
-            log_d = np.log(terms[:, : self.k].sum(axis=1)) - strength * (terms[:, self.k :] @ weights)
+            log_d = np.log(terms[: self.k].sum(axis=0)) - strength * (weights @ terms[self.k :])
         cdf_grid = np.cumsum(np.exp(log_d - log_d.max()))
         cell = min(int(np.searchsorted(cdf_grid, rng.random() * cdf_grid[-1], side="right")), self.SAMPLE_GRID - 1)
         return float((cell + rng.random()) / self.SAMPLE_GRID) % 1.0
@@ -823,9 +825,9 @@ class ValueMixture:
 
 @functools.cache
 def _sample_grid(n: int) -> np.ndarray:
-    """(n, 2): cos and sin of 2 pi g at the centres g of n cells over the period (read-only)."""
+    """(2, n): cos and sin of 2 pi g at the centres g of n cells over the period (read-only)."""
     angle = 2 * np.pi * (np.arange(n) + 0.5) / n
-    grid = np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    grid = np.stack([np.cos(angle), np.sin(angle)])
     grid.flags.writeable = False
     return grid
 
