@@ -779,14 +779,10 @@ class ValueMixture:
             kern = np.exp(kr[refused, None, None] * (np.cos(angle[:, :, None] - 2 * np.pi * reps[refused, None, :]) - 1.0))
             penalty = strength[refused, None] * (kern * weights[refused, None, :]).sum(axis=2)
             accepted = np.stack([rngs[i].random(m) for i in at]) < np.exp(-penalty)
-            still = []
-            for a, j in enumerate(refused):
-                hits = np.flatnonzero(accepted[a])
-                if len(hits):
-                    out[rows[j]] = float(np.mod(angle[a, hits[0]] / (2 * np.pi), 1.0))
-                else:
-                    still.append(j)
-            refused = still
+            done = accepted.any(axis=1)
+            first = np.mod(angle[np.arange(len(at)), accepted.argmax(axis=1)] / (2 * np.pi), 1.0)
+            out[at[done]] = first[done]  # each row's first accepted proposal
+            refused = [j for j, ok in zip(refused, done.tolist(), strict=True) if not ok]
         for j in refused:
             i = rows[j]
             out[i] = self._sample_on_grid(blocks[i], cdf[i], temperature, rngs[i], reps[j, : sizes[j]],
